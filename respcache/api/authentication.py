@@ -1,0 +1,50 @@
+"""Caller authentication: a respcache API key as ``Authorization: Bearer`` or ``x-api-key``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rest_framework.authentication import BaseAuthentication
+from rest_framework.request import Request
+
+from respcache import selectors
+from respcache.exceptions import AuthenticationFailed
+
+
+def presented_key(request: Request) -> str | None:
+    """The key from ``x-api-key`` (older SDKs, curl) or ``Authorization: Bearer`` (SDK 2.x)."""
+    meta = request.META
+    key = meta.get("HTTP_X_API_KEY")
+    if key:
+        return str(key).strip()
+    authorization = str(meta.get("HTTP_AUTHORIZATION", ""))
+    scheme, _, credentials = authorization.partition(" ")
+    if scheme.lower() == "bearer" and credentials.strip():
+        return credentials.strip()
+    return None
+
+
+class ApiKeyAuthentication(BaseAuthentication):
+    """Authenticates by respcache API key; ``request.auth`` becomes its selectors.Grant."""
+
+    def authenticate(self, request: Request) -> tuple[Any, selectors.Grant] | None:
+        key = presented_key(request)
+        if not key:
+            raise AuthenticationFailed("Missing API key: send it as 'x-api-key' or 'Authorization: Bearer'.")
+        grant = selectors.api_key_grant(key)
+        if grant is None:
+            raise AuthenticationFailed("Invalid API key.")
+        return (None, grant)
+
+    def authenticate_header(self, request: Request) -> str:
+        return 'Bearer realm="respcache"'
+
+
+class OptionalApiKeyAuthentication(ApiKeyAuthentication):
+    """Like ApiKeyAuthentication, but steps aside when no key is presented (for the REST API,
+    where staff users may use their session or basic auth instead)."""
+
+    def authenticate(self, request: Request) -> tuple[Any, selectors.Grant] | None:
+        if not presented_key(request):
+            return None
+        return super().authenticate(request)

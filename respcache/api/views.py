@@ -1,0 +1,171 @@
+"""The Messages API compatible endpoint, and the handler that renders every error as Anthropic's."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from django.http import Http404, HttpResponse
+from rest_framework import exceptions as drf_exceptions
+from rest_framework.renderers import BaseRenderer
+from rest_framework.request import Request
+from rest_framework.views import APIView
+
+from respcache import selectors
+from respcache.api.authentication import ApiKeyAuthentication
+from respcache.api.parsers import MessageBody, MessageBodyParser, too_large
+from respcache.conf import app_settings
+from respcache.exceptions import (
+    InvalidRequest,
+    PermissionDenied,
+    RespcacheError,
+    WorkloadNotFound,
+    error_body,
+)
+from respcache.service import CachedResult, cached_message_create
+from respcache.upstream import FORWARDED_HEADERS
+
+logger = logging.getLogger(__name__)
+
+_DRF_ERRORS: list[tuple[type[Exception], int, str]] = [
+    (drf_exceptions.NotAuthenticated, 401, "authentication_error"),
+    (drf_exceptions.AuthenticationFailed, 401, "authentication_error"),
+    (drf_exceptions.PermissionDenied, 403, "permission_error"),
+    (drf_exceptions.NotFound, 404, "not_found_error"),
+    (Http404, 404, "not_found_error"),
+    (drf_exceptions.Throttled, 429, "rate_limit_error"),
+    (drf_exceptions.APIException, 400, "invalid_request_error"),
+]
+
+
+def error_response(status: int, error_type: str, message: str, headers: dict[str, str] | None = None) -> HttpResponse:
+    response = HttpResponse(error_body(error_type, message), status=status, content_type="application/json")
+    for name, value in (headers or {}).items():
+        response[name] = value
+    return response
+
+
+def anthropic_exception_handler(exc: Exception, context: dict[str, Any]) -> HttpResponse:
+    """Render any exception as ``{"type":"error","error":{...}}`` so SDKs raise their usual classes."""
+    if isinstance(exc, RespcacheError):
+        response = HttpResponse(exc.body(), status=exc.status_code, content_type="application/json")
+        for name, value in exc.headers().items():
+            response[name] = value
+        return response
+    for kind, status, error_type in _DRF_ERRORS:
+        if isinstance(exc, kind):
+            if isinstance(exc, drf_exceptions.APIException) and kind is drf_exceptions.APIException:
+                status = exc.status_code if exc.status_code < 500 else 500
+                error_type = "invalid_request_error" if status < 500 else "api_error"
+            headers = {}
+            if isinstance(exc, drf_exceptions.Throttled) and exc.wait is not None:
+                headers["Retry-After"] = str(int(exc.wait))
+            return error_response(status, error_type, str(getattr(exc, "detail", exc)), headers)
+    logger.exception("respcache: unexpected error", exc_info=exc)
+    return error_response(500, "api_error", "Internal server error.")
+
+
+class PassthroughRenderer(BaseRenderer):
+    """Views here return finished HttpResponses; any Accept header is fine."""
+
+    media_type = "*/*"
+    format = "json"
+
+    def render(self, data: Any, accepted_media_type: str | None = None, renderer_context: Any = None) -> bytes:
+        return data if isinstance(data, bytes) else b""
+
+
+def cache_directives(value: str) -> set[str]:
+    return {part.split("=", 1)[0].strip().lower() for part in value.split(",") if part.strip()}
+
+
+def validate_message_fields(data: dict[str, Any]) -> None:
+    """Check what the contract names; everything else is the upstream's to judge."""
+    model = data.get("model")
+    if not isinstance(model, str) or not model:
+        raise InvalidRequest("model: field required (a non-empty string)." if model is None else "model: must be a string.")
+    messages = data.get("messages")
+    if not isinstance(messages, list):
+        raise InvalidRequest("messages: field required (a list)." if messages is None else "messages: must be a list.")
+    max_tokens = data.get("max_tokens")
+    if max_tokens is None:
+        raise InvalidRequest("max_tokens: field required (an integer).")
+    if (
+        isinstance(max_tokens, bool)
+        or not isinstance(max_tokens, int | float)
+        or (isinstance(max_tokens, float) and not max_tokens.is_integer())
+    ):
+        raise InvalidRequest("max_tokens: must be an integer.")
+    if "stream" in data and not isinstance(data["stream"], bool):
+        raise InvalidRequest("stream: must be a boolean.")
+
+
+def forwarded_headers(request: Request) -> dict[str, str]:
+    out = {}
+    for name in FORWARDED_HEADERS:
+        value = request.headers.get(name)
+        if value is not None:
+            out[name] = value
+    return out
+
+
+class MessagesView(APIView):
+    """``POST /w/<workload>/v1/messages``: the Messages API, answered through the cache."""
+
+    authentication_classes = [ApiKeyAuthentication]
+    permission_classes: list[Any] = []
+    parser_classes = [MessageBodyParser]
+    renderer_classes = [PassthroughRenderer]
+    throttle_classes: list[Any] = []
+
+    def get_exception_handler(self) -> Any:
+        return anthropic_exception_handler
+
+    def check_workload(self, request: Request, workload: str) -> selectors.Policy:
+        policy = selectors.workload_policy(workload)
+        if policy is None:
+            raise WorkloadNotFound(f"Unknown workload: {workload!r}.")
+        grant: selectors.Grant = request.auth
+        if policy.slug not in grant.workloads:
+            raise PermissionDenied(f"This API key may not call workload {workload!r}.")
+        return policy
+
+    def read_body(self, request: Request) -> MessageBody:
+        try:
+            declared = int(request.META.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            declared = 0
+        if declared > app_settings.MAX_BODY_BYTES:
+            raise too_large()  # refuse before reading a byte
+        body = request.data
+        if not isinstance(body, MessageBody):
+            raise InvalidRequest("Request body is empty: expected a JSON object.")
+        return body
+
+    def post(self, request: Request, workload: str) -> HttpResponse:
+        policy = self.check_workload(request, workload)
+        body = self.read_body(request)
+        validate_message_fields(body.data)
+        if body.data.get("stream"):
+            raise InvalidRequest("stream: streaming is not supported by this respcache version yet.")
+        directives = cache_directives(request.headers.get("Cache-Control", ""))
+        result = cached_message_create(
+            policy=policy,
+            body=body.data,
+            raw_body=body.raw,
+            beta=request.headers.get("anthropic-beta"),
+            headers=forwarded_headers(request),
+            no_cache="no-cache" in directives,
+            no_store="no-store" in directives,
+        )
+        return message_response(result)
+
+
+def message_response(result: CachedResult) -> HttpResponse:
+    response = HttpResponse(result.body, content_type="application/json")
+    response["X-Respcache"] = result.status
+    if result.fingerprint:
+        response["X-Respcache-Key"] = result.fingerprint
+    if result.age is not None:
+        response["Age"] = str(result.age)
+    return response

@@ -1,0 +1,56 @@
+"""System checks: respcache.E001… with hints, run by ``manage.py check`` and at start-up."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from django.conf import settings
+from django.core.checks import Error, Tags, register
+
+from respcache.conf import app_settings
+
+
+@register(Tags.caches)
+def check_cache_alias(app_configs: Any = None, **kwargs: Any) -> list[Any]:
+    alias = app_settings.CACHE_ALIAS
+    caches = getattr(settings, "CACHES", {})
+    if alias not in caches:
+        return [
+            Error(
+                f"The cache alias {alias!r} is not in CACHES.",
+                hint="Add a django-redis cache under that alias or set RESPCACHE['CACHE_ALIAS'].",
+                id="respcache.E001",
+            )
+        ]
+    if not caches[alias].get("BACKEND", "").startswith("django_redis."):
+        return [
+            Error(
+                f"The cache alias {alias!r} is not a django-redis backend.",
+                hint="respcache needs django_redis.cache.RedisCache: it uses Lua scripts and Pub/Sub.",
+                id="respcache.E002",
+            )
+        ]
+    return []
+
+
+@register()
+def check_upstream(app_configs: Any = None, **kwargs: Any) -> list[Any]:
+    kind = app_settings.upstream_kind
+    if kind not in {"anthropic", "simulated"}:
+        return [
+            Error(
+                f"RESPCACHE_UPSTREAM is {kind!r}.",
+                hint="Use 'anthropic' or 'simulated'.",
+                id="respcache.E003",
+            )
+        ]
+    if kind == "anthropic" and not os.environ.get("ANTHROPIC_API_KEY"):
+        return [
+            Error(
+                "RESPCACHE_UPSTREAM is 'anthropic' but ANTHROPIC_API_KEY is unset.",
+                hint="Set ANTHROPIC_API_KEY (the server's key; callers never send it).",
+                id="respcache.E004",
+            )
+        ]
+    return []

@@ -1,0 +1,77 @@
+"""``app_settings``: respcache's settings, read from the ``RESPCACHE`` dict with defaults.
+
+Values are read on first access and dropped on ``setting_changed``, so ``override_settings``
+works in tests; unknown names raise ``AttributeError`` instead of silently using a default.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from django.conf import settings
+from django.core.signals import setting_changed
+
+DEFAULTS: dict[str, Any] = {
+    # The django-redis cache alias that holds entries, locks and counters.
+    "CACHE_ALIAS": "respcache",
+    # "anthropic", "simulated", or "" to choose: anthropic when ANTHROPIC_API_KEY is set.
+    "UPSTREAM": "",
+    # Largest request body accepted, in bytes (the Messages API's own limit).
+    "MAX_BODY_BYTES": 32 * 1024 * 1024,
+    # Deepest JSON nesting accepted in a request body.
+    "MAX_JSON_DEPTH": 64,
+    # Entries larger than this are stored zlib-compressed.
+    "COMPRESS_MIN_BYTES": 1024,
+    "COMPRESS_LEVEL": 6,
+    # How long a worker keeps its local copy of a workload policy or an API key, in seconds.
+    # A policy edit or a revoked key takes effect on every worker within this time.
+    "LOCAL_CACHE_SECONDS": 5.0,
+    # Upstream call timeout in seconds and SDK retries (callers' SDKs retry on their own).
+    "UPSTREAM_TIMEOUT": 300.0,
+    "UPSTREAM_MAX_RETRIES": 0,
+    # Counter retention: one-minute buckets for 5m/1h/24h windows, one-hour buckets for 7d.
+    "MINUTE_BUCKET_RETENTION_SECONDS": 26 * 3600,
+    "HOUR_BUCKET_RETENTION_SECONDS": 8 * 24 * 3600,
+}
+
+
+class AppSettings:
+    def __init__(self, defaults: dict[str, Any]) -> None:
+        self.defaults = defaults
+        self._cached: dict[str, Any] = {}
+
+    @property
+    def user_settings(self) -> dict[str, Any]:
+        return getattr(settings, "RESPCACHE", {}) or {}
+
+    def __getattr__(self, name: str) -> Any:
+        if name not in self.defaults:
+            raise AttributeError(f"Invalid respcache setting: {name!r}")
+        try:
+            return self._cached[name]
+        except KeyError:
+            value = self.user_settings.get(name, self.defaults[name])
+            self._cached[name] = value
+            return value
+
+    def reload(self) -> None:
+        self._cached.clear()
+
+    @property
+    def upstream_kind(self) -> str:
+        kind = (self.UPSTREAM or "").strip().lower()
+        if kind:
+            return kind
+        return "anthropic" if os.environ.get("ANTHROPIC_API_KEY") else "simulated"
+
+
+app_settings = AppSettings(DEFAULTS)
+
+
+def _reload(*, setting: str, **kwargs: Any) -> None:
+    if setting == "RESPCACHE":
+        app_settings.reload()
+
+
+setting_changed.connect(_reload)

@@ -1,0 +1,53 @@
+"""``manage.py respcache_workload SLUG [options]``: create or update a workload and print it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.exceptions import ValidationError
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from respcache import service
+
+
+def describe(workload: Any) -> str:
+    return (
+        f"workload {workload.slug}: enabled={workload.enabled} ttl={workload.ttl_seconds}s "
+        f"key_version={workload.key_version} strict={workload.strict} "
+        f"lock_ttl={workload.lock_ttl:g}s wait_max={workload.wait_max:g}s"
+    )
+
+
+class Command(BaseCommand):
+    help = "Create or update a workload's cache policy, and print it."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("slug")
+        parser.add_argument("--ttl", type=int, metavar="SECONDS", help="How long answers are served.")
+        enabled = parser.add_mutually_exclusive_group()
+        enabled.add_argument("--enable", dest="enabled", action="store_true", default=None)
+        enabled.add_argument("--disable", dest="enabled", action="store_false")
+        strict = parser.add_mutually_exclusive_group()
+        strict.add_argument("--strict", dest="strict", action="store_true", default=None,
+                            help="Cache only requests that set temperature to 0.")
+        strict.add_argument("--no-strict", dest="strict", action="store_false")
+        parser.add_argument("--lock-ttl", type=float, metavar="SECONDS", help="Stampede lock lifetime.")
+        parser.add_argument("--wait-max", type=float, metavar="SECONDS",
+                            help="How long a caller waits for another's answer.")
+        parser.add_argument("--description")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        fields = {
+            "ttl_seconds": options["ttl"],
+            "enabled": options["enabled"],
+            "strict": options["strict"],
+            "lock_ttl": options["lock_ttl"],
+            "wait_max": options["wait_max"],
+            "description": options["description"],
+        }
+        fields = {k: v for k, v in fields.items() if v is not None}
+        try:
+            workload, created = service.workload_upsert(slug=options["slug"], actor="command", **fields)
+        except ValidationError as exc:
+            raise CommandError("; ".join(f"{k}: {' '.join(v)}" for k, v in exc.message_dict.items())) from exc
+        self.stdout.write(("created " if created else "updated ") + describe(workload))

@@ -1,0 +1,210 @@
+"""Per-workload counters in Redis time buckets, shared by every worker and machine.
+
+Each event increments a field in a one-minute bucket (kept ``MINUTE_BUCKET_RETENTION_SECONDS``,
+read for the 5m, 1h and 24h windows) and in a one-hour bucket (kept
+``HOUR_BUCKET_RETENTION_SECONDS``, read for 7d). Fields:
+
+- outcomes, one per call: hit, wait, miss, fallthrough, bypass, refresh;
+- upstream_error, cache_error; upstream_calls and upstream_ms (summed latency);
+- saved_in, saved_out: tokens a hit or wait did not spend (the stored usage);
+- written: entries stored;
+- exp_written, exp_read: counted in the bucket of the entry's *expiry* time; an entry whose
+  expiry is past and that was never read is a dead write, so over a window
+  dead-write rate = (exp_written - exp_read) / exp_written of the buckets in it.
+
+A cache error seen while Redis is unreachable cannot be counted there: it is kept in this
+process and added to the next batch of counters that reaches Redis.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from redis.exceptions import RedisError
+
+from respcache import store
+from respcache.conf import app_settings
+from respcache.exceptions import CacheUnavailable
+
+OUTCOMES = ("hit", "wait", "miss", "fallthrough", "bypass", "refresh")
+FIELDS = OUTCOMES + (
+    "upstream_error",
+    "cache_error",
+    "upstream_calls",
+    "upstream_ms",
+    "saved_in",
+    "saved_out",
+    "written",
+    "exp_written",
+    "exp_read",
+)
+WINDOWS = {"5m": 300, "1h": 3600, "24h": 86400, "7d": 7 * 86400}
+MINUTE, HOUR = 60, 3600
+
+_pending_lock = threading.Lock()
+_pending: dict[str, dict[str, int]] = {}
+
+
+def _bucket_key(workload: str, width: int, start: int) -> str:
+    kind = "m" if width == MINUTE else "h"
+    return store.full_key(f"respcache:s:{workload}:{kind}:{start}")
+
+
+def bucket_keys(workload: str, now: float) -> tuple[list[str], list[int]]:
+    """The minute and hour bucket keys for ``now``, and the TTLs that keep them their retention."""
+    t = int(now)
+    minute, hour = t - t % MINUTE, t - t % HOUR
+    return (
+        [_bucket_key(workload, MINUTE, minute), _bucket_key(workload, HOUR, hour)],
+        [
+            minute + MINUTE + app_settings.MINUTE_BUCKET_RETENTION_SECONDS - t,
+            hour + HOUR + app_settings.HOUR_BUCKET_RETENTION_SECONDS - t,
+        ],
+    )
+
+
+def count(workload: str, now: float, **fields: int) -> None:
+    """Add ``fields`` to the workload's current buckets, in one pipelined round trip."""
+    with _pending_lock:
+        pending = _pending.pop(workload, None)
+    if pending:
+        for name, value in pending.items():
+            fields[name] = fields.get(name, 0) + value
+    keys, ttls = bucket_keys(workload, now)
+    try:
+        pipe = store.client().pipeline(transaction=False)
+        for key, ttl in zip(keys, ttls, strict=True):
+            for name, value in fields.items():
+                if value:
+                    pipe.hincrby(key, name, value)
+            pipe.expire(key, ttl)
+        pipe.execute()
+    except RedisError as exc:
+        keep_pending(workload, **fields)
+        raise CacheUnavailable(str(exc)) from exc
+
+
+def keep_pending(workload: str, **fields: int) -> None:
+    with _pending_lock:
+        bucket = _pending.setdefault(workload, {})
+        for name, value in fields.items():
+            bucket[name] = bucket.get(name, 0) + value
+
+
+def expiry_bucket_keys(workload: str, now: float, ttl_seconds: int) -> tuple[list[str], list[int]]:
+    """Buckets of the moment an entry written ``now`` expires, kept their retention after it."""
+    expires = int(now) + int(ttl_seconds)
+    minute, hour = expires - expires % MINUTE, expires - expires % HOUR
+    t = int(now)
+    return (
+        [_bucket_key(workload, MINUTE, minute), _bucket_key(workload, HOUR, hour)],
+        [
+            minute + MINUTE + app_settings.MINUTE_BUCKET_RETENTION_SECONDS - t,
+            hour + HOUR + app_settings.HOUR_BUCKET_RETENTION_SECONDS - t,
+        ],
+    )
+
+
+@dataclass(frozen=True)
+class Totals:
+    """Counter sums over one window, and the contract's numbers derived from them."""
+
+    window: str
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def __getitem__(self, name: str) -> int:
+        return self.counts.get(name, 0)
+
+    @property
+    def requests(self) -> int:
+        return sum(self[o] for o in OUTCOMES)
+
+    @property
+    def hit_rate(self) -> float | None:
+        served = self["hit"] + self["wait"]
+        looked_up = served + self["miss"] + self["fallthrough"]
+        return served / looked_up if looked_up else None
+
+    @property
+    def stampede_rate(self) -> float | None:
+        return self["wait"] / self["miss"] if self["miss"] else None
+
+    @property
+    def dead_write_rate(self) -> float | None:
+        written = self["exp_written"]
+        return max(0, written - self["exp_read"]) / written if written else None
+
+    @property
+    def upstream_latency_ms(self) -> float | None:
+        calls = self["upstream_calls"]
+        return self["upstream_ms"] / calls if calls else None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "window": self.window,
+            "requests": self.requests,
+            **{name: self[name] for name in FIELDS},
+            "hit_rate": self.hit_rate,
+            "stampede_rate": self.stampede_rate,
+            "dead_write_rate": self.dead_write_rate,
+            "upstream_latency_ms": self.upstream_latency_ms,
+        }
+
+
+def _window_buckets(workload: str, window: str, now: float) -> list[str]:
+    try:
+        seconds = WINDOWS[window]
+    except KeyError:
+        raise ValueError(f"unknown window {window!r}; choose one of {', '.join(WINDOWS)}") from None
+    t = int(now)
+    width = MINUTE if seconds <= 86400 else HOUR
+    first = t - seconds + 1
+    start = first - first % width
+    return [_bucket_key(workload, width, s) for s in range(start, t + 1, width)]
+
+
+def _sum(hashes: Iterable[dict[bytes, bytes]]) -> dict[str, int]:
+    totals: dict[str, int] = {}
+    for values in hashes:
+        for name, value in values.items():
+            key = name.decode()
+            totals[key] = totals.get(key, 0) + int(value)
+    return totals
+
+
+def totals(workload: str, window: str = "1h", *, now: float | None = None) -> Totals:
+    """Sum the workload's counters over ``window`` ("5m", "1h", "24h", "7d")."""
+    keys = _window_buckets(workload, window, time.time() if now is None else now)
+    try:
+        pipe = store.client().pipeline(transaction=False)
+        for key in keys:
+            pipe.hgetall(key)
+        hashes = pipe.execute()
+    except RedisError as exc:
+        raise CacheUnavailable(str(exc)) from exc
+    return Totals(window=window, counts=_sum(hashes))
+
+
+def series(
+    workload: str, window: str = "1h", *, points: int = 60, now: float | None = None
+) -> list[tuple[int, dict[str, int]]]:
+    """The window's counters in ``points`` consecutive slices (start time, counts), for charts."""
+    t = int(time.time() if now is None else now)
+    keys = _window_buckets(workload, window, t)
+    try:
+        pipe = store.client().pipeline(transaction=False)
+        for key in keys:
+            pipe.hgetall(key)
+        hashes = pipe.execute()
+    except RedisError as exc:
+        raise CacheUnavailable(str(exc)) from exc
+    per_slice = max(1, -(-len(keys) // points))
+    starts = [int(k.rsplit(":", 1)[1]) for k in keys]
+    out = []
+    for i in range(0, len(keys), per_slice):
+        out.append((starts[i], _sum(hashes[i : i + per_slice])))
+    return out

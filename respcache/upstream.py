@@ -1,0 +1,182 @@
+"""The upstream Messages API: one small contract, an Anthropic and a simulated implementation.
+
+``get_upstream()`` returns the configured one (``RESPCACHE["UPSTREAM"]`` /
+``RESPCACHE_UPSTREAM``: ``anthropic`` or ``simulated``). Calls return plain data, never SDK
+objects, and raise only respcache's own errors: this module owns the ``anthropic`` library's.
+The caller's body is forwarded byte for byte (unknown fields untouched) with the caller's
+``anthropic-beta`` and ``anthropic-version`` headers; the upstream is called with the server's
+``ANTHROPIC_API_KEY`` (honouring ``ANTHROPIC_BASE_URL``), never with the caller's key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import anthropic
+import orjson
+
+try:  # anthropic 2.x releases built on the httpx2 fork, and the older ones on httpx
+    import httpx2 as httpx
+except ImportError:  # pragma: no cover
+    import httpx  # type: ignore[no-redef]
+
+from respcache.conf import app_settings
+from respcache.exceptions import UpstreamError, UpstreamUnavailable
+
+logger = logging.getLogger(__name__)
+
+#: Request headers passed to the upstream as the caller sent them.
+FORWARDED_HEADERS = ("anthropic-beta", "anthropic-version")
+#: Upstream response headers passed back with an error (what SDKs read to back off).
+ERROR_HEADERS = ("retry-after", "retry-after-ms", "x-should-retry", "request-id")
+
+
+@dataclass(frozen=True)
+class UpstreamResponse:
+    """A successful upstream answer: the Message bytes as sent, and what we read from them."""
+
+    body: bytes
+    message: dict[str, Any]
+    latency_ms: float
+    headers: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def input_tokens(self) -> int:
+        usage = self.message.get("usage") or {}
+        return int(usage.get("input_tokens") or 0) + int(usage.get("cache_read_input_tokens") or 0) + int(
+            usage.get("cache_creation_input_tokens") or 0
+        )
+
+    @property
+    def output_tokens(self) -> int:
+        return int((self.message.get("usage") or {}).get("output_tokens") or 0)
+
+    @property
+    def model(self) -> str:
+        return str(self.message.get("model") or "")
+
+
+class Upstream(Protocol):
+    def create(self, raw_body: bytes, body: dict[str, Any], *, headers: dict[str, str]) -> UpstreamResponse:
+        """Call the Messages API once (non-streaming); raise UpstreamError on failure."""
+        ...
+
+
+def _parse_message(content: bytes) -> dict[str, Any]:
+    try:
+        message = orjson.loads(content)
+    except orjson.JSONDecodeError as exc:
+        raise UpstreamUnavailable(f"upstream answered with invalid JSON: {exc}") from exc
+    if not isinstance(message, dict) or message.get("type") != "message":
+        raise UpstreamUnavailable("upstream answered with something that is not a Message")
+    return message
+
+
+class AnthropicUpstream:
+    """The real Messages API through the official SDK."""
+
+    def __init__(self, *, http_client: Any = None, api_key: str | None = None, base_url: str | None = None):
+        self.client = anthropic.Anthropic(
+            api_key=api_key or os.environ.get("ANTHROPIC_API_KEY") or "missing",
+            base_url=base_url or os.environ.get("ANTHROPIC_BASE_URL") or None,
+            max_retries=int(app_settings.UPSTREAM_MAX_RETRIES),
+            timeout=float(app_settings.UPSTREAM_TIMEOUT),
+            http_client=http_client,
+        )
+
+    def create(self, raw_body: bytes, body: dict[str, Any], *, headers: dict[str, str]) -> UpstreamResponse:
+        started = time.perf_counter()
+        try:
+            response = self.client.post(
+                "/v1/messages",
+                cast_to=httpx.Response,
+                content=raw_body,
+                options={"headers": {"content-type": "application/json", **headers}},
+            )
+        except anthropic.APIStatusError as exc:
+            raise _status_error(exc) from exc
+        except anthropic.APIConnectionError as exc:
+            raise UpstreamUnavailable(f"upstream unreachable: {exc}") from exc
+        latency_ms = (time.perf_counter() - started) * 1000
+        content = response.content
+        return UpstreamResponse(body=content, message=_parse_message(content), latency_ms=latency_ms)
+
+
+def _status_error(exc: anthropic.APIStatusError) -> UpstreamError:
+    response = exc.response
+    error_type = "api_error"
+    if isinstance(exc.body, dict):
+        error = exc.body.get("error")
+        if isinstance(error, dict) and isinstance(error.get("type"), str):
+            error_type = error["type"]
+    headers = {h: response.headers[h] for h in ERROR_HEADERS if h in response.headers}
+    return UpstreamError(
+        exc.message,
+        status_code=response.status_code,
+        body=response.content,
+        error_type=error_type,
+        headers=headers,
+    )
+
+
+class SimulatedUpstream:
+    """A deterministic local Messages API for demos and tests: the same body, the same answer."""
+
+    def create(self, raw_body: bytes, body: dict[str, Any], *, headers: dict[str, str]) -> UpstreamResponse:
+        started = time.perf_counter()
+        digest = hashlib.sha256(raw_body).hexdigest()
+        prompt = _last_user_text(body)
+        text = f"Simulated answer ({digest[:12]}) to: {prompt[:200]}"
+        message = {
+            "id": f"msg_sim_{digest[:24]}",
+            "type": "message",
+            "role": "assistant",
+            "model": str(body.get("model", "")),
+            "content": [{"type": "text", "text": text}],
+            "stop_reason": "end_turn",
+            "stop_sequence": None,
+            "usage": {"input_tokens": max(1, len(raw_body) // 4), "output_tokens": max(1, len(text) // 4)},
+        }
+        content = orjson.dumps(message)
+        return UpstreamResponse(
+            body=content, message=message, latency_ms=(time.perf_counter() - started) * 1000
+        )
+
+
+def _last_user_text(body: dict[str, Any]) -> str:
+    for message in reversed(body.get("messages") or []):
+        if isinstance(message, dict) and message.get("role") == "user":
+            content = message.get("content")
+            if isinstance(content, str):
+                return content
+            if isinstance(content, list):
+                return " ".join(
+                    b.get("text", "") for b in content if isinstance(b, dict) and b.get("type") == "text"
+                )
+    return ""
+
+
+_upstream_lock = threading.Lock()
+_upstreams: dict[tuple[str, str, str], Upstream] = {}
+
+
+def get_upstream() -> Upstream:
+    """The configured upstream, one per (kind, base URL, key) per process (clients pool connections)."""
+    kind = app_settings.upstream_kind
+    handle = (kind, os.environ.get("ANTHROPIC_BASE_URL", ""), os.environ.get("ANTHROPIC_API_KEY", ""))
+    with _upstream_lock:
+        found = _upstreams.get(handle)
+        if found is None:
+            found = _upstreams[handle] = AnthropicUpstream() if kind == "anthropic" else SimulatedUpstream()
+        return found
+
+
+def reset_upstreams() -> None:
+    with _upstream_lock:
+        _upstreams.clear()
