@@ -1,0 +1,323 @@
+"""The call endpoint through the official SDK against a live server and the fake Messages API."""
+
+from __future__ import annotations
+
+import inspect
+import threading
+from typing import Any
+
+import anthropic
+import httpx2 as httpx
+import orjson
+import pytest
+
+from respcache import service
+from respcache.models import Workload
+from tests.conftest import ask
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+_SDK_PARAMS = set(inspect.signature(anthropic.resources.messages.Messages.create).parameters) - {"self"}
+
+
+def create(client: anthropic.Anthropic, body: dict[str, Any], **kwargs: Any) -> Any:
+    """messages.create with the raw response; fields the SDK has no argument for (temperature
+    in SDK 2.x) go in extra_body, as callers send them."""
+    known = {k: v for k, v in body.items() if k in _SDK_PARAMS}
+    extra = {k: v for k, v in body.items() if k not in _SDK_PARAMS}
+    if extra:
+        kwargs["extra_body"] = {**extra, **kwargs.get("extra_body", {})}
+    return client.messages.with_raw_response.create(**known, **kwargs)
+
+
+def post(live_server: Any, slug: str, key: str | None, content: bytes | str, **headers: str) -> httpx.Response:
+    all_headers = {"content-type": "application/json", **headers}
+    if key:
+        all_headers["x-api-key"] = key
+    return httpx.post(f"{live_server.url}/w/{slug}/v1/messages", content=content, headers=all_headers, timeout=10)
+
+
+def test_miss_then_hit_then_bump_gives_miss(sdk: Any, fake: Any, workload: Workload) -> None:
+    client = sdk()
+    first = create(client, ask())
+    second = create(client, ask())
+    assert first.headers["x-respcache"] == "miss"
+    assert second.headers["x-respcache"] == "hit"
+    assert first.parse().model_dump() == second.parse().model_dump()
+    assert len(first.headers["x-respcache-key"]) == 64
+    assert first.headers["x-respcache-key"] == second.headers["x-respcache-key"]
+    assert "age" not in first.headers and int(second.headers["age"]) >= 0
+    assert len(fake.message_calls()) == 1
+
+    service.workload_bump(workload, actor="test")
+    third = create(client, ask())
+    assert third.headers["x-respcache"] == "miss"
+    assert len(fake.message_calls()) == 2
+    assert create(client, ask()).headers["x-respcache"] == "hit"
+
+
+def test_hit_is_exactly_the_upstream_message(sdk: Any, fake: Any, fake_server: Any) -> None:
+    body = ask("[[shape:tool_use]] weather?")
+    direct = anthropic.Anthropic(base_url=fake_server.url, api_key="k", max_retries=0).messages.create(**body)
+    client = sdk()
+    miss = client.messages.create(**body)
+    hit = client.messages.create(**body)
+    assert miss.model_dump() == direct.model_dump() == hit.model_dump()
+
+
+def test_bearer_and_x_api_key_are_both_accepted(live_server: Any, fake: Any, api_key: str) -> None:
+    url = f"{live_server.url}/w/intents/v1/messages"
+    body = orjson.dumps(ask())
+    bearer = httpx.post(url, content=body, headers={"authorization": f"Bearer {api_key}"})
+    x_api_key = httpx.post(url, content=body, headers={"x-api-key": api_key})
+    assert bearer.status_code == x_api_key.status_code == 200
+    assert x_api_key.headers["x-respcache"] == "hit"
+
+
+def test_callers_key_is_never_forwarded_and_server_key_is(sdk: Any, fake: Any, api_key: str) -> None:
+    create(sdk(), ask())
+    (call,) = fake.message_calls()
+    headers = {k.lower(): v for k, v in call["headers"].items()}
+    assert headers.get("authorization") == "Bearer sk-server-key"
+    assert api_key not in str(call["headers"])
+
+
+def test_unknown_fields_and_beta_header_are_forwarded_untouched(sdk: Any, fake: Any) -> None:
+    body = ask(temperature=0)
+    response = create(
+        sdk(), body, extra_body={"future_option": {"x": [1, 2.5]}},
+        extra_headers={"anthropic-beta": "b-2, a-1"},
+    )
+    assert response.headers["x-respcache"] == "miss"
+    (call,) = fake.message_calls()
+    assert call["body"]["future_option"] == {"x": [1, 2.5]}
+    assert call["body"]["temperature"] == 0
+    assert {k.lower(): v for k, v in call["headers"].items()}["anthropic-beta"] == "b-2, a-1"
+
+
+def test_beta_header_is_part_of_the_key(sdk: Any, fake: Any) -> None:
+    client = sdk()
+    create(client, ask())
+    assert create(client, ask(), extra_headers={"anthropic-beta": "x-1"}).headers["x-respcache"] == "miss"
+    assert create(client, ask(), extra_headers={"anthropic-beta": "x-1"}).headers["x-respcache"] == "hit"
+
+
+def test_temperature_above_zero_bypasses(sdk: Any, fake: Any) -> None:
+    client = sdk()
+    for _ in range(2):
+        response = create(client, ask(), extra_body={"temperature": 0.7})
+        assert response.headers["x-respcache"] == "bypass"
+    assert len(fake.message_calls()) == 2
+
+
+def test_strict_workload_caches_only_temperature_zero(sdk: Any, fake: Any, make_workload: Any, make_key: Any) -> None:
+    strict = make_workload("evals", strict=True)
+    client = sdk("evals", key=make_key(strict))
+    assert create(client, ask()).headers["x-respcache"] == "bypass"
+    assert create(client, ask(), extra_body={"temperature": 0}).headers["x-respcache"] == "miss"
+    assert create(client, ask(), extra_body={"temperature": 0.0}).headers["x-respcache"] == "hit"
+
+
+def test_disabled_workload_bypasses(sdk: Any, fake: Any, workload: Workload) -> None:
+    service.workload_set_enabled(workload, False, actor="test")
+    client = sdk()
+    assert create(client, ask()).headers["x-respcache"] == "bypass"
+    assert create(client, ask()).headers["x-respcache"] == "bypass"
+
+
+def test_cache_control_no_cache_refreshes_and_stores(sdk: Any, fake: Any) -> None:
+    client = sdk()
+    create(client, ask())
+    refreshed = create(client, ask(), extra_headers={"cache-control": "no-cache"})
+    assert refreshed.headers["x-respcache"] == "refresh"
+    assert len(fake.message_calls()) == 2
+    assert create(client, ask()).headers["x-respcache"] == "hit"
+
+
+def test_cache_control_no_store_does_not_store(sdk: Any, fake: Any) -> None:
+    client = sdk()
+    assert create(client, ask(), extra_headers={"cache-control": "no-store"}).headers["x-respcache"] == "miss"
+    assert create(client, ask()).headers["x-respcache"] == "miss"
+    assert create(client, ask()).headers["x-respcache"] == "hit"
+
+
+def test_stream_is_not_in_the_key_and_metadata_neither(sdk: Any, fake: Any) -> None:
+    client = sdk()
+    create(client, ask())
+    assert create(client, ask(), metadata={"user_id": "u1"}).headers["x-respcache"] == "hit"
+
+
+# --- errors --------------------------------------------------------------------------------------
+
+
+def test_bad_key_is_401(sdk: Any, fake: Any) -> None:
+    with pytest.raises(anthropic.AuthenticationError) as info:
+        sdk(key="nope.nope").messages.create(**ask())
+    assert info.value.body["error"]["type"] == "authentication_error"
+
+
+def test_missing_key_is_401(live_server: Any, workload: Workload) -> None:
+    response = post(live_server, "intents", None, orjson.dumps(ask()))
+    assert response.status_code == 401
+    assert response.json()["error"]["type"] == "authentication_error"
+
+
+def test_revoked_key_is_401(sdk: Any, fake: Any, api_key: str) -> None:
+    from respcache.models import ApiKey
+
+    ApiKey.objects.update(revoked=True)
+    with pytest.raises(anthropic.AuthenticationError):
+        sdk().messages.create(**ask())
+
+
+def test_key_not_allowed_this_workload_is_403(sdk: Any, fake: Any, make_workload: Any) -> None:
+    make_workload("moderation")
+    with pytest.raises(anthropic.PermissionDeniedError) as info:
+        sdk("moderation").messages.create(**ask())
+    assert info.value.body["error"]["type"] == "permission_error"
+
+
+def test_unknown_workload_is_404(sdk: Any, fake: Any) -> None:
+    with pytest.raises(anthropic.NotFoundError) as info:
+        sdk("no-such-workload").messages.create(**ask())
+    assert info.value.body["error"]["type"] == "not_found_error"
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"not json",
+        b"",
+        b"[1, 2]",
+        b'"a string"',
+        b'{"max_tokens": 10, "messages": []}',
+        b'{"model": 5, "max_tokens": 10, "messages": []}',
+        b'{"model": "m", "max_tokens": 10}',
+        b'{"model": "m", "max_tokens": 10, "messages": {}}',
+        b'{"model": "m", "messages": []}',
+        b'{"model": "m", "max_tokens": "10", "messages": []}',
+        b'{"model": "m", "max_tokens": true, "messages": []}',
+        b'{"model": "m", "max_tokens": 1.5, "messages": []}',
+        b'{"model": "m", "max_tokens": 10, "messages": [], "temperature": NaN}',
+        b'{"model": "m", "max_tokens": 10, "messages": [], "temperature": Infinity}',
+        b'{"model": "m", "max_tokens": 10, "messages": [], "x": ' + b"[" * 100 + b"]" * 100 + b"}",
+        b'{"model": "m", "max_tokens": 10, "messages": [], "stream": "yes"}',
+        b"\xff\xfe",
+    ],
+)
+def test_bad_bodies_are_400_in_anthropic_format(live_server: Any, api_key: str, content: bytes, fake: Any) -> None:
+    response = post(live_server, "intents", api_key, content)
+    assert response.status_code == 400, response.text
+    payload = response.json()
+    assert payload["type"] == "error"
+    assert payload["error"]["type"] == "invalid_request_error"
+    assert payload["error"]["message"]
+    assert fake.message_calls() == []
+
+
+def test_bad_body_through_sdk_raises_bad_request(sdk: Any, fake: Any) -> None:
+    with pytest.raises(anthropic.BadRequestError):
+        sdk(timeout=10).messages.create(model="m", max_tokens=10, messages="hi")  # type: ignore[arg-type]
+
+
+def test_body_over_the_limit_is_413(live_server: Any, api_key: str, settings: Any, fake: Any) -> None:
+    settings.RESPCACHE = {**settings.RESPCACHE, "MAX_BODY_BYTES": 1000}
+    body = orjson.dumps(ask("x" * 2000))
+    response = post(live_server, "intents", api_key, body)
+    assert response.status_code == 413
+    assert response.json()["error"]["type"] == "request_too_large"
+    with pytest.raises(anthropic.APIStatusError) as info:
+        anthropic.Anthropic(base_url=f"{live_server.url}/w/intents", api_key=api_key, max_retries=0).messages.create(
+            **ask("x" * 2000)
+        )
+    assert info.value.status_code == 413
+
+
+def test_default_body_limit_is_32_mib() -> None:
+    from respcache.conf import DEFAULTS
+
+    assert DEFAULTS["MAX_BODY_BYTES"] == 32 * 1024 * 1024
+
+
+def test_streaming_gets_a_clear_400_for_now(sdk: Any, fake: Any) -> None:
+    with pytest.raises(anthropic.BadRequestError) as info:
+        sdk().messages.create(**ask(), stream=True)
+    assert "stream" in info.value.message
+
+
+@pytest.mark.parametrize(
+    ("status", "exc_class", "error_type"),
+    [
+        (429, anthropic.RateLimitError, "rate_limit_error"),
+        (500, anthropic.InternalServerError, "api_error"),
+        (529, anthropic.InternalServerError, "overloaded_error"),
+        (400, anthropic.BadRequestError, "invalid_request_error"),
+    ],
+)
+def test_upstream_errors_keep_status_and_body_and_are_never_stored(
+    sdk: Any, fake: Any, status: int, exc_class: type, error_type: str
+) -> None:
+    client = sdk()
+    body = ask(f"[[status:{status}]]")
+    for _ in range(2):
+        with pytest.raises(exc_class) as info:
+            client.messages.create(**body)
+        assert info.value.status_code == status
+        assert info.value.body == {"type": "error", "error": {"type": error_type, "message": f"fake {status}"}}
+        if status == 429:
+            assert info.value.response.headers["retry-after"] == "7"
+    assert len(fake.message_calls()) == 2  # nothing was stored
+
+
+def test_unreachable_upstream_is_502(sdk: Any, fake: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from respcache import upstream
+
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", "http://127.0.0.1:9")
+    upstream.reset_upstreams()
+    with pytest.raises(anthropic.APIStatusError) as info:
+        sdk().messages.create(**ask())
+    assert info.value.status_code == 502
+    assert info.value.body["error"]["type"] == "api_error"
+
+
+def test_wrong_method_is_an_error_in_anthropic_format(live_server: Any, api_key: str) -> None:
+    response = httpx.get(f"{live_server.url}/w/intents/v1/messages", headers={"x-api-key": api_key})
+    assert response.status_code == 405
+    assert response.json()["type"] == "error"
+
+
+# --- stampede --------------------------------------------------------------------------------------
+
+
+def test_stampede_many_threads_one_cold_key_one_upstream_call(sdk: Any, fake: Any) -> None:
+    threads_n = 24
+    body = ask("[[delay:0.5]] trending meme")
+    barrier = threading.Barrier(threads_n)
+    results: list[tuple[str, Any]] = []
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+
+    def worker() -> None:
+        client = sdk(timeout=30)
+        barrier.wait()
+        try:
+            response = create(client, body)
+            with lock:
+                results.append((response.headers["x-respcache"], response.parse().model_dump()))
+        except BaseException as exc:  # noqa: BLE001 - collected and asserted below
+            with lock:
+                errors.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(threads_n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+    assert len(results) == threads_n
+    assert len(fake.message_calls()) == 1
+    statuses = sorted(s for s, _ in results)
+    assert statuses.count("miss") == 1
+    assert set(statuses) <= {"miss", "wait", "hit"}
+    assert all(message == results[0][1] for _, message in results)

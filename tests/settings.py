@@ -1,0 +1,39 @@
+"""Test settings: the project's, with Redis on a dedicated database that the tests flush.
+
+Redis is real: REDIS_URL when set, else the embedded server (started here if needed).
+The tests use database RESPCACHE_TEST_REDIS_DB (13 by default) of that server.
+"""
+
+import os
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+if not os.environ.get("REDIS_URL"):
+    from project import embedded_redis
+
+    embedded_redis.ensure_running()
+
+from project.settings import *  # noqa: E402,F403
+from project.settings import BASE_DIR, CACHES, DATABASES, REDIS_URL  # noqa: E402
+
+TEST_REDIS_DB = int(os.environ.get("RESPCACHE_TEST_REDIS_DB", "13"))
+
+
+def _with_db(url: str, db: int) -> str:
+    parts = urlsplit(url)
+    if parts.scheme == "unix":
+        query = dict(parse_qsl(parts.query))
+        query["db"] = str(db)
+        return f"unix://{parts.path}?{urlencode(query)}"
+    return urlunsplit(parts._replace(path=f"/{db}"))
+
+
+TEST_REDIS_URL = _with_db(REDIS_URL, TEST_REDIS_DB)
+CACHES["respcache"]["LOCATION"] = TEST_REDIS_URL
+CACHES["respcache"]["KEY_PREFIX"] = "rctest"
+
+# A file (not in-memory) SQLite test database, so that a gunicorn started by a test shares it.
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    DATABASES["default"]["TEST"] = {"NAME": str(BASE_DIR / ".run" / "test-db.sqlite3")}
+
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # fast test users
+RESPCACHE = {"CACHE_ALIAS": "respcache", "UPSTREAM": "simulated", "LOCAL_CACHE_SECONDS": 0}
