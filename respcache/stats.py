@@ -202,9 +202,8 @@ def series(
         hashes = pipe.execute()
     except RedisError as exc:
         raise CacheUnavailable(str(exc)) from exc
-    per_slice = max(1, -(-len(keys) // points))
     starts = [int(k.rsplit(":", 1)[1]) for k in keys]
-    out = []
-    for i in range(0, len(keys), per_slice):
-        out.append((starts[i], _sum(hashes[i : i + per_slice])))
+    slices = min(points, len(keys))
+    bounds = [round(i * len(keys) / slices) for i in range(slices + 1)]
+    out = [(starts[lo], _sum(hashes[lo:hi])) for lo, hi in zip(bounds, bounds[1:], strict=False)]
     return out

@@ -314,7 +314,7 @@ def test_stampede_many_threads_one_cold_key_one_upstream_call(sdk: Any, fake: An
         t.start()
     for t in threads:
         t.join(60)
-    assert errors == []
+    assert errors == [], [repr(e) for e in errors]
     assert len(results) == threads_n
     assert len(fake.message_calls()) == 1
     statuses = sorted(s for s, _ in results)

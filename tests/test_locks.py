@@ -1,0 +1,69 @@
+"""The stampede lock on a real Redis: owner tokens, compare-and-delete, expiry, Pub/Sub wake-up."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from respcache import locks, store
+
+LOCK = "rctest:lock-under-test"
+CHANNEL = "rctest:channel-under-test"
+
+
+def test_only_one_caller_gets_the_lock() -> None:
+    a, b = locks.new_token(), locks.new_token()
+    assert a != b
+    assert locks.acquire(LOCK, token=a, ttl_seconds=10)
+    assert not locks.acquire(LOCK, token=b, ttl_seconds=10)
+
+
+def test_only_the_holder_releases(redis_db: Any) -> None:
+    holder, other = locks.new_token(), locks.new_token()
+    locks.acquire(LOCK, token=holder, ttl_seconds=10)
+    assert not locks.release(LOCK, token=other, channel=CHANNEL, message=b"ok")
+    assert redis_db.get(LOCK) == holder.encode()
+    assert locks.release(LOCK, token=holder, channel=CHANNEL, message=b"ok")
+    assert redis_db.get(LOCK) is None
+
+
+def test_the_lock_expires_after_lock_ttl(redis_db: Any) -> None:
+    locks.acquire(LOCK, token=locks.new_token(), ttl_seconds=1.5)
+    assert 0 < redis_db.pttl(LOCK) <= 1500
+    redis_db.pexpire(LOCK, 1)  # let it expire now instead of sleeping
+    time.sleep(0.01)
+    assert locks.acquire(LOCK, token=locks.new_token(), ttl_seconds=1)
+
+
+def test_waiter_wakes_on_publish_and_times_out_without() -> None:
+    got: list[bytes | None] = []
+    ready = threading.Event()
+
+    def waiter() -> None:
+        with locks.Subscription(CHANNEL) as sub:
+            ready.set()
+            got.append(sub.wait(time.monotonic() + 10))
+
+    thread = threading.Thread(target=waiter)
+    thread.start()
+    ready.wait(5)
+    store.client().publish(CHANNEL, b"ok")
+    thread.join(10)
+    assert got == [b"ok"]
+
+    with locks.Subscription(CHANNEL) as sub:
+        assert sub.wait(time.monotonic() + 0.05) is None
+
+
+def test_wait_uses_the_injected_clock() -> None:
+    with locks.Subscription(CHANNEL) as sub:
+        assert sub.wait(100.0, clock=lambda: 200.0) is None
+
+
+def test_release_tells_waiters_the_message() -> None:
+    token = locks.new_token()
+    locks.acquire(LOCK, token=token, ttl_seconds=10)
+    with locks.Subscription(CHANNEL) as sub:
+        locks.release(LOCK, token=token, channel=CHANNEL, message=b"abandoned")
+        assert sub.wait(time.monotonic() + 5) == b"abandoned"

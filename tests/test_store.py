@@ -1,0 +1,131 @@
+"""Entry records in a real Redis: schema versioning, compression, TTL, lookup accounting."""
+
+from __future__ import annotations
+
+import time
+import zlib
+from typing import Any
+
+import orjson
+import pytest
+
+from respcache import keys, stats, store
+
+
+def names(slug: str = "w", version: int = 1, fp: str = "f" * 64) -> dict[str, str]:
+    raw = keys.entry_key(workload=slug, version=version, fingerprint=fp)
+    return {
+        "key": store.full_key(raw),
+        "meta": store.full_key(keys.meta_key(raw)),
+        "lock": store.full_key(keys.lock_key(raw)),
+        "channel": store.full_key(keys.channel_name(raw)),
+    }
+
+
+def write(message: bytes = b'{"type":"message"}', *, ttl: int = 60, now: float | None = None, **kw: Any) -> None:
+    now = time.time() if now is None else now
+    bkeys, bttls = stats.bucket_keys("w", now)
+    ekeys, ettls = stats.expiry_bucket_keys("w", now, ttl)
+    store.write(
+        **names(**kw), token="", record=store.encode_record(message, stored_at=now, model="m"),
+        ttl_seconds=ttl, input_tokens=11, output_tokens=7, stored_at=now, model="m",
+        bucket_keys=bkeys + ekeys, bucket_ttls=bttls + ettls,
+    )
+
+
+def lookup(outcome: str = "hit", version: int = 1, now: float | None = None) -> store.Lookup:
+    bkeys, bttls = stats.bucket_keys("w", time.time() if now is None else now)
+    return store.lookup(workload="w", db_version=version, fingerprint="f" * 64, outcome=outcome,
+                        bucket_keys=bkeys, bucket_ttls=bttls)
+
+
+def test_record_round_trip_small_is_not_compressed() -> None:
+    message = b'{"type":"message","content":[]}'
+    raw = store.encode_record(message, stored_at=123.5, model="m")
+    assert raw[:3] == b"RC\x01" and raw[3] == 0
+    entry = store.decode_record(raw)
+    assert entry == store.Entry(message=message, stored_at=123.5, model="m")
+
+
+def test_large_record_is_compressed_and_round_trips() -> None:
+    message = orjson.dumps({"type": "message", "content": [{"type": "text", "text": "same words " * 500}]})
+    raw = store.encode_record(message, stored_at=1.0, model="m")
+    assert raw[3] & store.FLAG_ZLIB
+    assert len(raw) < len(message) / 3
+    assert store.decode_record(raw).message == message  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        None,
+        b"",
+        b"garbage",
+        b"RC\x02\x00" + b'{"stored_at":1}\n{}',  # a newer schema
+        b"RC\x00\x00" + b'{"stored_at":1}\n{}',  # an older one
+        b"RC\x01\x01" + b"not zlib",
+        b"RC\x01\x00" + b"no newline",
+        b"RC\x01\x00" + b'{"nope":1}\n{}',
+        b"RC\x01\x01" + zlib.compress(b"[1]\n{}"),
+        b"\x80\x04\x95pickle",
+    ],
+)
+def test_unreadable_records_are_misses_not_crashes(raw: bytes | None) -> None:
+    assert store.decode_record(raw) is None
+
+
+def test_write_sets_ttl_and_meta_and_lookup_counts(redis_db: Any) -> None:
+    write(ttl=120)
+    n = names()
+    assert 119_000 < redis_db.pttl(n["key"]) <= 120_000
+    assert 119_000 < redis_db.pttl(n["meta"]) <= 120_000
+    meta = redis_db.hgetall(n["meta"])
+    assert meta[b"reads"] == b"0" and meta[b"in"] == b"11" and meta[b"out"] == b"7"
+    found = lookup()
+    assert found.version == 1 and found.entry is not None
+    assert redis_db.hget(n["meta"], "reads") == b"1"
+    totals = stats.totals("w", "5m")
+    assert (totals["hit"], totals["saved_in"], totals["saved_out"], totals["written"]) == (1, 11, 7, 1)
+
+
+def test_an_old_schema_entry_in_redis_is_a_miss(redis_db: Any) -> None:
+    redis_db.set(names()["key"], b"RC\x00\x00whatever")
+    assert lookup().entry is None
+
+
+def test_lookup_with_empty_outcome_counts_nothing(redis_db: Any) -> None:
+    write()
+    assert lookup("").entry is not None
+    assert redis_db.hget(names()["meta"], "reads") == b"0"
+    assert stats.totals("w", "5m")["hit"] == 0
+
+
+def test_version_in_redis_wins_over_an_older_database_copy(redis_db: Any) -> None:
+    write(version=3)
+    store.set_version("w", 3)
+    found = lookup(version=1)  # a worker whose local policy copy still says 1
+    assert found.version == 3 and found.entry is not None
+    store.set_version("w", 2)  # never lowered
+    assert lookup(version=1).version == 3
+
+
+def test_database_version_raises_a_lost_redis_version(redis_db: Any) -> None:
+    assert lookup(version=5).version == 5
+    assert redis_db.get(store.version_key("w")) == b"5"
+
+
+def test_purge_deletes_all_versions_of_one_workload_only(redis_db: Any) -> None:
+    write(version=1)
+    write(version=2, fp="a" * 64)
+    write(slug="other")
+    assert store.purge("w") == 2
+    assert redis_db.exists(names()["key"]) == 0
+    assert redis_db.exists(names(slug="other")["key"]) == 1
+    assert redis_db.exists(names()["meta"]) == 0
+
+
+def test_iter_entry_keys_scans(redis_db: Any) -> None:
+    for i in range(30):
+        write(fp=f"{i:064d}")
+    found = list(store.iter_entry_keys(keys.entry_pattern(workload="w", version=1), count=7))
+    assert len(found) == 30
