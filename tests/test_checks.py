@@ -1,0 +1,39 @@
+"""System checks respcache.E001… and the settings object."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from respcache import checks
+from respcache.conf import app_settings
+
+
+def ids(errors: list[Any]) -> list[str]:
+    return [e.id for e in errors]
+
+
+def test_cache_alias_must_exist_and_be_django_redis(settings: Any) -> None:
+    assert checks.check_cache_alias() == []
+    settings.RESPCACHE = {**settings.RESPCACHE, "CACHE_ALIAS": "missing"}
+    assert ids(checks.check_cache_alias()) == ["respcache.E001"]
+    settings.RESPCACHE = {**settings.RESPCACHE, "CACHE_ALIAS": "default"}
+    assert ids(checks.check_cache_alias()) == ["respcache.E002"]
+
+
+def test_upstream_checks(settings: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    settings.RESPCACHE = {**settings.RESPCACHE, "UPSTREAM": "openai"}
+    assert ids(checks.check_upstream()) == ["respcache.E003"]
+    settings.RESPCACHE = {**settings.RESPCACHE, "UPSTREAM": "anthropic"}
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    assert ids(checks.check_upstream()) == ["respcache.E004"]
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk")
+    assert checks.check_upstream() == []
+
+
+def test_unknown_setting_raises_and_override_settings_reloads(settings: Any) -> None:
+    with pytest.raises(AttributeError):
+        app_settings.NO_SUCH_SETTING  # noqa: B018
+    settings.RESPCACHE = {**settings.RESPCACHE, "MAX_JSON_DEPTH": 7}
+    assert app_settings.MAX_JSON_DEPTH == 7
