@@ -19,7 +19,9 @@ __all__ = [
     "WorkloadNotFound",
     "__version__",
     "app_settings",
+    "cached_count_tokens",
     "cached_message_create",
+    "cached_message_stream",
 ]
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -35,13 +37,18 @@ if TYPE_CHECKING:  # pragma: no cover
         UpstreamUnavailable,
         WorkloadNotFound,
     )
-    from respcache.service import CachedResult, cached_message_create
+    from respcache.service import (
+        CachedResult,
+        cached_count_tokens,
+        cached_message_create,
+        cached_message_stream,
+    )
 
 
 def __getattr__(name: str) -> Any:
     # Lazy, so that importing the package (e.g. from INSTALLED_APPS) does not import models
     # before the app registry is ready.
-    if name in {"CachedResult", "cached_message_create"}:
+    if name in {"CachedResult", "cached_count_tokens", "cached_message_create", "cached_message_stream"}:
         from respcache import service
 
         return getattr(service, name)

@@ -13,6 +13,8 @@ What makes two requests "the same" (CONTRACT.md), one named function a rule:
   ``0.0``); other floats in their shortest round-trip form.
 - ``_beta_values``: the ``anthropic-beta`` header's comma-separated values, trimmed and sorted.
 - ``canonical_json``: sorted keys, no insignificant white space (orjson).
+- ``endpoint``: a request to another endpoint than ``/v1/messages`` (``count_tokens``) hashes
+  its name too, so the same body never shares an entry across endpoints.
 
 The fingerprint is SHA-256 over the canonical JSON; ``entry_key`` namespaces it by workload and
 key version, so a version bump makes every older entry unreachable at once.
@@ -91,8 +93,18 @@ def _beta_values(beta: str | Iterable[str] | None) -> list[str]:
     return sorted(v for v in values if v)
 
 
+#: The endpoint whose requests hash without an ``endpoint`` field (keys made before there were
+#: others stay valid).
+MESSAGES = "messages"
+COUNT_TOKENS = "count_tokens"
+
+
 def normalise(
-    body: dict[str, Any], *, beta: str | Iterable[str] | None = (), max_depth: int = DEFAULT_MAX_DEPTH
+    body: dict[str, Any],
+    *,
+    beta: str | Iterable[str] | None = (),
+    max_depth: int = DEFAULT_MAX_DEPTH,
+    endpoint: str = MESSAGES,
 ) -> dict[str, Any]:
     """The document whose canonical JSON is hashed: the normalised body and the beta values."""
     doc = _drop_excluded(body)
@@ -102,10 +114,13 @@ def normalise(
         doc["messages"] = _normalise_messages(doc["messages"])
     if isinstance(doc.get("tools"), list):
         doc["tools"] = [_strip_cache_control(tool) for tool in doc["tools"]]
-    return {
+    normalised = {
         "anthropic-beta": _beta_values(beta),
         "request": _canonical_numbers(doc, 1, max_depth),
     }
+    if endpoint != MESSAGES:
+        normalised["endpoint"] = endpoint
+    return normalised
 
 
 def canonical_json(doc: Any) -> bytes:
@@ -113,10 +128,15 @@ def canonical_json(doc: Any) -> bytes:
 
 
 def request_fingerprint(
-    body: dict[str, Any], *, beta: str | Iterable[str] | None = (), max_depth: int = DEFAULT_MAX_DEPTH
+    body: dict[str, Any],
+    *,
+    beta: str | Iterable[str] | None = (),
+    max_depth: int = DEFAULT_MAX_DEPTH,
+    endpoint: str = MESSAGES,
 ) -> str:
-    """SHA-256 (hex) of the canonical JSON of the normalised request."""
-    return hashlib.sha256(canonical_json(normalise(body, beta=beta, max_depth=max_depth))).hexdigest()
+    """SHA-256 (hex) of the canonical JSON of the normalised request to ``endpoint``."""
+    doc = normalise(body, beta=beta, max_depth=max_depth, endpoint=endpoint)
+    return hashlib.sha256(canonical_json(doc)).hexdigest()
 
 
 def entry_key(*, workload: str, version: int, fingerprint: str) -> str:

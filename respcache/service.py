@@ -3,6 +3,10 @@
 A call goes: decide whether it is cacheable → look the entry up (one Redis round trip, counted)
 → on a miss take the key's lock and call the upstream once, or wait for the holder's answer
 (woken by Pub/Sub), or after ``wait_max`` fall through and call the upstream → store → count.
+``cached_message_stream()`` takes the same steps for ``"stream": true`` and answers SSE: a
+stored Message is replayed as events; an upstream stream is passed to the caller as it arrives
+and stored once it is complete. ``cached_count_tokens()`` serves ``count_tokens`` the same way,
+in its own key space.
 
 Redis failing is decided here, once: the call is served from the upstream (fail-open), a cache
 error is counted (kept in the process until Redis answers again) and logged; the caller never
@@ -15,7 +19,8 @@ from __future__ import annotations
 import base64
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,12 +28,17 @@ import orjson
 from django.db import transaction
 from django.db.models import F
 
-from respcache import keys, locks, stats, store
+from respcache import keys, locks, sse, stats, store
 from respcache.conf import app_settings
-from respcache.exceptions import CacheUnavailable, InvalidRequest, UpstreamError
+from respcache.exceptions import (
+    CacheUnavailable,
+    InvalidRequest,
+    UpstreamError,
+    UpstreamUnavailable,
+)
 from respcache.models import ApiKey, AuditEntry, Workload
 from respcache.selectors import Policy, clear_local_caches
-from respcache.upstream import Upstream, UpstreamResponse, get_upstream
+from respcache.upstream import Upstream, UpstreamResponse, UpstreamStream, get_upstream
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +57,9 @@ class CachedResult:
     fingerprint: str | None
     outcome: str
     age: int | None = None
+    #: A streamed answer's SSE bytes, to send in order (``cached_message_stream``); ``body`` is
+    #: then the stored Message on hit and wait, else empty.
+    stream: Iterator[bytes] | None = None
 
 
 def is_cacheable(policy: Policy, body: dict[str, Any]) -> bool:
@@ -136,9 +149,42 @@ class _Call:
         self.now = clock()
         self.bucket_keys, self.bucket_ttls = stats.bucket_keys(self.slug, self.now)
 
-    def result(self, status: str, body: bytes, outcome: str, stored_at: float | None = None) -> CachedResult:
+    def result(
+        self,
+        status: str,
+        body: bytes,
+        outcome: str,
+        stored_at: float | None = None,
+        stream: Iterator[bytes] | None = None,
+    ) -> CachedResult:
         age = None if stored_at is None else max(0, int(self.clock() - stored_at))
-        return CachedResult(status=status, body=body, fingerprint=self.fingerprint, outcome=outcome, age=age)
+        return CachedResult(
+            status=status, body=body, fingerprint=self.fingerprint, outcome=outcome, age=age, stream=stream
+        )
+
+    # The steps a kind of call changes: what is cacheable, what the upstream is asked, how a
+    # stored entry is served, how an upstream answer is fetched and stored.
+
+    def cacheable(self) -> bool:
+        return is_cacheable(self.policy, self.body)
+
+    def request_upstream(self) -> UpstreamResponse:
+        return self.upstream.create(self.raw_body, self.body, headers=self.headers)
+
+    def answer(self, status: str, entry: store.Entry) -> CachedResult:
+        """Serve a stored entry (``hit`` or ``wait``)."""
+        return self.result(status, entry.message, status, entry.stored_at)
+
+    def fetch(
+        self, status: str, outcome: str, names: _Names | None = None, token: str = "", **extra: int
+    ) -> CachedResult:
+        """Ask the upstream and answer; store under ``names`` (releasing ``token``'s lock and
+        waking the waiters) unless ``names`` is None. A failure releases the lock at once."""
+        with _released_on_failure(names, token):
+            response = self.call_upstream(outcome, **extra)
+        if names is not None:
+            self.write(names, response, token)
+        return self.result(status, response.body, outcome)
 
     def lookup(self, outcome: str) -> store.Lookup:
         return store.lookup(
@@ -153,7 +199,7 @@ class _Call:
     def call_upstream(self, outcome: str, **extra: int) -> UpstreamResponse:
         """Call the upstream once and count ``outcome`` with its latency or its error."""
         try:
-            response = self.upstream.create(self.raw_body, self.body, headers=self.headers)
+            response = self.request_upstream()
         except UpstreamError:
             _count(self.slug, self.now, **{outcome: 1, "upstream_error": 1, "upstream_calls": 1}, **extra)
             raise
@@ -191,25 +237,15 @@ class _Call:
 
     def fail_open(self, exc: CacheUnavailable) -> CachedResult:
         logger.warning("respcache: Redis unavailable for %s, serving from upstream (%s)", self.slug, exc)
-        response = self.call_upstream(MISS, cache_error=1)
-        return self.result(MISS, response.body, MISS)
+        return self.fetch(MISS, MISS, cache_error=1)
 
     def hold(self, names: _Names, token: str) -> CachedResult:
         """We hold the lock: re-check, call the upstream once, store, wake the waiters."""
         again = self.lookup(WAIT)
         if again.entry is not None:  # written between our lookup and our lock
             _release(names, token, b"ok")
-            return self.result(WAIT, again.entry.message, WAIT, again.entry.stored_at)
-        try:
-            response = self.call_upstream(MISS)
-        except UpstreamError as exc:
-            _release(names, token, _error_message(exc))
-            raise
-        except BaseException:
-            _release(names, token, b"abandoned")
-            raise
-        self.write(names, response, token)
-        return self.result(MISS, response.body, MISS)
+            return self.answer(WAIT, again.entry)
+        return self.fetch(MISS, MISS, names, token)
 
     def fill(self, names: _Names) -> CachedResult:
         """A miss: become the one caller that asks the upstream, or wait for its answer."""
@@ -223,7 +259,7 @@ class _Call:
                 # Subscribed first, then read: an answer written in between is never missed.
                 found = self.lookup(WAIT)
                 if found.entry is not None:
-                    return self.result(WAIT, found.entry.message, WAIT, found.entry.stored_at)
+                    return self.answer(WAIT, found.entry)
                 if locks.acquire(names.lock, token=token, ttl_seconds=lock_ttl):
                     subscription.close()
                     return self.hold(names, token)
@@ -236,9 +272,177 @@ class _Call:
                     raise error
                 # "ok": read it; "abandoned": try for the lock again.
         # wait_max passed: call the upstream ourselves, and store what we get.
-        response = self.call_upstream(FALLTHROUGH)
-        self.write(names, response)
-        return self.result(MISS, response.body, FALLTHROUGH)
+        return self.fetch(MISS, FALLTHROUGH, names)
+
+    def run(self, *, no_cache: bool, no_store: bool) -> CachedResult:
+        """The whole call: bypass, refresh, hit, or a miss filled once under the key's lock."""
+        if not self.cacheable():
+            return self.fetch(BYPASS, BYPASS)
+        try:
+            if no_cache:
+                version = self.lookup("").version
+                names = None if no_store else _Names.build(self.slug, version, self.fingerprint)
+                return self.fetch(REFRESH, REFRESH, names)
+            found = self.lookup(HIT)
+            if found.entry is not None:
+                return self.answer(HIT, found.entry)
+            if no_store:
+                return self.fetch(MISS, MISS)
+            return self.fill(_Names.build(self.slug, found.version, self.fingerprint))
+        except CacheUnavailable as exc:
+            return self.fail_open(exc)
+
+
+class _StreamCall(_Call):
+    """A call that asked for ``"stream": true``: the same steps, answered as SSE."""
+
+    def answer(self, status: str, entry: store.Entry) -> CachedResult:
+        # Encoded now, not lazily: the response has not begun, so a damaged entry is still a 500.
+        replayed = sse.replay(entry.message)
+        return self.result(status, entry.message, status, entry.stored_at, stream=iter((replayed,)))
+
+    def fetch(
+        self, status: str, outcome: str, names: _Names | None = None, token: str = "", **extra: int
+    ) -> CachedResult:
+        """Open the upstream stream (an error before its first byte is raised, so it keeps its
+        status); its events reach the caller through a ``_Tee``."""
+        with _released_on_failure(names, token):
+            try:
+                opened = self.upstream.stream(self.raw_body, self.body, headers=self.headers)
+            except UpstreamError:
+                _count(self.slug, self.now, **{outcome: 1, "upstream_error": 1, "upstream_calls": 1}, **extra)
+                raise
+        _count(self.slug, self.now, **{outcome: 1, "upstream_calls": 1}, **extra)
+        return self.result(status, b"", outcome, stream=_Tee(self, opened, names, token))
+
+    def store_stream(
+        self, assembler: sse.MessageAssembler, opened: UpstreamStream, names: _Names, token: str
+    ) -> None:
+        """Store a complete stream's Message (releasing ``token``'s lock), if it can be rebuilt."""
+        if not assembler.storable:  # a stream we could not rebuild exactly is never stored
+            if token:
+                _release(names, token, b"abandoned")
+            return
+        message = assembler.result()
+        latency_ms = (time.perf_counter() - opened.started) * 1000
+        response = UpstreamResponse(body=orjson.dumps(message), message=message, latency_ms=latency_ms)
+        self.write(names, response, token)
+
+
+class _Tee:
+    """The upstream's SSE bytes, passed on as they arrive, with the Message assembled alongside.
+
+    When ``message_stop`` arrives the Message is stored (releasing the lock, waking the waiters)
+    before the caller gets that last event. Anything else stores nothing and releases the lock
+    at once: an upstream error (handed to the waiters, who stop waiting) or the caller going away
+    (the server ``close()``s us; the waiters are told ``abandoned`` and one of them takes over).
+    A class rather than a generator, so that closing it before its first chunk still settles.
+    """
+
+    def __init__(self, call: _StreamCall, opened: UpstreamStream, names: _Names | None, token: str) -> None:
+        self.call = call
+        self.opened = opened
+        self.names = names
+        self.token = token
+        self.chunks = iter(opened)
+        self.parser = sse.EventParser()
+        self.assembler = sse.MessageAssembler()
+        self.settled = names is None  # the lock released, the answer stored, or nothing to store
+        self.failure: UpstreamError | None = None
+        self.closed = False
+
+    def __iter__(self) -> _Tee:
+        return self
+
+    def __next__(self) -> bytes:
+        if self.closed:
+            raise StopIteration
+        try:
+            chunk = next(self.chunks)
+        except StopIteration:
+            tail = self.ended()
+        except UpstreamError as exc:  # the connection broke mid-stream
+            self.failure = exc
+            tail = sse.error_event(exc.error_type, exc.message)
+        else:
+            self.absorb(self.parser.feed(chunk))
+            return chunk
+        self.close()
+        if tail is None:
+            raise StopIteration
+        return tail
+
+    def absorb(self, events: list[tuple[str, bytes]]) -> None:
+        """Assemble ``events``; store the Message the moment it is complete."""
+        for event, data in events:
+            self.assembler.feed(event, data)
+        if self.assembler.complete and not self.settled:
+            self.settled = True
+            assert self.names is not None
+            self.call.store_stream(self.assembler, self.opened, self.names, self.token)
+
+    def ended(self) -> bytes | None:
+        """The upstream closed the stream: note a failure; the event that tells the caller, if
+        the upstream did not."""
+        self.absorb(self.parser.close())
+        if self.assembler.error is not None:  # an error event, already passed on
+            self.failure = _stream_error(self.assembler.error)
+        elif not self.assembler.complete:
+            self.failure = UpstreamUnavailable("upstream stream ended before message_stop")
+            return sse.error_event(self.failure.error_type, self.failure.message)
+        return None
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.opened.close()
+        if not self.settled:
+            self.settled = True
+            if self.token and self.names is not None:
+                reason = _error_message(self.failure) if self.failure is not None else b"abandoned"
+                _release(self.names, self.token, reason)
+        call = self.call
+        latency_ms = int(round((time.perf_counter() - self.opened.started) * 1000))
+        _count(call.slug, call.now, upstream_ms=latency_ms, upstream_error=int(self.failure is not None))
+        if self.failure is not None:
+            logger.warning("respcache: upstream stream failed for %s (%s)", call.slug, self.failure.message)
+
+
+class _CountTokensCall(_Call):
+    """``count_tokens``: deterministic for a body, so cached whenever the workload is on."""
+
+    def cacheable(self) -> bool:
+        return self.policy.enabled
+
+    def request_upstream(self) -> UpstreamResponse:
+        return self.upstream.count_tokens(self.raw_body, self.body, headers=self.headers)
+
+
+def _stream_error(error: dict[str, Any]) -> UpstreamError:
+    error_type = str(error.get("type") or "api_error")
+    message = str(error.get("message") or "upstream stream failed")
+    return UpstreamError(
+        message,
+        status_code=sse.ERROR_STATUS.get(error_type, 500),
+        error_type=error_type,
+        body=orjson.dumps({"type": "error", "error": error}),
+    )
+
+
+@contextmanager
+def _released_on_failure(names: _Names | None, token: str) -> Iterator[None]:
+    """If the body fails while ``token`` holds the lock, release it and tell the waiters why."""
+    try:
+        yield
+    except UpstreamError as exc:
+        if token and names is not None:
+            _release(names, token, _error_message(exc))
+        raise
+    except BaseException:
+        if token and names is not None:
+            _release(names, token, b"abandoned")
+        raise
 
 
 def _release(names: _Names, token: str, message: bytes) -> None:
@@ -246,6 +450,37 @@ def _release(names: _Names, token: str, message: bytes) -> None:
         locks.release(names.lock, token=token, channel=names.channel, message=message)
     except CacheUnavailable as exc:  # the lock expires by itself after lock_ttl
         logger.warning("respcache: lock not released (%s)", exc)
+
+
+def _new_call(
+    kind: type[_Call],
+    *,
+    policy: Policy,
+    body: dict[str, Any],
+    raw_body: bytes,
+    beta: str | Iterable[str] | None,
+    headers: dict[str, str] | None,
+    upstream: Upstream | None,
+    clock: Callable[[], float],
+    monotonic: Callable[[], float],
+    endpoint: str = keys.MESSAGES,
+) -> _Call:
+    try:
+        fingerprint = keys.request_fingerprint(
+            body, beta=beta, max_depth=app_settings.MAX_JSON_DEPTH, endpoint=endpoint
+        )
+    except keys.TooDeep as exc:
+        raise InvalidRequest(str(exc)) from exc
+    return kind(
+        policy=policy,
+        body=body,
+        raw_body=raw_body,
+        fingerprint=fingerprint,
+        headers=headers or {},
+        upstream=upstream or get_upstream(),
+        clock=clock,
+        monotonic=monotonic,
+    )
 
 
 def cached_message_create(
@@ -268,39 +503,65 @@ def cached_message_create(
     ``no_cache`` skips the lookup (``refresh``); ``no_store`` does not store the answer.
     Raises InvalidRequest for a body too deeply nested and UpstreamError for upstream errors.
     """
-    try:
-        fingerprint = keys.request_fingerprint(body, beta=beta, max_depth=app_settings.MAX_JSON_DEPTH)
-    except keys.TooDeep as exc:
-        raise InvalidRequest(str(exc)) from exc
-    call = _Call(
-        policy=policy,
-        body=body,
-        raw_body=raw_body,
-        fingerprint=fingerprint,
-        headers=headers or {},
-        upstream=upstream or get_upstream(),
-        clock=clock,
-        monotonic=monotonic,
+    call = _new_call(
+        _Call, policy=policy, body=body, raw_body=raw_body, beta=beta, headers=headers,
+        upstream=upstream, clock=clock, monotonic=monotonic,
     )
-    if not is_cacheable(policy, body):
-        response = call.call_upstream(BYPASS)
-        return call.result(BYPASS, response.body, BYPASS)
-    try:
-        if no_cache:
-            version = call.lookup("").version
-            response = call.call_upstream(REFRESH)
-            if not no_store:
-                call.write(_Names.build(call.slug, version, fingerprint), response)
-            return call.result(REFRESH, response.body, REFRESH)
-        found = call.lookup(HIT)
-        if found.entry is not None:
-            return call.result(HIT, found.entry.message, HIT, found.entry.stored_at)
-        if no_store:
-            response = call.call_upstream(MISS)
-            return call.result(MISS, response.body, MISS)
-        return call.fill(_Names.build(call.slug, found.version, fingerprint))
-    except CacheUnavailable as exc:
-        return call.fail_open(exc)
+    return call.run(no_cache=no_cache, no_store=no_store)
+
+
+def cached_message_stream(
+    *,
+    policy: Policy,
+    body: dict[str, Any],
+    raw_body: bytes,
+    beta: str | Iterable[str] | None = None,
+    headers: dict[str, str] | None = None,
+    no_cache: bool = False,
+    no_store: bool = False,
+    upstream: Upstream | None = None,
+    clock: Callable[[], float] = time.time,
+    monotonic: Callable[[], float] = time.monotonic,
+) -> CachedResult:
+    """Answer a ``"stream": true`` Messages API request through the workload's cache.
+
+    Same arguments and errors as ``cached_message_create``; the result's ``stream`` yields the
+    SSE bytes. Entries are shared with non-streaming calls (``stream`` is not in the key): a hit
+    or a wait replays the stored Message as events; a miss passes the upstream's events on as
+    they arrive and stores the assembled Message once ``message_stop`` has arrived. An upstream
+    error before the first byte is raised (its status kept); after it, it ends the stream as an
+    ``error`` event. Iterate the stream to its end or close it: that releases the key's lock.
+    """
+    call = _new_call(
+        _StreamCall, policy=policy, body=body, raw_body=raw_body, beta=beta, headers=headers,
+        upstream=upstream, clock=clock, monotonic=monotonic,
+    )
+    return call.run(no_cache=no_cache, no_store=no_store)
+
+
+def cached_count_tokens(
+    *,
+    policy: Policy,
+    body: dict[str, Any],
+    raw_body: bytes,
+    beta: str | Iterable[str] | None = None,
+    headers: dict[str, str] | None = None,
+    no_cache: bool = False,
+    no_store: bool = False,
+    upstream: Upstream | None = None,
+    clock: Callable[[], float] = time.time,
+    monotonic: Callable[[], float] = time.monotonic,
+) -> CachedResult:
+    """Answer a ``/v1/messages/count_tokens`` request through the workload's cache.
+
+    Its entries live in their own key space (the endpoint is hashed into the key). A count is
+    deterministic, so it is cached whenever the workload is enabled, whatever the temperature.
+    """
+    call = _new_call(
+        _CountTokensCall, policy=policy, body=body, raw_body=raw_body, beta=beta, headers=headers,
+        upstream=upstream, clock=clock, monotonic=monotonic, endpoint=keys.COUNT_TOKENS,
+    )
+    return call.run(no_cache=no_cache, no_store=no_store)
 
 
 # --- governance ------------------------------------------------------------------------------

@@ -1,5 +1,8 @@
 """The upstream Messages API: one small contract, an Anthropic and a simulated implementation.
 
+The contract: ``create`` (a Message), ``stream`` (an open SSE stream, raw bytes as they arrive)
+and ``count_tokens``.
+
 ``get_upstream()`` returns the configured one (``RESPCACHE["UPSTREAM"]`` /
 ``RESPCACHE_UPSTREAM``: ``anthropic`` or ``simulated``). Calls return plain data, never SDK
 objects, and raise only respcache's own errors: this module owns the ``anthropic`` library's.
@@ -15,6 +18,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -26,6 +30,7 @@ try:  # anthropic 2.x releases built on the httpx2 fork, and the older ones on h
 except ImportError:  # pragma: no cover
     import httpx  # type: ignore[no-redef]
 
+from respcache import sse
 from respcache.conf import app_settings
 from respcache.exceptions import UpstreamError, UpstreamUnavailable
 
@@ -62,20 +67,62 @@ class UpstreamResponse:
         return str(self.message.get("model") or "")
 
 
+class UpstreamStream:
+    """An open streaming answer: iterate it for the SSE bytes as they arrive, then ``close()``.
+
+    Iterating raises UpstreamUnavailable if the connection breaks mid-stream.
+    """
+
+    def __init__(
+        self, chunks: Iterator[bytes], *, close: Callable[[], None] | None = None, started: float | None = None
+    ) -> None:
+        #: When the call began (time.perf_counter), for its latency.
+        self.started = time.perf_counter() if started is None else started
+        self._chunks = chunks
+        self._close = close
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self._chunks
+
+    def close(self) -> None:
+        if self._close is not None:
+            self._close()
+
+
 class Upstream(Protocol):
     def create(self, raw_body: bytes, body: dict[str, Any], *, headers: dict[str, str]) -> UpstreamResponse:
         """Call the Messages API once (non-streaming); raise UpstreamError on failure."""
         ...
 
+    def stream(self, raw_body: bytes, body: dict[str, Any], *, headers: dict[str, str]) -> UpstreamStream:
+        """Open a streaming call (``raw_body`` asks for ``"stream": true``); raise UpstreamError
+        when it fails before its first byte (its status and body kept)."""
+        ...
 
-def _parse_message(content: bytes) -> dict[str, Any]:
+    def count_tokens(self, raw_body: bytes, body: dict[str, Any], *, headers: dict[str, str]) -> UpstreamResponse:
+        """Call ``/v1/messages/count_tokens`` once; raise UpstreamError on failure."""
+        ...
+
+
+def _parse_json(content: bytes) -> Any:
     try:
-        message = orjson.loads(content)
+        return orjson.loads(content)
     except orjson.JSONDecodeError as exc:
         raise UpstreamUnavailable(f"upstream answered with invalid JSON: {exc}") from exc
+
+
+def _parse_message(content: bytes) -> dict[str, Any]:
+    message = _parse_json(content)
     if not isinstance(message, dict) or message.get("type") != "message":
         raise UpstreamUnavailable("upstream answered with something that is not a Message")
     return message
+
+
+def _parse_token_count(content: bytes) -> dict[str, Any]:
+    count = _parse_json(content)
+    if not isinstance(count, dict) or not isinstance(count.get("input_tokens"), int):
+        raise UpstreamUnavailable("upstream answered with something that is not a token count")
+    return count
 
 
 class AnthropicUpstream:
@@ -90,22 +137,47 @@ class AnthropicUpstream:
             http_client=http_client,
         )
 
-    def create(self, raw_body: bytes, body: dict[str, Any], *, headers: dict[str, str]) -> UpstreamResponse:
-        started = time.perf_counter()
+    def _post(self, path: str, raw_body: bytes, headers: dict[str, str], *, stream: bool = False) -> Any:
         try:
-            response = self.client.post(
-                "/v1/messages",
+            return self.client.post(
+                path,
                 cast_to=httpx.Response,
                 content=raw_body,
                 options={"headers": {"content-type": "application/json", **headers}},
+                stream=stream,
             )
         except anthropic.APIStatusError as exc:
             raise _status_error(exc) from exc
         except anthropic.APIConnectionError as exc:
             raise UpstreamUnavailable(f"upstream unreachable: {exc}") from exc
+
+    def create(self, raw_body: bytes, body: dict[str, Any], *, headers: dict[str, str]) -> UpstreamResponse:
+        started = time.perf_counter()
+        response = self._post("/v1/messages", raw_body, headers)
         latency_ms = (time.perf_counter() - started) * 1000
         content = response.content
         return UpstreamResponse(body=content, message=_parse_message(content), latency_ms=latency_ms)
+
+    def stream(self, raw_body: bytes, body: dict[str, Any], *, headers: dict[str, str]) -> UpstreamStream:
+        # The SDK hands back the unread httpx response: its status is checked (an error status
+        # raised with its body read), the events are ours to read as they come.
+        started = time.perf_counter()
+        response = self._post("/v1/messages", raw_body, headers, stream=True)
+        return UpstreamStream(_iter_body(response), close=response.close, started=started)
+
+    def count_tokens(self, raw_body: bytes, body: dict[str, Any], *, headers: dict[str, str]) -> UpstreamResponse:
+        started = time.perf_counter()
+        response = self._post("/v1/messages/count_tokens", raw_body, headers)
+        latency_ms = (time.perf_counter() - started) * 1000
+        content = response.content
+        return UpstreamResponse(body=content, message=_parse_token_count(content), latency_ms=latency_ms)
+
+
+def _iter_body(response: Any) -> Iterator[bytes]:
+    try:
+        yield from response.iter_bytes()
+    except httpx.HTTPError as exc:
+        raise UpstreamUnavailable(f"upstream stream broke: {exc}") from exc
 
 
 def _status_error(exc: anthropic.APIStatusError) -> UpstreamError:
@@ -127,6 +199,14 @@ def _status_error(exc: anthropic.APIStatusError) -> UpstreamError:
 
 class SimulatedUpstream:
     """A deterministic local Messages API for demos and tests: the same body, the same answer."""
+
+    def stream(self, raw_body: bytes, body: dict[str, Any], *, headers: dict[str, str]) -> UpstreamStream:
+        message = self.create(raw_body, body, headers=headers).message
+        return UpstreamStream(iter([sse.replay(orjson.dumps(message))]))
+
+    def count_tokens(self, raw_body: bytes, body: dict[str, Any], *, headers: dict[str, str]) -> UpstreamResponse:
+        count = {"input_tokens": max(1, len(orjson.dumps(body.get("messages"))) // 4)}
+        return UpstreamResponse(body=orjson.dumps(count), message=count, latency_ms=0.0)
 
     def create(self, raw_body: bytes, body: dict[str, Any], *, headers: dict[str, str]) -> UpstreamResponse:
         started = time.perf_counter()

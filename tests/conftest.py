@@ -45,6 +45,7 @@ def fake(fake_server: FakeAnthropic, settings: Any, monkeypatch: pytest.MonkeyPa
     upstream.reset_upstreams()
     yield fake_server
     fake_server.pause.set()
+    fake_server.stream_gate.set()
     upstream.reset_upstreams()
 
 

@@ -8,9 +8,14 @@ user text choose what it does, e.g. ``"[[shape:tool_use]] hello [[delay:0.3]]"``
 - ``[[delay:SECONDS]]``: sleep before answering (a slow model)
 - ``[[status:CODE]]``: answer with that error status (429 adds ``retry-after: 7``)
 - ``[[stream_fail_after:N]]``: with stream, break the connection after N events
+- ``[[stream_error_after:N]]``: with stream, send an ``overloaded_error`` error event after N events
+- ``[[stream_hold_after:N]]``: with stream, wait for ``stream_gate`` after N events
+- ``[[stream_delay:SECONDS]]``: with stream, sleep between events (a slow generation)
 
+The answer does not depend on ``stream``: a streamed answer is the non-streamed one, in events.
 Every call is recorded (path, headers, body) in ``calls``; ``pause`` (a threading.Event, set by
-default) lets a test hold answers until it clears the way.
+default) lets a test hold answers until it clears the way, ``stream_gate`` (set by default)
+holds a stream in the middle.
 """
 
 from __future__ import annotations
@@ -52,7 +57,7 @@ def directives(body: dict[str, Any]) -> dict[str, str]:
 
 
 def make_message(body: dict[str, Any], shape: str = "text") -> dict[str, Any]:
-    digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+    digest = hashlib.sha256(json.dumps({k: v for k, v in body.items() if k != "stream"}, sort_keys=True).encode()).hexdigest()
     prompt = _last_user_text(body)
     text = f"Answer {digest[:10]} to: {prompt}"
     usage = {
@@ -155,6 +160,8 @@ class FakeAnthropic:
         self.lock = threading.Lock()
         self.pause = threading.Event()
         self.pause.set()
+        self.stream_gate = threading.Event()
+        self.stream_gate.set()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -176,6 +183,7 @@ class FakeAnthropic:
         with self.lock:
             self.calls.clear()
         self.pause.set()
+        self.stream_gate.set()
 
     def message_calls(self) -> list[dict[str, Any]]:
         with self.lock:
@@ -231,11 +239,15 @@ class FakeAnthropic:
                     return
                 message = make_message(body, found.get("shape", "text"))
                 if body.get("stream"):
-                    self._stream(message, int(found.get("stream_fail_after", "0") or 0))
+                    self._stream(message, found)
                 else:
                     self._send_json(200, message)
 
-            def _stream(self, message: dict[str, Any], fail_after: int) -> None:
+            def _stream(self, message: dict[str, Any], found: dict[str, str]) -> None:
+                fail_after = int(found.get("stream_fail_after") or 0)
+                error_after = int(found.get("stream_error_after") or 0)
+                hold_after = int(found.get("stream_hold_after") or 0)
+                delay = float(found.get("stream_delay") or 0)
                 self.send_response(200)
                 self.send_header("content-type", "text/event-stream")
                 self.send_header("cache-control", "no-cache")
@@ -245,8 +257,15 @@ class FakeAnthropic:
                     self.wfile.write(f"event: {name}\ndata: {json.dumps(data)}\n\n".encode())
                     self.wfile.flush()
                     if fail_after and n >= fail_after:
-                        self.close_connection = True
-                        return
+                        break
+                    if error_after and n >= error_after:
+                        error = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
+                        self.wfile.write(f"event: error\ndata: {json.dumps(error)}\n\n".encode())
+                        break
+                    if hold_after and n == hold_after:
+                        fake.stream_gate.wait(30)
+                    if delay:
+                        time.sleep(delay)
                 self.close_connection = True
 
         return Handler

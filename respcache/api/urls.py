@@ -8,4 +8,5 @@ app_name = "respcache"
 
 urlpatterns = [
     path("w/<slug:workload>/v1/messages", views.MessagesView.as_view(), name="messages"),
+    path("w/<slug:workload>/v1/messages/count_tokens", views.CountTokensView.as_view(), name="count_tokens"),
 ]

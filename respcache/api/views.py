@@ -1,11 +1,12 @@
-"""The Messages API compatible endpoint, and the handler that renders every error as Anthropic's."""
+"""The Messages API compatible endpoints (messages, streamed or not, and count_tokens), and the
+handler that renders every error as Anthropic's."""
 
 from __future__ import annotations
 
 import logging
 from typing import Any
 
-from django.http import Http404, HttpResponse
+from django.http import Http404, HttpResponse, HttpResponseBase, StreamingHttpResponse
 from rest_framework import exceptions as drf_exceptions
 from rest_framework.renderers import BaseRenderer
 from rest_framework.request import Request
@@ -22,7 +23,12 @@ from respcache.exceptions import (
     WorkloadNotFound,
     error_body,
 )
-from respcache.service import CachedResult, cached_message_create
+from respcache.service import (
+    CachedResult,
+    cached_count_tokens,
+    cached_message_create,
+    cached_message_stream,
+)
 from respcache.upstream import FORWARDED_HEADERS
 
 logger = logging.getLogger(__name__)
@@ -79,14 +85,18 @@ def cache_directives(value: str) -> set[str]:
     return {part.split("=", 1)[0].strip().lower() for part in value.split(",") if part.strip()}
 
 
-def validate_message_fields(data: dict[str, Any]) -> None:
-    """Check what the contract names; everything else is the upstream's to judge."""
+def validate_model_and_messages(data: dict[str, Any]) -> None:
     model = data.get("model")
     if not isinstance(model, str) or not model:
         raise InvalidRequest("model: field required (a non-empty string)." if model is None else "model: must be a string.")
     messages = data.get("messages")
     if not isinstance(messages, list):
         raise InvalidRequest("messages: field required (a list)." if messages is None else "messages: must be a list.")
+
+
+def validate_message_fields(data: dict[str, Any]) -> None:
+    """Check what the contract names; everything else is the upstream's to judge."""
+    validate_model_and_messages(data)
     max_tokens = data.get("max_tokens")
     if max_tokens is None:
         raise InvalidRequest("max_tokens: field required (an integer).")
@@ -142,14 +152,13 @@ class MessagesView(APIView):
             raise InvalidRequest("Request body is empty: expected a JSON object.")
         return body
 
-    def post(self, request: Request, workload: str) -> HttpResponse:
+    def post(self, request: Request, workload: str) -> HttpResponseBase:
         policy = self.check_workload(request, workload)
         body = self.read_body(request)
         validate_message_fields(body.data)
-        if body.data.get("stream"):
-            raise InvalidRequest("stream: streaming is not supported by this respcache version yet.")
         directives = cache_directives(request.headers.get("Cache-Control", ""))
-        result = cached_message_create(
+        serve = cached_message_stream if body.data.get("stream") is True else cached_message_create
+        result = serve(
             policy=policy,
             body=body.data,
             raw_body=body.raw,
@@ -161,8 +170,34 @@ class MessagesView(APIView):
         return message_response(result)
 
 
-def message_response(result: CachedResult) -> HttpResponse:
-    response = HttpResponse(result.body, content_type="application/json")
+class CountTokensView(MessagesView):
+    """``POST /w/<workload>/v1/messages/count_tokens``: token counts, cached in their own key space."""
+
+    def post(self, request: Request, workload: str) -> HttpResponseBase:
+        policy = self.check_workload(request, workload)
+        body = self.read_body(request)
+        validate_model_and_messages(body.data)
+        directives = cache_directives(request.headers.get("Cache-Control", ""))
+        result = cached_count_tokens(
+            policy=policy,
+            body=body.data,
+            raw_body=body.raw,
+            beta=request.headers.get("anthropic-beta"),
+            headers=forwarded_headers(request),
+            no_cache="no-cache" in directives,
+            no_store="no-store" in directives,
+        )
+        return message_response(result)
+
+
+def message_response(result: CachedResult) -> HttpResponseBase:
+    response: HttpResponseBase
+    if result.stream is not None:
+        response = StreamingHttpResponse(result.stream, content_type="text/event-stream")
+        response["Cache-Control"] = "no-cache"
+        response["X-Accel-Buffering"] = "no"  # proxies (nginx) pass each event on at once
+    else:
+        response = HttpResponse(result.body, content_type="application/json")
     response["X-Respcache"] = result.status
     if result.fingerprint:
         response["X-Respcache-Key"] = result.fingerprint

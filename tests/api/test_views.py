@@ -240,12 +240,6 @@ def test_default_body_limit_is_32_mib() -> None:
     assert DEFAULTS["MAX_BODY_BYTES"] == 32 * 1024 * 1024
 
 
-def test_streaming_gets_a_clear_400_for_now(sdk: Any, fake: Any) -> None:
-    with pytest.raises(anthropic.BadRequestError) as info:
-        sdk().messages.create(**ask(), stream=True)
-    assert "stream" in info.value.message
-
-
 @pytest.mark.parametrize(
     ("status", "exc_class", "error_type"),
     [
