@@ -36,4 +36,10 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"]["TEST"] = {"NAME": str(BASE_DIR / ".run" / "test-db.sqlite3")}
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # fast test users
-RESPCACHE = {"CACHE_ALIAS": "respcache", "UPSTREAM": "simulated", "LOCAL_CACHE_SECONDS": 0}
+# A server a test starts (tests/test_deploy.py) sets RESPCACHE_TEST_UPSTREAM=anthropic to reach
+# the fake Messages API; never RESPCACHE_UPSTREAM, which may point a developer's shell at Anthropic.
+RESPCACHE = {
+    "CACHE_ALIAS": "respcache",
+    "UPSTREAM": os.environ.get("RESPCACHE_TEST_UPSTREAM", "simulated"),
+    "LOCAL_CACHE_SECONDS": 0,
+}
