@@ -57,7 +57,8 @@ def directives(body: dict[str, Any]) -> dict[str, str]:
 
 
 def make_message(body: dict[str, Any], shape: str = "text") -> dict[str, Any]:
-    digest = hashlib.sha256(json.dumps({k: v for k, v in body.items() if k != "stream"}, sort_keys=True).encode()).hexdigest()
+    answered = {k: v for k, v in body.items() if k != "stream"}  # streamed or not, the same answer
+    digest = hashlib.sha256(json.dumps(answered, sort_keys=True).encode()).hexdigest()
     prompt = _last_user_text(body)
     text = f"Answer {digest[:10]} to: {prompt}"
     usage = {

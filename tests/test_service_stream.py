@@ -167,3 +167,20 @@ def test_an_unreadable_record_is_a_miss_for_a_stream_too(workload: Any, redis_db
     assert result.status == MISS
     assert b"".join(result.stream).endswith(sse.encode("message_stop", {"type": "message_stop"}))
     assert store.decode_record(redis_db.get(names.entry)) is not None
+
+
+def test_redis_down_a_stream_fails_open_from_the_upstream(fake: Any, workload: Any, settings: Any) -> None:
+    live_caches = settings.CACHES
+    settings.CACHES = {**live_caches, "respcache": {**live_caches["respcache"], "LOCATION": "redis://127.0.0.1:1/0"}}
+    body = ask("[[shape:tool_use]] redis is down", stream=True)
+    result = stream(body)
+    assert (result.status, result.outcome) == (MISS, MISS)
+    assembler = sse.MessageAssembler()
+    parser = sse.EventParser()
+    for chunk in result.stream:  # stores nothing, releases nothing: no Redis error reaches the caller
+        for event, data in parser.feed(chunk):
+            assembler.feed(event, data)
+    assert assembler.complete and assembler.result() == make_message(body, "tool_use")
+    settings.CACHES = live_caches
+    b"".join(stream(ask("redis is back", stream=True)).stream)  # the kept counts reach Redis with this batch
+    assert stats.totals("intents", "5m")["cache_error"] == 1

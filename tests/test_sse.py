@@ -177,7 +177,10 @@ def test_truncated_stream_is_not_complete() -> None:
     "bad",
     [
         ("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": {"type": "future_delta"}}),
-        ("content_block_delta", {"type": "content_block_delta", "index": 5, "delta": {"type": "text_delta", "text": "x"}}),
+        (
+            "content_block_delta",
+            {"type": "content_block_delta", "index": 5, "delta": {"type": "text_delta", "text": "x"}},
+        ),
         ("content_block_delta", {"type": "content_block_delta", "delta": {"type": "text_delta", "text": "x"}}),
     ],
 )
