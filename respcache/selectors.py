@@ -17,8 +17,10 @@ from typing import Any
 
 from django.utils import timezone
 
+from respcache import stats, store
 from respcache.conf import app_settings
 from respcache.models import ApiKey, Workload
+from respcache.stats import Totals
 
 
 @dataclass(frozen=True)
@@ -136,3 +138,43 @@ def workloads_list() -> list[Workload]:
 
 def workload_get(slug: str) -> Workload | None:
     return Workload.objects.filter(slug=slug).first()
+
+
+# --- numbers and entries, for the admin -------------------------------------------------------
+# Each of these raises CacheUnavailable when Redis does not answer.
+
+
+def workloads_numbers(
+    slugs: list[str], windows: tuple[str, ...] = ("1h", "24h")
+) -> dict[str, dict[str, Totals]]:
+    """Counter totals of several workloads over several windows, in one Redis round trip."""
+    return stats.window_totals(slugs, windows)
+
+
+def workload_series(slug: str, window: str, *, points: int) -> list[tuple[int, dict[str, int]]]:
+    return stats.series(slug, window, points=points)
+
+
+def redis_server_info() -> store.ServerInfo:
+    return store.server_info()
+
+
+def workload_current_version(workload: Workload) -> int:
+    return store.current_version(workload.slug, workload.key_version)
+
+
+def workload_entries_page(
+    workload: Workload, *, version: int, cursor: int = 0, page_size: int = 100
+) -> store.EntryPage:
+    return store.scan_entries(workload.slug, version, cursor=cursor, page_size=page_size)
+
+
+def workload_entry(
+    workload: Workload, *, version: int, fingerprint: str
+) -> tuple[store.EntryInfo, store.Entry | None] | None:
+    return store.entry_get(workload.slug, version, fingerprint)
+
+
+def workload_entries_count(workload: Workload) -> int:
+    """How many entries (all key versions) the workload has in Redis now; one SCAN walk."""
+    return store.count_entries(workload.slug)

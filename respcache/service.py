@@ -708,3 +708,27 @@ def api_key_create(
         api_key.workloads.set(list(workloads))
         api_key.managed_workloads.set(list(managed_workloads))
     return api_key, raw
+
+
+def entry_delete(
+    workload: Workload, *, version: int, fingerprint: str, actor: str, user: Any = None
+) -> int:
+    """Delete one stored entry (and its meta) now; audited. Returns 1, or 0 if it was gone."""
+    deleted = store.entry_delete(workload.slug, version, fingerprint)
+    audit(
+        actor=actor,
+        user=user,
+        action=AuditEntry.Action.DELETE_ENTRY,
+        workload=workload,
+        before={"key_version": version, "fingerprint": fingerprint},
+        entries_purged=deleted,
+    )
+    return deleted
+
+
+def api_key_revoke(api_keys: Iterable[ApiKey]) -> int:
+    """Revoke keys: refused on this worker at once, on the others within LOCAL_CACHE_SECONDS."""
+    ids = [k.pk for k in api_keys]
+    revoked = ApiKey.objects.filter(pk__in=ids, revoked=False).update(revoked=True)
+    clear_local_caches()
+    return revoked

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -206,4 +206,63 @@ def series(
     slices = min(points, len(keys))
     bounds = [round(i * len(keys) / slices) for i in range(slices + 1)]
     out = [(starts[lo], _sum(hashes[lo:hi])) for lo, hi in zip(bounds, bounds[1:], strict=False)]
+    return out
+
+
+def _edge_buckets(workload: str, window: str, t: int) -> list[str]:
+    """The window's buckets for summing: minute buckets at its two ragged edges, hour buckets
+    for the whole hours in between. Every event is counted in both its minute and its hour
+    bucket, so the sum is the same as over minute buckets alone (``totals``), at a tenth of the
+    reads for 24 h (at most 84 instead of 1,441).
+
+    7 d starts at an hour boundary, as ``totals`` does (minute buckets are not kept that long),
+    but reads the current hour by the minute: its hour bucket also holds the ``exp_written`` of
+    entries that expire later this hour, still alive, which are no dead writes yet.
+    """
+    seconds = WINDOWS[window]
+    if seconds > 86400:
+        hour = t - t % HOUR
+        return _window_buckets(workload, window, t)[:-1] + [
+            _bucket_key(workload, MINUTE, s) for s in range(hour, t + 1, MINUTE)
+        ]
+    first = t - seconds + 1
+    start = first - first % MINUTE
+    inner_start = -(-start // HOUR) * HOUR  # first hour boundary at or after ``start``
+    inner_end = t - t % HOUR  # start of the current (partial) hour
+    if inner_end <= inner_start:
+        return [_bucket_key(workload, MINUTE, s) for s in range(start, t + 1, MINUTE)]
+    return (
+        [_bucket_key(workload, MINUTE, s) for s in range(start, inner_start, MINUTE)]
+        + [_bucket_key(workload, HOUR, s) for s in range(inner_start, inner_end, HOUR)]
+        + [_bucket_key(workload, MINUTE, s) for s in range(inner_end, t + 1, MINUTE)]
+    )
+
+
+def window_totals(
+    workloads: Sequence[str], windows: Sequence[str] = ("1h", "24h"), *, now: float | None = None
+) -> dict[str, dict[str, Totals]]:
+    """``totals`` for several workloads and windows in one pipelined round trip, reading hour
+    buckets where whole hours fit (see ``_edge_buckets``): what a list of workloads shows.
+
+    Returns ``{workload: {window: Totals}}``; the sums equal ``totals(workload, window)``.
+    """
+    for window in windows:
+        if window not in WINDOWS:
+            raise ValueError(f"unknown window {window!r}; choose one of {', '.join(WINDOWS)}")
+    t = int(time.time() if now is None else now)
+    plan = [(w, win, _edge_buckets(w, win, t)) for w in workloads for win in windows]
+    try:
+        pipe = store.client().pipeline(transaction=False)
+        for _, _, keys in plan:
+            for key in keys:
+                pipe.hgetall(key)
+        hashes = pipe.execute()
+    except RedisError as exc:
+        raise CacheUnavailable(str(exc)) from exc
+    out: dict[str, dict[str, Totals]] = {w: {} for w in workloads}
+    offset = 0
+    for workload, window, keys in plan:
+        counts = _sum(hashes[offset : offset + len(keys)])
+        out[workload][window] = Totals(window=window, counts=counts)
+        offset += len(keys)
     return out

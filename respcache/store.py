@@ -22,13 +22,13 @@ from __future__ import annotations
 import logging
 import zlib
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
 from django.core.cache import caches
 from django_redis import get_redis_connection
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from respcache.conf import app_settings
 from respcache.exceptions import CacheUnavailable
@@ -280,3 +280,207 @@ def ping() -> None:
         client().ping()
     except RedisError as exc:
         raise CacheUnavailable(str(exc)) from exc
+
+
+# --- browsing, for the admin ------------------------------------------------------------------
+
+#: The fields of an entry's meta hash the admin lists (written by ``_WRITE``).
+META_FIELDS = ("reads", "in", "out", "stored_at", "size", "model")
+
+
+@dataclass(frozen=True)
+class EntryInfo:
+    """One entry as the entry browser lists it: from its meta hash and PTTL, never its body."""
+
+    fingerprint: str
+    version: int
+    ttl_ms: int | None  # None: the entry is gone (or has no expiry)
+    reads: int | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    stored_at: float | None = None
+    size: int | None = None
+    model: str = ""
+
+
+@dataclass(frozen=True)
+class EntryPage:
+    entries: list[EntryInfo]
+    next_cursor: int  # 0: the scan is complete
+    scan_calls: int
+
+
+def _cache_client() -> Any:
+    return caches[app_settings.CACHE_ALIAS].client  # type: ignore[attr-defined]  # django-redis
+
+
+def current_version(workload: str, db_version: int) -> int:
+    """The key version calls use now: the larger of Redis's and the database's, as ``_LOOKUP``
+    decides (a bump writes the database first, then raises Redis's)."""
+    try:
+        found = client().get(version_key(workload))
+    except RedisError as exc:
+        raise CacheUnavailable(str(exc)) from exc
+    try:
+        return max(db_version, int(found)) if found is not None else db_version
+    except ValueError:
+        return db_version
+
+
+def _to_int(value: Any) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _info(fingerprint: str, version: int, meta: Sequence[Any], pttl: Any) -> EntryInfo:
+    reads, tokens_in, tokens_out, stored_at, size, model = meta
+    ttl_ms = _to_int(pttl)
+    try:
+        stored = float(stored_at) if stored_at is not None else None
+    except ValueError:
+        stored = None
+    return EntryInfo(
+        fingerprint=fingerprint,
+        version=version,
+        ttl_ms=ttl_ms if ttl_ms is not None and ttl_ms >= 0 else None,
+        reads=_to_int(reads),
+        input_tokens=_to_int(tokens_in),
+        output_tokens=_to_int(tokens_out),
+        stored_at=stored,
+        size=_to_int(size),
+        model=model.decode(errors="replace") if isinstance(model, bytes) else (model or ""),
+    )
+
+
+def scan_entries(
+    workload: str, version: int, *, cursor: int = 0, page_size: int = 100, max_calls: int = 10
+) -> EntryPage:
+    """One page of the entries of ``workload`` at ``version``, from SCAN cursor ``cursor``.
+
+    SCAN (never KEYS) with COUNT ``page_size`` until a page is full, the scan completes or
+    ``max_calls`` calls were made; a stretch of the keyspace with no match makes COUNT grow, so a
+    workload that is a small part of a large database still pages quickly. Then one pipelined
+    round trip reads each entry's meta hash and PTTL (no bodies). Redis work per page is thus
+    bounded by ``max_calls`` SCANs and two commands per entry listed, whatever the entry count.
+    A page holds what those SCAN calls returned: about ``page_size`` entries, possibly more.
+    """
+    redis_client = client()
+    pattern = str(_cache_client().make_pattern(f"respcache:e:{workload}:{version}:*"))
+    found: list[bytes] = []
+    count, calls = page_size, 0
+    try:
+        while calls < max_calls:
+            cursor, batch = redis_client.scan(cursor=cursor, match=pattern, count=count)
+            calls += 1
+            found.extend(batch)
+            if cursor == 0 or len(found) >= page_size:
+                break
+            if not batch:
+                count = min(count * 2, 10_000)
+        fingerprints = sorted({k.decode().rsplit(":", 1)[1] for k in found})
+        pipe = redis_client.pipeline(transaction=False)
+        for fingerprint in fingerprints:
+            suffix = f"{workload}:{version}:{fingerprint}"
+            pipe.hmget(full_key(f"respcache:m:{suffix}"), META_FIELDS)
+            pipe.pttl(full_key(f"respcache:e:{suffix}"))
+        replies = pipe.execute() if fingerprints else []
+    except RedisError as exc:
+        raise CacheUnavailable(str(exc)) from exc
+    entries = [
+        _info(fp, version, replies[2 * i], replies[2 * i + 1]) for i, fp in enumerate(fingerprints)
+    ]
+    return EntryPage(entries=entries, next_cursor=int(cursor), scan_calls=calls)
+
+
+def entry_get(
+    workload: str, version: int, fingerprint: str
+) -> tuple[EntryInfo, Entry | None] | None:
+    """An entry's accounting and its decoded record (None if unreadable); None when it is gone."""
+    suffix = f"{workload}:{version}:{fingerprint}"
+    try:
+        pipe = client().pipeline(transaction=False)
+        pipe.get(full_key(f"respcache:e:{suffix}"))
+        pipe.hmget(full_key(f"respcache:m:{suffix}"), META_FIELDS)
+        pipe.pttl(full_key(f"respcache:e:{suffix}"))
+        raw, meta, pttl = pipe.execute()
+    except RedisError as exc:
+        raise CacheUnavailable(str(exc)) from exc
+    if raw is None:
+        return None
+    info = _info(fingerprint, version, meta, pttl)
+    if info.size is None:
+        info = replace(info, size=len(raw))
+    return info, decode_record(raw)
+
+
+def entry_delete(workload: str, version: int, fingerprint: str) -> int:
+    """Delete one entry and its meta hash; returns 1 if the entry existed, else 0."""
+    suffix = f"{workload}:{version}:{fingerprint}"
+    try:
+        pipe = client().pipeline(transaction=True)
+        pipe.delete(full_key(f"respcache:e:{suffix}"))
+        pipe.delete(full_key(f"respcache:m:{suffix}"))
+        deleted, _ = pipe.execute()
+    except RedisError as exc:
+        raise CacheUnavailable(str(exc)) from exc
+    return int(deleted)
+
+
+def count_entries(workload: str) -> int:
+    """How many entries (all key versions) ``purge`` would delete now: one SCAN walk."""
+    return sum(1 for _ in iter_entry_keys(f"respcache:e:{workload}:*"))
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    """The Redis server's memory and key-expiry numbers; None where the server would not say."""
+
+    used_memory: int | None = None
+    used_memory_human: str = ""
+    maxmemory: int | None = None  # 0: no limit
+    maxmemory_policy: str = ""
+    evicted_keys: int | None = None
+    expired_keys: int | None = None
+    refused: tuple[str, ...] = ()  # commands the server refused (managed Redis often does)
+
+
+def server_info(redis_client: Any = None) -> ServerInfo:
+    """INFO memory and INFO stats; CONFIG GET for maxmemory settings INFO did not give.
+
+    Managed Redis services may refuse INFO sections or CONFIG: what is refused is reported in
+    ``refused`` and left None, never raised.
+    """
+    redis_client = redis_client or client()
+    refused: list[str] = []
+    memory: dict[str, Any] = {}
+    counters: dict[str, Any] = {}
+    try:
+        try:
+            memory = redis_client.info("memory")
+        except ResponseError:
+            refused.append("INFO memory")
+        try:
+            counters = redis_client.info("stats")
+        except ResponseError:
+            refused.append("INFO stats")
+        if "maxmemory" not in memory or "maxmemory_policy" not in memory:
+            try:
+                config = redis_client.config_get("maxmemory*")
+                memory.setdefault("maxmemory", config.get("maxmemory"))
+                memory.setdefault("maxmemory_policy", config.get("maxmemory-policy"))
+            except ResponseError:
+                refused.append("CONFIG GET")
+    except RedisError as exc:
+        raise CacheUnavailable(str(exc)) from exc
+    policy = memory.get("maxmemory_policy") or ""
+    return ServerInfo(
+        used_memory=_to_int(memory.get("used_memory")),
+        used_memory_human=str(memory.get("used_memory_human") or ""),
+        maxmemory=_to_int(memory.get("maxmemory")),
+        maxmemory_policy=policy.decode() if isinstance(policy, bytes) else str(policy),
+        evicted_keys=_to_int(counters.get("evicted_keys")),
+        expired_keys=_to_int(counters.get("expired_keys")),
+        refused=tuple(refused),
+    )
