@@ -40,6 +40,7 @@ from respcache.models import ApiKey, AuditEntry, Workload
 from respcache.stats import Totals
 
 FINGERPRINT = re.compile(r"[0-9a-f]{64}")
+CURSOR = re.compile(r"[0-9]{1,20}")
 
 #: Chart windows and their number of slices: 1-minute, 15-minute and 2-hour bars.
 CHART_POINTS = {"1h": 61, "24h": 97, "7d": 85}
@@ -90,9 +91,7 @@ def _local(ts: float | None) -> datetime | None:
 
 def _safe_next(request: HttpRequest, fallback: str) -> str:
     target = request.POST.get("next") or request.GET.get("next") or ""
-    if target and url_has_allowed_host_and_scheme(
-        target, {request.get_host()}, request.is_secure()
-    ):
+    if target and url_has_allowed_host_and_scheme(target, {request.get_host()}, request.is_secure()):
         return target
     return fallback
 
@@ -110,9 +109,7 @@ class WorkloadChangeList(ChangeList):
             numbers = selectors.workloads_numbers([w.slug for w in rows], ("1h", "24h"))
         except CacheUnavailable as exc:
             numbers = {}
-            messages.warning(
-                request, _("Redis is unavailable, live numbers are not shown: %s") % exc
-            )
+            messages.warning(request, _("Redis is unavailable, live numbers are not shown: %s") % exc)
         for workload in rows:
             workload._rc_numbers = numbers.get(workload.slug)  # type: ignore[attr-defined]
 
@@ -184,11 +181,7 @@ class WorkloadAdmin(admin.ModelAdmin):
             before = {name: getattr(stored, name) for name in service.POLICY_FIELDS}
             # Never write key_version from a form: a bump made while the form was open stays.
             obj.key_version = stored.key_version
-            fields = [
-                f.name
-                for f in obj._meta.concrete_fields
-                if not f.primary_key and f.name != "key_version"
-            ]
+            fields = [f.name for f in obj._meta.concrete_fields if not f.primary_key and f.name != "key_version"]
             obj.save(update_fields=fields)
             service.record_policy_change(obj, before, actor=_actor(request), user=request.user)
         selectors.clear_local_caches()
@@ -198,9 +191,7 @@ class WorkloadAdmin(admin.ModelAdmin):
     def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
         return WorkloadChangeList
 
-    def changelist_view(
-        self, request: HttpRequest, extra_context: dict[str, Any] | None = None
-    ) -> HttpResponse:
+    def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
         extra = {
             "local_cache_seconds": f"{app_settings.LOCAL_CACHE_SECONDS:g}",
             **(extra_context or {}),
@@ -269,10 +260,7 @@ class WorkloadAdmin(admin.ModelAdmin):
         description=gettext_lazy("Bump key version (orphan every stored answer)"),
     )
     def bump_key_version(self, request: HttpRequest, queryset: QuerySet[Workload]) -> None:
-        bumped = [
-            f"{w.slug} → {service.workload_bump(w, actor=_actor(request), user=request.user)}"
-            for w in queryset
-        ]
+        bumped = [f"{w.slug} → {service.workload_bump(w, actor=_actor(request), user=request.user)}" for w in queryset]
         self.message_user(
             request,
             ngettext(
@@ -285,18 +273,13 @@ class WorkloadAdmin(admin.ModelAdmin):
         )
 
     @admin.action(permissions=["purge"], description=gettext_lazy("Purge stored entries…"))
-    def purge_entries(
-        self, request: HttpRequest, queryset: QuerySet[Workload]
-    ) -> TemplateResponse | None:
+    def purge_entries(self, request: HttpRequest, queryset: QuerySet[Workload]) -> TemplateResponse | None:
         """Like Django's delete action: the first POST shows how many entries will go, the
         second (``post=yes``) deletes them."""
         workloads = list(queryset)
         try:
             if request.POST.get("post"):
-                total = sum(
-                    service.workload_purge(w, actor=_actor(request), user=request.user)
-                    for w in workloads
-                )
+                total = sum(service.workload_purge(w, actor=_actor(request), user=request.user) for w in workloads)
                 self.message_user(
                     request,
                     ngettext(
@@ -310,9 +293,7 @@ class WorkloadAdmin(admin.ModelAdmin):
                 return None
             counts = [(w, selectors.workload_entries_count(w)) for w in workloads]
         except CacheUnavailable as exc:
-            self.message_user(
-                request, _("Redis is unavailable, nothing was purged: %s") % exc, messages.ERROR
-            )
+            self.message_user(request, _("Redis is unavailable, nothing was purged: %s") % exc, messages.ERROR)
             return None
         return self._purge_confirmation(request, counts, action=True)
 
@@ -329,26 +310,19 @@ class WorkloadAdmin(admin.ModelAdmin):
             "action_checkbox_name": ACTION_CHECKBOX_NAME,
             "workload": counts[0][0] if len(counts) == 1 else None,
         }
-        return TemplateResponse(
-            request, "admin/respcache/workload/purge_confirmation.html", context
-        )
+        return TemplateResponse(request, "admin/respcache/workload/purge_confirmation.html", context)
 
     @admin.action(permissions=["change"], description=gettext_lazy("Enable caching"))
     def enable(self, request: HttpRequest, queryset: QuerySet[Workload]) -> None:
         self._set_enabled(request, queryset, True)
 
-    @admin.action(
-        permissions=["change"], description=gettext_lazy("Disable caching (every call bypasses)")
-    )
+    @admin.action(permissions=["change"], description=gettext_lazy("Disable caching (every call bypasses)"))
     def disable(self, request: HttpRequest, queryset: QuerySet[Workload]) -> None:
         self._set_enabled(request, queryset, False)
 
-    def _set_enabled(
-        self, request: HttpRequest, queryset: QuerySet[Workload], enabled: bool
-    ) -> None:
+    def _set_enabled(self, request: HttpRequest, queryset: QuerySet[Workload], enabled: bool) -> None:
         changed = sum(
-            service.workload_set_enabled(w, enabled, actor=_actor(request), user=request.user)
-            for w in queryset
+            service.workload_set_enabled(w, enabled, actor=_actor(request), user=request.user) for w in queryset
         )
         message = (
             ngettext("Enabled %(count)d workload.", "Enabled %(count)d workloads.", changed)
@@ -390,9 +364,7 @@ class WorkloadAdmin(admin.ModelAdmin):
             raise PermissionDenied
         return workload
 
-    def _context(
-        self, request: HttpRequest, workload: Workload, title: str, **extra: Any
-    ) -> dict[str, Any]:
+    def _context(self, request: HttpRequest, workload: Workload, title: str, **extra: Any) -> dict[str, Any]:
         return {
             **self.admin_site.each_context(request),
             "opts": self.opts,
@@ -408,9 +380,7 @@ class WorkloadAdmin(admin.ModelAdmin):
         workload = self._workload(request, object_id)
         window = request.GET.get("window", "1h")
         if window not in CHART_POINTS:
-            messages.error(
-                request, _("Unknown window %(window)s; showing 1h.") % {"window": window}
-            )
+            messages.error(request, _("Unknown window %(window)s; showing 1h.") % {"window": window})
             window = "1h"
         context = self._context(
             request,
@@ -420,9 +390,7 @@ class WorkloadAdmin(admin.ModelAdmin):
             windows=list(CHART_POINTS),
         )
         try:
-            totals = selectors.workloads_numbers([workload.slug], ("5m", "1h", "24h", "7d"))[
-                workload.slug
-            ]
+            totals = selectors.workloads_numbers([workload.slug], ("5m", "1h", "24h", "7d"))[workload.slug]
             series = selectors.workload_series(workload.slug, window, points=CHART_POINTS[window])
             server = selectors.redis_server_info()
             version = selectors.workload_current_version(workload)
@@ -453,9 +421,7 @@ class WorkloadAdmin(admin.ModelAdmin):
             % {"slug": workload.slug, "version": version},
             messages.SUCCESS,
         )
-        return HttpResponseRedirect(
-            _safe_next(request, reverse("admin:respcache_workload_stats", args=[workload.pk]))
-        )
+        return HttpResponseRedirect(_safe_next(request, reverse("admin:respcache_workload_stats", args=[workload.pk])))
 
     def purge_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
         workload = self._workload(request, object_id)
@@ -478,20 +444,17 @@ class WorkloadAdmin(admin.ModelAdmin):
                 return HttpResponseRedirect(stats_url)
             count = selectors.workload_entries_count(workload)
         except CacheUnavailable as exc:
-            self.message_user(
-                request, _("Redis is unavailable, nothing was purged: %s") % exc, messages.ERROR
-            )
+            self.message_user(request, _("Redis is unavailable, nothing was purged: %s") % exc, messages.ERROR)
             return HttpResponseRedirect(stats_url)
         return self._purge_confirmation(request, [(workload, count)], action=False)
 
     def entries_view(self, request: HttpRequest, object_id: str) -> TemplateResponse:
         workload = self._workload(request, object_id)
         raw_cursor = request.GET.get("cursor", "0")
-        cursor = int(raw_cursor) if raw_cursor.isdigit() else 0
-        if not raw_cursor.isdigit():
-            messages.error(
-                request, _("The cursor must be a whole number; starting from the beginning.")
-            )
+        valid = CURSOR.fullmatch(raw_cursor) is not None and int(raw_cursor) < 2**64  # Redis's range
+        cursor = int(raw_cursor) if valid else 0
+        if not valid:
+            messages.error(request, _("The cursor must be a whole number; starting from the beginning."))
         context = self._context(request, workload, _("Entries: %s") % workload.slug, cursor=cursor)
         try:
             version = selectors.workload_current_version(workload)
@@ -508,9 +471,7 @@ class WorkloadAdmin(admin.ModelAdmin):
             rows=[
                 {
                     "info": e,
-                    "url": reverse(
-                        "admin:respcache_workload_entry", args=[workload.pk, version, e.fingerprint]
-                    ),
+                    "url": reverse("admin:respcache_workload_entry", args=[workload.pk, version, e.fingerprint]),
                     "stored_at": _local(e.stored_at),
                     "age": duration(now - e.stored_at) if e.stored_at else "–",
                     "ttl": duration(e.ttl_ms / 1000) if e.ttl_ms is not None else "–",
@@ -521,9 +482,7 @@ class WorkloadAdmin(admin.ModelAdmin):
         )
         return TemplateResponse(request, "admin/respcache/workload/entries.html", context)
 
-    def entry_view(
-        self, request: HttpRequest, object_id: str, version: int, fingerprint: str
-    ) -> TemplateResponse:
+    def entry_view(self, request: HttpRequest, object_id: str, version: int, fingerprint: str) -> TemplateResponse:
         workload = self._workload(request, object_id)
         if not FINGERPRINT.fullmatch(fingerprint):
             raise Http404(_("Not an entry key: %s") % fingerprint)
@@ -564,9 +523,7 @@ class WorkloadAdmin(admin.ModelAdmin):
         )
         return TemplateResponse(request, "admin/respcache/workload/entry.html", context)
 
-    def entry_delete_view(
-        self, request: HttpRequest, object_id: str, version: int, fingerprint: str
-    ) -> HttpResponse:
+    def entry_delete_view(self, request: HttpRequest, object_id: str, version: int, fingerprint: str) -> HttpResponse:
         workload = self._workload(request, object_id)
         if not self.has_purge_permission(request, workload):
             raise PermissionDenied
@@ -584,16 +541,12 @@ class WorkloadAdmin(admin.ModelAdmin):
                 user=request.user,
             )
         except CacheUnavailable as exc:
-            self.message_user(
-                request, _("Redis is unavailable, nothing was deleted: %s") % exc, messages.ERROR
-            )
+            self.message_user(request, _("Redis is unavailable, nothing was deleted: %s") % exc, messages.ERROR)
             return HttpResponseRedirect(entries_url)
         if deleted:
             self.message_user(request, _("Deleted entry %s.") % fingerprint, messages.SUCCESS)
         else:
-            self.message_user(
-                request, _("Entry %s was already gone.") % fingerprint, messages.WARNING
-            )
+            self.message_user(request, _("Entry %s was already gone.") % fingerprint, messages.WARNING)
         return HttpResponseRedirect(entries_url)
 
 
@@ -673,9 +626,7 @@ def _charts(series: list[tuple[int, dict[str, int]]], window: str) -> list[tuple
     return [
         (
             _("Outcomes"),
-            mark_safe(
-                charts.stacked_bars(labels, values, OUTCOME_SERIES, title=_("Calls by outcome"))
-            ),  # noqa: S308 - escaped in charts
+            mark_safe(charts.stacked_bars(labels, values, OUTCOME_SERIES, title=_("Calls by outcome"))),  # noqa: S308 - escaped in charts
         ),
         (
             _("Hit rate"),
@@ -693,11 +644,7 @@ def _charts(series: list[tuple[int, dict[str, int]]], window: str) -> list[tuple
         ),
         (
             _("Tokens saved"),
-            mark_safe(
-                charts.stacked_bars(
-                    labels, values, TOKEN_SERIES, title=_("Tokens saved by hits and waits")
-                )
-            ),  # noqa: S308
+            mark_safe(charts.stacked_bars(labels, values, TOKEN_SERIES, title=_("Tokens saved by hits and waits"))),  # noqa: S308
         ),
         (
             _("Upstream latency"),
@@ -803,9 +750,7 @@ class ApiKeyAdmin(APIKeyModelAdmin):
     def workload_list(self, obj: ApiKey) -> str:
         return format_html_join(", ", "{}", ((w.slug,) for w in obj.workloads.all())) or "–"
 
-    def save_model(
-        self, request: HttpRequest, obj: Any, form: Any = None, change: bool = False
-    ) -> None:
+    def save_model(self, request: HttpRequest, obj: Any, form: Any = None, change: bool = False) -> None:
         super().save_model(request, obj, form, change)
         selectors.clear_local_caches()  # a revoked key is refused here at once, elsewhere soon
 

@@ -159,9 +159,7 @@ def stacked_bars(
     gap = min(2.0, frame.slot * 0.2)
     below = [0.0] * len(values)  # the stack's height so far, per slot
     for s in series:
-        parts.append(
-            f'<g class="rc-series" data-series="{escape(s.name)}" fill="{escape(s.color)}">'
-        )
+        parts.append(f'<g class="rc-series" data-series="{escape(s.name)}" fill="{escape(s.color)}">')
         for i, v in enumerate(values):
             amount = max(0.0, float(v.get(s.name, 0) or 0))
             if not amount:
@@ -215,13 +213,8 @@ def lines(
             segments[-1].append((frame.x(i + 0.5), frame.y(float(value)), i))
         for segment in segments:
             if len(segment) > 1:
-                path = " ".join(
-                    f"{'M' if j == 0 else 'L'}{x:.1f},{y:.1f}"
-                    for j, (x, y, _) in enumerate(segment)
-                )
-                parts.append(
-                    f'<path d="{path}" fill="none" stroke="{escape(s.color)}" stroke-width="2"/>'
-                )
+                path = " ".join(f"{'M' if j == 0 else 'L'}{x:.1f},{y:.1f}" for j, (x, y, _) in enumerate(segment))
+                parts.append(f'<path d="{path}" fill="none" stroke="{escape(s.color)}" stroke-width="2"/>')
             for x, y, i in segment:
                 value = float(values[i][s.name])  # type: ignore[arg-type]
                 parts.append(

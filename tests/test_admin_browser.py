@@ -83,10 +83,7 @@ def test_admin_stats_chart_and_bump_in_chromium(
     workload, _ = service.workload_upsert(slug=workload.slug, ttl_seconds=600, actor="test")
     _backfill(workload, time.time())
     client = sdk()
-    live = [
-        create(client, ask(text)).headers["x-respcache"]
-        for text in ("reset", "refund", "reset", "reset")
-    ]
+    live = [create(client, ask(text)).headers["x-respcache"] for text in ("reset", "refund", "reset", "reset")]
     live.append(create(client, ask("chat"), extra_body={"temperature": 0.8}).headers["x-respcache"])
     assert live == ["miss", "miss", "hit", "hit", "bypass"]
     base = live_server.url.replace("localhost", "127.0.0.1")
@@ -94,9 +91,7 @@ def test_admin_stats_chart_and_bump_in_chromium(
 
     # No ORM calls inside this block: Playwright's sync API runs an event loop on this thread.
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True
-        )
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         try:
             page = browser.new_page(viewport={"width": 1360, "height": 900})
             page.goto(f"{base}/admin/login/?next=/admin/")

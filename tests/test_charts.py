@@ -36,9 +36,7 @@ def test_nice_ticks_reach_the_top_in_round_steps(top: float, expected: list[floa
 
 def test_stacked_bars_are_to_scale_and_stacked() -> None:
     labels = ["10:00", "10:01", "10:02"]
-    root = parse(
-        charts.stacked_bars(labels, [{"hit": 2, "miss": 2}, {"hit": 8}, {}], BARS, title="Calls")
-    )
+    root = parse(charts.stacked_bars(labels, [{"hit": 2, "miss": 2}, {"hit": 8}, {}], BARS, title="Calls"))
     assert root.find(f"{NS}title").text == "Calls"  # type: ignore[union-attr]
     hits, misses = rects(root, "hit"), rects(root, "miss")
     assert [float(r.get("data-value", 0)) for r in hits] == [2, 8]
@@ -47,9 +45,7 @@ def test_stacked_bars_are_to_scale_and_stacked() -> None:
     assert heights[1] == pytest.approx(4 * heights[0])  # 8 vs 2, on one scale
     # The miss sits on top of the hit in the same slot.
     hit0, miss0 = hits[0], misses[0]
-    assert float(miss0.get("y", 0)) + float(miss0.get("height", 0)) == pytest.approx(
-        float(hit0.get("y", 0)), abs=0.1
-    )
+    assert float(miss0.get("y", 0)) + float(miss0.get("height", 0)) == pytest.approx(float(hit0.get("y", 0)), abs=0.1)
     assert hit0.find(f"{NS}title").text == "10:00: hit 2"  # type: ignore[union-attr]
     assert root.find(f".//{NS}text[@class='rc-empty']") is None
 
@@ -90,9 +86,7 @@ def test_lines_break_where_there_is_no_value() -> None:
 
 
 def test_line_scale_is_fixed_by_y_max() -> None:
-    root = parse(
-        charts.lines(["a"], [{"r": 0.5}], [charts.Series("r", "r", "#000")], title="t", y_max=1.0)
-    )
+    root = parse(charts.lines(["a"], [{"r": 0.5}], [charts.Series("r", "r", "#000")], title="t", y_max=1.0))
     (dot,) = root.iter(f"{NS}circle")
     top, bottom = charts.TOP, charts.HEIGHT - charts.BOTTOM
     assert float(dot.get("cy", 0)) == pytest.approx((top + bottom) / 2, abs=0.1)
@@ -100,9 +94,7 @@ def test_line_scale_is_fixed_by_y_max() -> None:
 
 def test_text_is_escaped() -> None:
     evil = '<script>alert("x")</script>'
-    svg = charts.stacked_bars(
-        [evil], [{"hit": 1}], [charts.Series("hit", evil, "#000")], title=evil
-    )
+    svg = charts.stacked_bars([evil], [{"hit": 1}], [charts.Series("hit", evil, "#000")], title=evil)
     assert "<script>" not in svg
     root = parse(svg)
     assert root.find(f"{NS}title").text == evil  # type: ignore[union-attr]
