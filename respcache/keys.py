@@ -10,7 +10,8 @@ What makes two requests "the same" (CONTRACT.md), one named function a rule:
   tool_result blocks too) and tool definitions are left out. Only there: a tool's
   ``input_schema`` or a ``tool_use`` input may legitimately hold a field of that name.
 - ``_canonical_numbers``: a float with an integral value is written as an integer (``0`` ≡
-  ``0.0``); other floats in their shortest round-trip form.
+  ``0.0``, ``1e2`` ≡ ``100``); other floats in their shortest round-trip form; an integer beyond
+  64 bits as the float JSON parsers read it as.
 - ``_beta_values``: the ``anthropic-beta`` header's comma-separated values, trimmed and sorted.
 - ``canonical_json``: sorted keys, no insignificant white space (orjson).
 - ``endpoint``: a request to another endpoint than ``/v1/messages`` (``count_tokens``) hashes
@@ -30,7 +31,8 @@ import orjson
 
 EXCLUDED_FIELDS = frozenset({"stream", "metadata", "service_tier", "cache_control"})
 DEFAULT_MAX_DEPTH = 64
-_MAX_EXACT_FLOAT_INT = 2**53
+# The integers orjson writes (and reads: larger JSON integers arrive as floats).
+_INT_MIN, _INT_MAX = -(2**63), 2**64 - 1
 
 
 class TooDeep(ValueError):
@@ -80,8 +82,10 @@ def _canonical_numbers(value: Any, depth: int, max_depth: int) -> Any:
         if depth >= max_depth:
             raise TooDeep(f"request nests deeper than {max_depth} levels")
         return [_canonical_numbers(v, depth + 1, max_depth) for v in value]
-    if kind is float and value.is_integer() and -_MAX_EXACT_FLOAT_INT <= value <= _MAX_EXACT_FLOAT_INT:
-        return int(value)
+    if kind is float and value.is_integer() and _INT_MIN <= value <= _INT_MAX:
+        return int(value)  # exact: an integral float converts to the very same integer
+    if kind is int and not _INT_MIN <= value <= _INT_MAX:
+        return float(value)  # what orjson parses such a JSON number as
     return value
 
 

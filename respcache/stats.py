@@ -178,15 +178,7 @@ def _sum(hashes: Iterable[dict[bytes, bytes]]) -> dict[str, int]:
 
 def totals(workload: str, window: str = "1h", *, now: float | None = None) -> Totals:
     """Sum the workload's counters over ``window`` ("5m", "1h", "24h", "7d")."""
-    keys = _window_buckets(workload, window, time.time() if now is None else now)
-    try:
-        pipe = store.client().pipeline(transaction=False)
-        for key in keys:
-            pipe.hgetall(key)
-        hashes = pipe.execute()
-    except RedisError as exc:
-        raise CacheUnavailable(str(exc)) from exc
-    return Totals(window=window, counts=_sum(hashes))
+    return window_totals([workload], [window], now=now)[workload][window]
 
 
 def series(
@@ -244,7 +236,7 @@ def window_totals(
     """``totals`` for several workloads and windows in one pipelined round trip, reading hour
     buckets where whole hours fit (see ``_edge_buckets``): what a list of workloads shows.
 
-    Returns ``{workload: {window: Totals}}``; the sums equal ``totals(workload, window)``.
+    Returns ``{workload: {window: Totals}}``.
     """
     for window in windows:
         if window not in WINDOWS:
@@ -262,7 +254,11 @@ def window_totals(
     out: dict[str, dict[str, Totals]] = {w: {} for w in workloads}
     offset = 0
     for workload, window, keys in plan:
-        counts = _sum(hashes[offset : offset + len(keys)])
+        window_hashes = hashes[offset : offset + len(keys)]
+        # The current minute's bucket also holds the expiry accounting of entries that expire
+        # later this minute, still alive: they are no dead writes yet.
+        current = {k: v for k, v in window_hashes[-1].items() if k not in (b"exp_written", b"exp_read")}
+        counts = _sum([*window_hashes[:-1], current])
         out[workload][window] = Totals(window=window, counts=counts)
         offset += len(keys)
     return out

@@ -140,7 +140,7 @@ def test_entry_key_namespaces_workload_and_version() -> None:
 
 json_leaf = st.one_of(
     st.none(), st.booleans(), st.integers(-(10**12), 10**12),
-    st.floats(allow_nan=False, allow_infinity=False, width=64), st.text(max_size=20),
+    st.floats(allow_nan=False, allow_infinity=False, width=64), st.integers(), st.text(max_size=20),
 )
 json_value = st.recursive(
     json_leaf,
@@ -216,3 +216,20 @@ def test_property_changing_an_included_field_changes_the_key(body: dict[str, Any
     else:
         changed["new_field"] = data.draw(json_value)
     assert request_fingerprint(body) != request_fingerprint(changed)
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        (9007199254740994.0, 9007199254740994),  # above 2**53, still exactly integral
+        (1.8446744073709552e19, 2**64),  # beyond 64 bits: the float form, as JSON parsers read it
+        (-0.0, 0),
+        (1e2, 100),
+    ],
+)
+def test_large_and_signed_integral_numbers_share_a_key(a: float, b: int) -> None:
+    assert request_fingerprint(base(top_k=a)) == request_fingerprint(base(top_k=b))
+
+
+def test_integers_beyond_64_bits_do_not_crash() -> None:
+    assert request_fingerprint(base(top_k=2**70)) == request_fingerprint(base(top_k=float(2**70)))
