@@ -13,7 +13,10 @@ that just failed), ``abandoned`` (the holder stopped without an answer: try to t
 
 from __future__ import annotations
 
+import os
+import queue
 import secrets
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -54,44 +57,195 @@ def release(lock: str, *, token: str, channel: str, message: bytes) -> bool:
         raise CacheUnavailable(str(exc)) from exc
 
 
-class Subscription:
-    """A waiter's subscription to one key's channel. Subscribe before re-reading, so that a
-    write landing between the read and the wait is never missed."""
+class _Dispatcher:
+    """One Pub/Sub connection per process, shared by every waiter in it.
 
+    A connection per waiter would hold one pooled Redis connection for each caller waiting on a
+    lock: a stampede of a few hundred callers would exhaust the pool (and Redis's patience)
+    exactly when the cache matters most. Here a listener thread (a greenlet under gevent) reads
+    the one connection and hands each message to the queues of the waiters on that channel.
+    A channel is subscribed while at least one waiter waits on it. If the connection fails,
+    every waiter is told (``BROKEN``) and the next waiter opens a new one.
+    """
+
+    BROKEN = b"\x00broken"
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pubsub: Any = None
+        # (pid, Redis location): a new connection after a fork or a settings change. Not the
+        # client object: Django hands each thread its own cache (and client) instance.
+        self._owner: tuple[int, str] | None = None
+        self._waiters: dict[str, list[_Waiter]] = {}
+        self._confirmed: set[str] = set()
+
+    def register(self, channel: str) -> _Waiter:
+        waiter = _Waiter(channel)
+        with self._lock:
+            self._ensure_listener()
+            waiting = self._waiters.setdefault(channel, [])
+            waiting.append(waiter)
+            if channel in self._confirmed:
+                waiter.ready.set()
+            elif len(waiting) == 1:
+                try:
+                    self._pubsub.subscribe(channel)
+                except RedisError as exc:
+                    waiting.remove(waiter)
+                    del self._waiters[channel]
+                    self._reset()
+                    raise CacheUnavailable(str(exc)) from exc
+        return waiter
+
+    def waiting(self, channel: str) -> int:
+        """How many waiters in this process wait on ``channel`` with a confirmed subscription."""
+        with self._lock:
+            return sum(1 for w in self._waiters.get(channel, ()) if w.ready.is_set())
+
+    def unregister(self, waiter: _Waiter) -> None:
+        with self._lock:
+            waiting = self._waiters.get(waiter.channel)
+            if not waiting or waiter not in waiting:
+                return
+            waiting.remove(waiter)
+            if waiting:
+                return
+            del self._waiters[waiter.channel]
+            self._confirmed.discard(waiter.channel)
+            if self._pubsub is not None:
+                try:
+                    self._pubsub.unsubscribe(waiter.channel)
+                except RedisError:
+                    self._reset()
+
+    def _ensure_listener(self) -> None:
+        owner = (os.getpid(), store.location())
+        if self._pubsub is not None and self._owner == owner:
+            return
+        if self._pubsub is not None:
+            self._reset()
+        self._pubsub = store.client().pubsub()
+        self._owner = owner
+        self._confirmed.clear()
+        thread = threading.Thread(target=self._listen, args=(self._pubsub,), daemon=True, name="respcache-pubsub")
+        thread.start()
+
+    def _reset(self) -> None:
+        """Forget the connection (under the lock); its listener stops on its own."""
+        pubsub, self._pubsub, self._owner = self._pubsub, None, None
+        self._confirmed.clear()
+        if pubsub is not None:
+            try:
+                pubsub.close()
+            except RedisError:
+                pass
+
+    def _listen(self, pubsub: Any) -> None:
+        while True:
+            with self._lock:
+                if self._pubsub is not pubsub:
+                    return
+                idle = not self._waiters
+            try:
+                if idle and not pubsub.subscribed:
+                    time.sleep(0.05)  # nothing to listen to yet; subscribe() is on its way
+                    continue
+                message = pubsub.get_message(timeout=1.0)
+            except (RedisError, OSError, ValueError, AttributeError):
+                # The connection failed (or was closed under us by _reset): wake everyone.
+                with self._lock:
+                    if self._pubsub is pubsub:
+                        self._reset()
+                    waiters = [w for ws in self._waiters.values() for w in ws]
+                for waiter in waiters:
+                    waiter.deliver(self.BROKEN)
+                return
+            if not message:
+                continue
+            kind = message.get("type")
+            channel = message.get("channel")
+            channel = channel.decode() if isinstance(channel, bytes) else str(channel)
+            with self._lock:
+                waiters = list(self._waiters.get(channel, ()))
+                if kind == "subscribe" and waiters:
+                    self._confirmed.add(channel)
+            if kind == "subscribe":
+                for waiter in waiters:
+                    waiter.ready.set()
+            elif kind == "message":
+                data = message["data"]
+                data = data if isinstance(data, bytes) else str(data).encode()
+                for waiter in waiters:
+                    waiter.deliver(data)
+
+
+class _Waiter:
     def __init__(self, channel: str) -> None:
         self.channel = channel
-        self._pubsub: Any = None
+        self.ready = threading.Event()
+        self.messages: queue.Queue[bytes] = queue.Queue()
+
+    def deliver(self, data: bytes) -> None:
+        self.ready.set()
+        self.messages.put(data)
+
+
+_dispatcher = _Dispatcher()
+
+
+def waiting(channel: str) -> int:
+    """How many callers in this process wait on ``channel`` (for tests and introspection)."""
+    return _dispatcher.waiting(channel)
+
+
+class Subscription:
+    """A waiter's subscription to one key's channel, through the process's shared connection.
+
+    Entering returns once Redis has confirmed the subscription, so a caller that subscribes and
+    then re-reads the entry never misses a write that lands in between.
+    """
+
+    def __init__(self, channel: str, *, confirm_timeout: float = 5.0) -> None:
+        self.channel = channel
+        self.confirm_timeout = confirm_timeout
+        self._waiter: _Waiter | None = None
 
     def __enter__(self) -> Subscription:
-        try:
-            self._pubsub = store.client().pubsub(ignore_subscribe_messages=True)
-            self._pubsub.subscribe(self.channel)
-        except RedisError as exc:
+        self._waiter = _dispatcher.register(self.channel)
+        if not self._waiter.ready.wait(self.confirm_timeout):
             self.close()
-            raise CacheUnavailable(str(exc)) from exc
+            raise CacheUnavailable("Redis did not confirm the subscription")
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
     def close(self) -> None:
-        if self._pubsub is not None:
-            try:
-                self._pubsub.close()
-            except RedisError:
-                pass
-            self._pubsub = None
+        if self._waiter is not None:
+            _dispatcher.unregister(self._waiter)
+            self._waiter = None
+
+    def poll(self) -> bytes | None:
+        """A message that has already arrived, without waiting."""
+        assert self._waiter is not None, "poll() outside the subscription"
+        try:
+            data = self._waiter.messages.get_nowait()
+        except queue.Empty:
+            return None
+        if data == _Dispatcher.BROKEN:
+            raise CacheUnavailable("the Pub/Sub connection to Redis failed")
+        return data
 
     def wait(self, deadline: float, *, clock: Callable[[], float] = time.monotonic) -> bytes | None:
         """Block until a message arrives on the channel (returned) or ``deadline`` passes (None)."""
-        while True:
-            remaining = deadline - clock()
-            if remaining <= 0:
-                return None
-            try:
-                message = self._pubsub.get_message(timeout=remaining)
-            except RedisError as exc:
-                raise CacheUnavailable(str(exc)) from exc
-            if message and message.get("type") == "message":
-                data = message["data"]
-                return data if isinstance(data, bytes) else str(data).encode()
+        assert self._waiter is not None, "wait() outside the subscription"
+        remaining = deadline - clock()
+        if remaining <= 0:
+            return None
+        try:
+            data = self._waiter.messages.get(timeout=remaining)
+        except queue.Empty:
+            return None
+        if data == _Dispatcher.BROKEN:
+            raise CacheUnavailable("the Pub/Sub connection to Redis failed")
+        return data

@@ -42,6 +42,10 @@ from respcache.upstream import Upstream, UpstreamResponse, UpstreamStream, get_u
 
 logger = logging.getLogger(__name__)
 
+#: How long a waiter that takes over a free lock listens for the failure its holder may have
+#: just published, before calling the upstream itself.
+_TAKEOVER_DRAIN_SECONDS = 0.05
+
 #: What ``X-Respcache`` says.
 HIT, MISS, WAIT, BYPASS, REFRESH = "hit", "miss", "wait", "bypass", "refresh"
 #: Counted outcome of a waiter that gave up after wait_max and called the upstream itself.
@@ -255,22 +259,30 @@ class _Call:
             return self.hold(names, token)
         deadline = self.monotonic() + self.policy.wait_max
         with locks.Subscription(names.channel) as subscription:
+            message: bytes | None = None
             while True:
+                if message is not None and message.startswith(b"error:"):
+                    _count(self.slug, self.now, upstream_error=1)
+                    raise _error_from_message(message)
                 # Subscribed first, then read: an answer written in between is never missed.
                 found = self.lookup(WAIT)
                 if found.entry is not None:
                     return self.answer(WAIT, found.entry)
+                message = subscription.poll()
+                if message is not None:
+                    continue  # "ok": read it; "abandoned": try for the lock; "error:": above
                 if locks.acquire(names.lock, token=token, ttl_seconds=lock_ttl):
+                    # The lock was free: its holder may have just failed. Redis sent us its
+                    # message before our lock reply, so it is (nearly) here: take it first.
+                    message = subscription.wait(self.monotonic() + _TAKEOVER_DRAIN_SECONDS, clock=self.monotonic)
+                    if message is not None and message.startswith(b"error:"):
+                        _release(names, token, b"abandoned")
+                        continue
                     subscription.close()
                     return self.hold(names, token)
                 message = subscription.wait(deadline, clock=self.monotonic)
                 if message is None:
                     break
-                if message.startswith(b"error:"):
-                    error = _error_from_message(message)
-                    _count(self.slug, self.now, upstream_error=1)
-                    raise error
-                # "ok": read it; "abandoned": try for the lock again.
         # wait_max passed: call the upstream ourselves, and store what we get.
         return self.fetch(MISS, FALLTHROUGH, names)
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
+from django.conf import settings
 from django.core.cache import caches
 from django_redis import get_redis_connection
 from redis.exceptions import RedisError, ResponseError
@@ -79,6 +80,11 @@ def decode_record(raw: bytes | None) -> Entry | None:
 
 def client() -> Any:
     return get_redis_connection(app_settings.CACHE_ALIAS)
+
+
+def location() -> str:
+    """Where the cache alias's Redis is (its LOCATION setting)."""
+    return str(settings.CACHES[app_settings.CACHE_ALIAS]["LOCATION"])
 
 
 def full_key(raw: str) -> str:

@@ -67,3 +67,61 @@ def test_release_tells_waiters_the_message() -> None:
     with locks.Subscription(CHANNEL) as sub:
         locks.release(LOCK, token=token, channel=CHANNEL, message=b"abandoned")
         assert sub.wait(time.monotonic() + 5) == b"abandoned"
+
+
+def test_many_waiters_share_one_pubsub_connection(redis_db: Any) -> None:
+    """200 waiters in one process hold one Redis connection between them, not 200."""
+    n = 200
+    got: list[bytes | None] = []
+    lock = threading.Lock()
+
+    def waiter() -> None:
+        with locks.Subscription(CHANNEL) as sub:
+            message = sub.wait(time.monotonic() + 20)
+        with lock:
+            got.append(message)
+
+    before = redis_db.info("clients")["connected_clients"]
+    threads = [threading.Thread(target=waiter) for _ in range(n)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 20
+    while locks.waiting(CHANNEL) < n and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert locks.waiting(CHANNEL) == n
+    assert redis_db.info("clients")["connected_clients"] - before <= 2
+    assert dict(redis_db.pubsub_numsub(CHANNEL))[CHANNEL.encode()] == 1
+    store.client().publish(CHANNEL, b"ok")
+    for t in threads:
+        t.join(20)
+    assert got == [b"ok"] * n
+    assert locks.waiting(CHANNEL) == 0
+
+
+def test_a_failed_pubsub_connection_wakes_waiters_with_an_error(redis_db: Any) -> None:
+    import pytest
+
+    from respcache.exceptions import CacheUnavailable
+
+    errors: list[Exception] = []
+    ready = threading.Event()
+
+    def waiter() -> None:
+        try:
+            with locks.Subscription(CHANNEL) as sub:
+                ready.set()
+                sub.wait(time.monotonic() + 20)
+        except CacheUnavailable as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=waiter)
+    thread.start()
+    ready.wait(5)
+    redis_db.client_kill_filter(_type="pubsub")
+    thread.join(10)
+    assert not thread.is_alive() and len(errors) == 1
+    with locks.Subscription(CHANNEL) as sub:  # the next waiter reconnects
+        store.client().publish(CHANNEL, b"ok")
+        assert sub.wait(time.monotonic() + 5) == b"ok"
+    with pytest.raises(AssertionError):
+        locks.Subscription(CHANNEL).wait(0)

@@ -35,7 +35,7 @@ def names(workload: Workload, body: dict[str, Any]) -> service._Names:
 def wait_for_subscribers(channel: str, n: int, timeout: float = 10) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if dict(store.client().pubsub_numsub(channel)).get(channel.encode(), 0) >= n:
+        if locks.waiting(channel) >= n:
             return
         time.sleep(0.01)
     raise AssertionError(f"{n} waiters never subscribed")
