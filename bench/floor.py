@@ -1,6 +1,6 @@
 """The framework floor: a minimal Django + DRF view that does one Redis GET and returns the bytes.
 
-Served by the same gunicorn settings as the service (``DJANGO_SETTINGS_MODULE=bench.floor_settings``),
+Served by the same gunicorn settings as the service (with bench.floor_settings),
 it is what any Django view answering from Redis costs; the hit path is measured against it.
 """
 
@@ -20,7 +20,9 @@ class BytesRenderer(BaseRenderer):
     media_type = "*/*"
     format = "json"
 
-    def render(self, data: Any, accepted_media_type: str | None = None, renderer_context: Any = None) -> bytes:
+    def render(
+        self, data: Any, accepted_media_type: str | None = None, renderer_context: Any = None
+    ) -> bytes:
         return data if isinstance(data, bytes) else b""
 
 

@@ -71,13 +71,22 @@ class Harness:
         signal.signal(signal.SIGTERM, _raise_interrupt)
         return self
 
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
     # --- processes -------------------------------------------------------------------------
 
-    def spawn(self, name: str, argv: list[str], *, env: dict[str, str] | None = None, stdout: Any = None,
-              stdin: Any = subprocess.DEVNULL) -> Process:
+    def spawn(
+        self,
+        name: str,
+        argv: list[str],
+        *,
+        env: dict[str, str] | None = None,
+        stdout: Any = None,
+        stdin: Any = subprocess.DEVNULL,
+    ) -> Process:
         log = self.dir / f"{name}.log"
         log_file: IO[bytes] = open(log, "ab")  # noqa: SIM115 - closed when the process is stopped
         popen = subprocess.Popen(
@@ -124,7 +133,11 @@ class Harness:
             stopped.append(f"{process.name} {process.popen.pid}")
         self.processes.clear()
         shutil.rmtree(self.dir, ignore_errors=True)
-        print(f"bench: stopped {', '.join(stopped) or 'nothing'}; removed {self.dir}", file=sys.stderr, flush=True)
+        print(
+            f"bench: stopped {', '.join(stopped) or 'nothing'}; removed {self.dir}",
+            file=sys.stderr,
+            flush=True,
+        )
 
     # --- what the bench starts ---------------------------------------------------------------
 
@@ -134,13 +147,20 @@ class Harness:
             "redis",
             [
                 embedded_redis.binary(),
-                "--port", "0",
-                "--unixsocket", str(self.redis_socket),
-                "--unixsocketperm", "700",
-                "--save", "",
-                "--appendonly", "no",
-                "--dir", str(self.dir),
-                "--databases", "16",
+                "--port",
+                "0",
+                "--unixsocket",
+                str(self.redis_socket),
+                "--unixsocketperm",
+                "700",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.dir),
+                "--databases",
+                "16",
             ],
         )
         deadline = time.monotonic() + 10
@@ -163,7 +183,10 @@ class Harness:
     def start_upstream(self) -> Server:
         """The fake Messages API (bench/upstream.py) in its own process; stops when stdin closes."""
         process = self.spawn(
-            "upstream", [sys.executable, "-m", "bench.upstream"], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+            "upstream",
+            [sys.executable, "-m", "bench.upstream"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
         )
         assert process.popen.stdout is not None
         line = process.popen.stdout.readline().decode().strip()
@@ -177,12 +200,19 @@ class Harness:
         port = free_port()
         process = self.spawn(
             name,
-            [str(Path(sys.executable).parent / "gunicorn"), "-c", "gunicorn.conf.py", "project.wsgi"],
+            [
+                str(Path(sys.executable).parent / "gunicorn"),
+                "-c",
+                "gunicorn.conf.py",
+                "project.wsgi",
+            ],
             env={"DJANGO_SETTINGS_MODULE": settings_module, "GUNICORN_BIND": f"127.0.0.1:{port}"},
         )
         return Server(name, "127.0.0.1", port), process
 
-    def wait_ready(self, server: Server, process: Process, path: str = "/healthz", timeout: float = 60.0) -> None:
+    def wait_ready(
+        self, server: Server, process: Process, path: str = "/healthz", timeout: float = 60.0
+    ) -> None:
         deadline = time.monotonic() + timeout
         while True:
             if process.popen.poll() is not None:

@@ -37,7 +37,9 @@ def make_request(size: int, seed: int = 0) -> dict[str, Any]:
         "model": "claude-sonnet-4-5-20250929",
         "max_tokens": 1024,
         "temperature": 0.0,
-        "system": [{"type": "text", "text": _text(rng, 25), "cache_control": {"type": "ephemeral"}}],
+        "system": [
+            {"type": "text", "text": _text(rng, 25), "cache_control": {"type": "ephemeral"}}
+        ],
         "tools": [
             {
                 "name": f"tool_{i}",
@@ -63,21 +65,45 @@ def make_request(size: int, seed: int = 0) -> dict[str, Any]:
         if turn % 3 == 1:
             messages.append({"role": "user", "content": _text(rng, rng.randint(20, 200))})
         elif turn % 3 == 2:
-            messages.append({"role": "assistant", "content": [
-                {"type": "text", "text": _text(rng, rng.randint(10, 80))},
-                {"type": "tool_use", "id": f"toolu_{turn:06d}", "name": "tool_1",
-                 "input": {"query": _text(rng, 4), "limit": rng.randint(1, 50), "score": rng.random()}},
-            ]})
+            messages.append(
+                {
+                    "role": "assistant",
+                    "content": [
+                        {"type": "text", "text": _text(rng, rng.randint(10, 80))},
+                        {
+                            "type": "tool_use",
+                            "id": f"toolu_{turn:06d}",
+                            "name": "tool_1",
+                            "input": {
+                                "query": _text(rng, 4),
+                                "limit": rng.randint(1, 50),
+                                "score": rng.random(),
+                            },
+                        },
+                    ],
+                }
+            )
         else:
-            messages.append({"role": "user", "content": [
-                {"type": "tool_result", "tool_use_id": f"toolu_{turn - 1:06d}", "content": _text(rng, rng.randint(40, 400))},
-            ]})
+            messages.append(
+                {
+                    "role": "user",
+                    "content": [
+                        {
+                            "type": "tool_result",
+                            "tool_use_id": f"toolu_{turn - 1:06d}",
+                            "content": _text(rng, rng.randint(40, 400)),
+                        },
+                    ],
+                }
+            )
     if body["messages"][-1]["role"] != "user":
         body["messages"].append({"role": "user", "content": "continue"})
     return body
 
 
-def throughput(fn: Callable[[dict[str, Any]], str], body: dict[str, Any], *, min_time: float, repeats: int = 3) -> float:
+def throughput(
+    fn: Callable[[dict[str, Any]], str], body: dict[str, Any], *, min_time: float, repeats: int = 3
+) -> float:
     """Best MB/s of ``fn`` over ``repeats`` runs of at least ``min_time`` seconds each."""
     size = len(orjson.dumps(body))
     best = 0.0

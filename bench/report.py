@@ -1,4 +1,4 @@
-"""The bench's one table: rows of a measurement, its baseline from the same run, the ratio, the target."""
+"""The bench's one table: each row a measurement, its same-run baseline, the ratio, the target."""
 
 from __future__ import annotations
 
@@ -21,14 +21,20 @@ def percentile(values: Sequence[float], pct: float) -> float:
 
 
 def ratio(value: float | None, baseline: float | None) -> float | None:
-    if value is None or baseline is None or baseline == 0 or math.isnan(value) or math.isnan(baseline):
+    if (
+        value is None
+        or baseline is None
+        or baseline == 0
+        or math.isnan(value)
+        or math.isnan(baseline)
+    ):
         return None
     return value / baseline
 
 
 @dataclass
 class Row:
-    """One line of the table. ``ratio`` is value / baseline; ``ok`` is None where there is no target."""
+    """One line of the table. ``ratio`` is value / baseline; ``ok`` is None without a target."""
 
     measure: str
     value: float
@@ -42,8 +48,15 @@ class Row:
     ok: bool | None = None
 
     @classmethod
-    def compare(cls, measure: str, value: float, unit: str, baseline: float | None, baseline_name: str,
-                **extra: Any) -> Row:
+    def compare(
+        cls,
+        measure: str,
+        value: float,
+        unit: str,
+        baseline: float | None,
+        baseline_name: str,
+        **extra: Any,
+    ) -> Row:
         return cls(measure, value, unit, baseline, baseline_name, ratio(value, baseline), **extra)
 
 
@@ -81,7 +94,9 @@ def render(rows: Sequence[Row], header: Sequence[str] = ()) -> str:
         [
             row.measure,
             fmt_value(row.value, row.unit),
-            f"{row.baseline_name} {fmt_value(row.baseline, row.unit)}".strip() if row.baseline_name else "",
+            f"{row.baseline_name} {fmt_value(row.baseline, row.unit)}".strip()
+            if row.baseline_name
+            else "",
             fmt_ratio(row.ratio),
             fmt_value(row.redis_get, row.unit) if row.redis_get is not None else "",
             fmt_ratio(row.redis_get_ratio),
@@ -94,7 +109,9 @@ def render(rows: Sequence[Row], header: Sequence[str] = ()) -> str:
     aligns = ["<", ">", ">", ">", ">", ">", "<", "<"]
 
     def line(values: Sequence[str]) -> str:
-        return "  ".join(f"{v:{a}{w}}" for v, a, w in zip(values, aligns, widths, strict=True)).rstrip()
+        return "  ".join(
+            f"{v:{a}{w}}" for v, a, w in zip(values, aligns, widths, strict=True)
+        ).rstrip()
 
     out = list(header)
     out.append(line(columns))

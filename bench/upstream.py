@@ -23,7 +23,8 @@ from tests.fake_anthropic import FakeAnthropic, directives
 WORDS = (
     "the request answer cache model token prompt user system message reply classify intent ticket "
     "account password reset billing refund order shipping delay question support agent route label "
-    "extract field value date amount invoice customer product issue error login email address phone "
+    "extract field value date amount invoice customer product issue error login email address "
+    "phone "
     "priority high low medium urgent escalate resolve close open pending review summary detail and "
     "or with for from into about after before because while which that this those these will would "
     "could should must may can not only also very more most less least first last next previous"
@@ -66,7 +67,13 @@ class BenchUpstream(FakeAnthropic):
                 if self.path == "/_calls":
                     self._send_json(200, {"messages": len(fake.message_calls())})
                 else:
-                    self._send_json(404, {"type": "error", "error": {"type": "not_found_error", "message": self.path}})
+                    self._send_json(
+                        404,
+                        {
+                            "type": "error",
+                            "error": {"type": "not_found_error", "message": self.path},
+                        },
+                    )
 
         return Handler
 

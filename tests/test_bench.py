@@ -64,22 +64,31 @@ def test_key_building_bodies_and_recipes() -> None:
         body = keybuild.make_request(size)
         raw = orjson.dumps(body)
         assert size <= len(raw) < size * 1.3
-        assert keybuild.respcache_key(body) == request_fingerprint(body) == reference_fingerprint(raw)
+        assert (
+            keybuild.respcache_key(body) == request_fingerprint(body) == reference_fingerprint(raw)
+        )
     body = {"b": 1, "a": [1.0, "x"]}
-    assert keybuild.article_key(body) == __import__("hashlib").sha256(b'{"a":[1.0,"x"],"b":1}').hexdigest()
+    assert (
+        keybuild.article_key(body)
+        == __import__("hashlib").sha256(b'{"a":[1.0,"x"],"b":1}').hexdigest()
+    )
     assert keybuild.throughput(keybuild.article_key, body, min_time=0.001, repeats=1) > 0
 
 
 def test_load_generator_against_the_fake_upstream(fake_server: Any) -> None:
     host, port = fake_server.server.server_address[:2]
     body = orjson.dumps(ask("[[answer_bytes:2000]] hi"))
-    request = loadgen.build_request("POST", "/v1/messages", {"host": "x", "content-type": "application/json"}, body)
+    request = loadgen.build_request(
+        "POST", "/v1/messages", {"host": "x", "content-type": "application/json"}, body
+    )
     assert b"content-length: %d\r\n\r\n" % len(body) in request
     (one,) = loadgen.sequential(host, port, [request])
     assert one.status == 200 and one.header("Content-Type") == "application/json"
     assert json.loads(one.body)["type"] == "message"
     before = len(fake_server.message_calls())
-    run = loadgen.closed_loop(host, port, request, concurrency=4, duration=0.2, expect=b"content-type: application/json")
+    run = loadgen.closed_loop(
+        host, port, request, concurrency=4, duration=0.2, expect=b"content-type: application/json"
+    )
     assert run.errors == 0 and run.requests > 0 and run.rate > 0
     answers = loadgen.burst(host, port, request, count=10)
     assert [a.status for a in answers] == [200] * 10
@@ -90,19 +99,31 @@ def test_quick_bench_end_to_end(tmp_path: Path) -> None:
     """``python -m bench --quick``: starts and stops everything, prints the table, writes the JSON;
     the exact counts in it hold (timings are not judged here)."""
     out = tmp_path / "results.json"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "GUNICORN_", "RESPCACHE_"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("DJANGO_", "GUNICORN_", "RESPCACHE_"))
+    }
     env.pop("REDIS_URL", None)
     done = subprocess.run(
         [sys.executable, "-m", "bench", "--quick", "--out", str(out)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=240,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "targets met:" in done.stdout
     rows = {row["measure"]: row for row in json.loads(out.read_text())["rows"]}
     for measure in (
-        "hit 1 KB, 1 in flight: p50", "hit 20 KB, 16 in flight: req/s", "hit 1 KB: CPU per request (in process)",
-        "miss 1 KB: p50", "stampede of 20: waiters served after the write, p99",
-        "key building 100 KB: canonicalise + SHA-256", "memory per entry 20 KB (entry + meta)",
+        "hit 1 KB, 1 in flight: p50",
+        "hit 20 KB, 16 in flight: req/s",
+        "hit 1 KB: CPU per request (in process)",
+        "miss 1 KB: p50",
+        "stampede of 20: waiters served after the write, p99",
+        "key building 100 KB: canonicalise + SHA-256",
+        "memory per entry 20 KB (entry + meta)",
     ):
         assert measure in rows, measure
     assert rows["Redis round trips per hit, 1 KB"]["value"] <= 2
@@ -126,6 +147,9 @@ def alive(pid: int) -> bool:
     return True
 
 
-@pytest.mark.parametrize("head", [b"HTTP/1.1 200 OK\r\nContent-Length: 12", b"HTTP/1.1 200 OK\r\ncontent-length:12\r\nx: y"])
+@pytest.mark.parametrize(
+    "head",
+    [b"HTTP/1.1 200 OK\r\nContent-Length: 12", b"HTTP/1.1 200 OK\r\ncontent-length:12\r\nx: y"],
+)
 def test_content_length_parsing(head: bytes) -> None:
     assert loadgen._content_length(head) == 12

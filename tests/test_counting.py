@@ -96,7 +96,9 @@ def test_hit_makes_no_database_query_within_the_local_copy_lifetime(
     assert [q["sql"] for q in queries.captured_queries] == []
 
 
-def test_without_a_local_copy_every_hit_reads_policy_and_key(in_process_sdk: Any, fake: Any) -> None:
+def test_without_a_local_copy_every_hit_reads_policy_and_key(
+    in_process_sdk: Any, fake: Any
+) -> None:
     """The same count with LOCAL_CACHE_SECONDS = 0 (the tests' default): the queries the local
     copy saves are there, so the zero above is measured, not vacuous."""
     client = in_process_sdk()
@@ -128,13 +130,22 @@ def test_hit_costs_at_most_two_redis_round_trips(
     "callers",
     [
         32,
-        pytest.param(200, marks=pytest.mark.xfail(strict=True, reason=(
-            "each waiter holds a pooled Redis connection for its subscription, and redis-py's "
-            "pool allows 100: past ~50 waiters per process callers fail open to the upstream"
-        ))),
+        pytest.param(
+            200,
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason=(
+                    "each waiter holds a pooled Redis connection for its subscription, and "
+                    "redis-py's pool allows 100: past ~50 waiters per process, callers fail "
+                    "open to the upstream"
+                ),
+            ),
+        ),
     ],
 )
-def test_stampede_of_many_callers_makes_one_upstream_call(fake: Any, workload: Workload, callers: int) -> None:
+def test_stampede_of_many_callers_makes_one_upstream_call(
+    fake: Any, workload: Workload, callers: int
+) -> None:
     """N callers miss one cold key together. The upstream holds its answer until every caller
     but the lock holder is subscribed to the key's channel (counted in Redis, not timed), so
     all of them are waiting when the answer is written."""

@@ -35,21 +35,56 @@ def hand_written() -> list[tuple[str, str]]:
     """JSON texts whose numbers, strings and nesting exercise the canonical form's corners."""
     head = '{"model":"m","max_tokens":%s,"messages":[{"role":"user","content":%s}]%s}'
     numbers = [
-        "0", "0.0", "-0.0", "-0", "1e2", "1E2", "100.0", "1.5", "0.1", "1e-7", "0.00001", "1.5e-5",
-        "0.0001", "123.456", "1e15", "1e16", "1.5e16", "1e300", "5e-324", "1.7976931348623157e308",
-        "9007199254740992.0", "9007199254740993", "9007199254740994.0", "18446744073709551615",
-        "-9223372036854775808", "12345678901234567", "0.30000000000000004",
+        "0",
+        "0.0",
+        "-0.0",
+        "-0",
+        "1e2",
+        "1E2",
+        "100.0",
+        "1.5",
+        "0.1",
+        "1e-7",
+        "0.00001",
+        "1.5e-5",
+        "0.0001",
+        "123.456",
+        "1e15",
+        "1e16",
+        "1.5e16",
+        "1e300",
+        "5e-324",
+        "1.7976931348623157e308",
+        "9007199254740992.0",
+        "9007199254740993",
+        "9007199254740994.0",
+        "18446744073709551615",
+        "-9223372036854775808",
+        "12345678901234567",
+        "0.30000000000000004",
     ]
     strings = [
-        '"plain"', '"h\\u00e9llo \\ud83d\\ude00"', '"héllo 😀"', '"line\\nbreak\\ttab\\u0001\\u001f"',
-        '"quote \\" backslash \\\\ slash \\/"', '"\\u2028\\u2029\\u007f"', '""',
+        '"plain"',
+        '"h\\u00e9llo \\ud83d\\ude00"',
+        '"héllo 😀"',
+        '"line\\nbreak\\ttab\\u0001\\u001f"',
+        '"quote \\" backslash \\\\ slash \\/"',
+        '"\\u2028\\u2029\\u007f"',
+        '""',
         '[{"type":"text","text":"a","cache_control":{"type":"ephemeral"}},{"type":"image",'
         '"source":{"type":"base64","media_type":"image/png","data":"iVBORw0KGgo="}}]',
     ]
     extras = [
-        "", ',"temperature":0', ',"temperature":0.0', ',"top_p":0.95', ',"stream":true',
-        ',"metadata":{"user_id":"u"}', ',"service_tier":"auto"', ',"cache_control":{"type":"ephemeral"}',
-        ',"system":"s"', ',"system":[{"type":"text","text":"s","cache_control":{"type":"ephemeral"}}]',
+        "",
+        ',"temperature":0',
+        ',"temperature":0.0',
+        ',"top_p":0.95',
+        ',"stream":true',
+        ',"metadata":{"user_id":"u"}',
+        ',"service_tier":"auto"',
+        ',"cache_control":{"type":"ephemeral"}',
+        ',"system":"s"',
+        ',"system":[{"type":"text","text":"s","cache_control":{"type":"ephemeral"}}]',
         ',"tools":[{"name":"t","input_schema":{"type":"object","properties":{"cache_control":{}}},'
         '"cache_control":{"type":"ephemeral"}}]',
         ',"x":' + "[" * 60 + "1" + "]" * 60,
@@ -61,7 +96,16 @@ def hand_written() -> list[tuple[str, str]]:
     return out
 
 
-BETAS: list[str | list[str] | None] = [None, "", "a-1", "a-1,b-2", " b-2 , a-1", ["b-2", "a-1"], "a-1,,a-1", "a-2"]
+BETAS: list[str | list[str] | None] = [
+    None,
+    "",
+    "a-1",
+    "a-1,b-2",
+    " b-2 , a-1",
+    ["b-2", "a-1"],
+    "a-1,,a-1",
+    "a-2",
+]
 
 
 def corpus() -> list[tuple[str, str, str | list[str] | None]]:
@@ -77,7 +121,9 @@ def corpus() -> list[tuple[str, str, str | list[str] | None]]:
 CORPUS = corpus()
 
 
-@pytest.mark.parametrize(("why", "raw", "beta"), CORPUS, ids=[f"{i}-{c[0][:30]}" for i, c in enumerate(CORPUS)])
+@pytest.mark.parametrize(
+    ("why", "raw", "beta"), CORPUS, ids=[f"{i}-{c[0][:30]}" for i, c in enumerate(CORPUS)]
+)
 def test_respcache_and_reference_give_identical_keys(why: str, raw: str, beta: Any) -> None:
     assert respcache_fingerprint(raw, beta) == reference_fingerprint(raw, beta)
 
@@ -100,7 +146,13 @@ def test_reference_canonical_form_by_hand() -> None:
     """The reference's own rules, checked against text written out by hand."""
     assert dumps({"b": [1.0, 2.5, None, True], "a": "é\n"}) == '{"a":"é\\n","b":[1,2.5,null,true]}'
     assert [format_float(x) for x in (1e-7, 1e-5, 1.5e-5, 1e-4, 1e16, 2.0**53, 2.0**53 + 2)] == [
-        "1e-7", "0.00001", "0.000015", "0.0001", "1e+16", "9007199254740992", "9007199254740994.0",
+        "1e-7",
+        "0.00001",
+        "0.000015",
+        "0.0001",
+        "1e+16",
+        "9007199254740992",
+        "9007199254740994.0",
     ]
     assert beta_values([" b , a", "a,,c"]) == ["a", "b", "c"]
 
@@ -112,7 +164,9 @@ bodies_with_any_json = st.builds(
 
 @settings(max_examples=300, deadline=None)
 @given(bodies_with_any_json, st.sampled_from([0, 2, None]), st.booleans())
-def test_property_identical_keys_on_random_requests(body: dict[str, Any], indent: Any, ascii_only: bool) -> None:
+def test_property_identical_keys_on_random_requests(
+    body: dict[str, Any], indent: Any, ascii_only: bool
+) -> None:
     raw = json.dumps(body, indent=indent, ensure_ascii=ascii_only)
     assert respcache_fingerprint(raw) == reference_fingerprint(raw)
 
