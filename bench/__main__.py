@@ -120,9 +120,7 @@ def sdk_wire(base_url: str, api_key: str, prompt: str) -> Wire:
     captured: dict[str, Any] = {}
 
     def handle(request: httpx.Request) -> httpx.Response:
-        captured.update(
-            path=request.url.raw_path.decode(), headers=dict(request.headers), body=request.content
-        )
+        captured.update(path=request.url.raw_path.decode(), headers=dict(request.headers), body=request.content)
         return httpx.Response(
             200,
             json={
@@ -193,10 +191,7 @@ class Bench:
         self.redis_version = str(self.redis.info("server")["redis_version"])
         h.wait_ready(self.service, service_process)
         h.wait_ready(self.floor, floor_process)
-        say(
-            f"service on {self.service.url}, floor on {self.floor.url}, "
-            f"upstream on {self.upstream.url}"
-        )
+        say(f"service on {self.service.url}, floor on {self.floor.url}, upstream on {self.upstream.url}")
 
     def wire(self, prompt: str) -> Wire:
         return sdk_wire(f"{self.service.url}/w/{WORKLOAD}", self.api_key, prompt)
@@ -217,21 +212,16 @@ class Bench:
         for label, size in SIZES.items():
             prompt = f"[[answer_bytes:{size}]] {TICKET}"
             wire = wires[label] = self.wire(prompt)
-            sdk = anthropic.Anthropic(
-                base_url=f"{self.service.url}/w/{WORKLOAD}", api_key=self.api_key, max_retries=0
-            )
+            sdk = anthropic.Anthropic(base_url=f"{self.service.url}/w/{WORKLOAD}", api_key=self.api_key, max_retries=0)
             first = sdk.messages.with_raw_response.create(**ask(prompt))
             second = sdk.messages.with_raw_response.create(**ask(prompt))
             if (first.headers["x-respcache"], second.headers["x-respcache"]) != ("miss", "hit"):
                 raise RuntimeError(
-                    f"expected miss then hit, got {first.headers['x-respcache']}, "
-                    f"{second.headers['x-respcache']}"
+                    f"expected miss then hit, got {first.headers['x-respcache']}, {second.headers['x-respcache']}"
                 )
             (hit,) = loadgen.sequential(self.service.host, self.service.port, [wire.raw])
             self.redis.set(f"bench:floor:{slug(label)}", hit.body)
-            floor = anthropic.Anthropic(
-                base_url=f"{self.floor.url}/floor/{slug(label)}", api_key="-", max_retries=0
-            )
+            floor = anthropic.Anthropic(base_url=f"{self.floor.url}/floor/{slug(label)}", api_key="-", max_retries=0)
             if not (first.parse() == second.parse() == floor.messages.create(**ask(prompt))):
                 raise RuntimeError("the hit and the floor do not return the upstream's Message")
             self.raw.setdefault("answer_bytes", {})[label] = len(hit.body)
@@ -258,10 +248,7 @@ class Bench:
                     expect=expect,
                 )
             for concurrency in plan.concurrency:
-                say(
-                    f"hit {label}, {concurrency} in flight: "
-                    f"{plan.rounds} alternating rounds of {plan.duration}s"
-                )
+                say(f"hit {label}, {concurrency} in flight: {plan.rounds} alternating rounds of {plan.duration}s")
                 runs: dict[str, list[loadgen.Run]] = {"hit": [], "floor": []}
                 for round_ in range(plan.rounds):
                     for name in ("hit", "floor") if round_ % 2 == 0 else ("floor", "hit"):
@@ -275,18 +262,12 @@ class Bench:
                             expect=expect,
                         )
                         if run.errors:
-                            raise RuntimeError(
-                                f"{name}: {run.errors} unexpected answers, e.g.\n{run.unexpected}"
-                            )
+                            raise RuntimeError(f"{name}: {run.errors} unexpected answers, e.g.\n{run.unexpected}")
                         runs[name].append(run)
-                get = redis_get(
-                    self.redis_url, f"bench:floor:{slug(label)}", concurrency, plan.duration
-                )
+                get = redis_get(self.redis_url, f"bench:floor:{slug(label)}", concurrency, plan.duration)
                 self.add_hit_rows(label, concurrency, runs, get)
 
-    def add_hit_rows(
-        self, label: str, concurrency: int, runs: dict[str, list[loadgen.Run]], get: loadgen.Run
-    ) -> None:
+    def add_hit_rows(self, label: str, concurrency: int, runs: dict[str, list[loadgen.Run]], get: loadgen.Run) -> None:
         def pooled(name: str) -> tuple[list[float], float]:
             latencies = [x for run in runs[name] for x in run.latencies]
             elapsed = sum(run.elapsed for run in runs[name])
@@ -411,10 +392,7 @@ class Bench:
         app = WSGIHandler()
         n = self.plan.cpu_requests
         for label, wire in wires.items():
-            say(
-                f"CPU per request in process, {label}: "
-                f"hit and floor, {self.plan.rounds} alternating rounds"
-            )
+            say(f"CPU per request in process, {label}: hit and floor, {self.plan.rounds} alternating rounds")
             floor_path = f"/floor/{slug(label)}/v1/messages"
             spent = {"hit": 0.0, "floor": 0.0}
             for round_ in range(self.plan.rounds + 1):  # round 0 warms both
@@ -430,9 +408,7 @@ class Bench:
                 spent["hit"] / (n * self.plan.rounds),
                 spent["floor"] / (n * self.plan.rounds),
             )
-            self.rows.append(
-                Row.compare(f"hit {label}: CPU per request (in process)", hit, "s", floor, "floor")
-            )
+            self.rows.append(Row.compare(f"hit {label}: CPU per request (in process)", hit, "s", floor, "floor"))
             self.raw.setdefault("cpu_per_request", {})[label] = {"hit": hit, "floor": floor}
 
     def db_rows(self, wires: dict[str, Wire]) -> None:
@@ -491,13 +467,8 @@ class Bench:
         n = self.plan.misses
         say(f"miss path: {n} misses against {n} direct calls of the fake upstream, interleaved")
         stamp = time.time_ns()
-        misses = [
-            self.wire(f"[[answer_bytes:1000]] miss {stamp} {i} {TICKET}").raw for i in range(n)
-        ]
-        direct = [
-            self.wire(f"[[answer_bytes:1000]] direct {stamp} {i} {TICKET}").to("/v1/messages")
-            for i in range(n)
-        ]
+        misses = [self.wire(f"[[answer_bytes:1000]] miss {stamp} {i} {TICKET}").raw for i in range(n)]
+        direct = [self.wire(f"[[answer_bytes:1000]] direct {stamp} {i} {TICKET}").to("/v1/messages") for i in range(n)]
         before = self.upstream_calls()
         a, b = loadgen.interleaved(
             (self.service.host, self.service.port),
@@ -515,9 +486,7 @@ class Bench:
         m50, d50 = percentile(miss, 50), percentile(calls, 50)
         self.rows += [
             Row.compare("miss 1 KB: p50", m50, "s", d50, "direct"),
-            Row.compare(
-                "miss 1 KB: p99", percentile(miss, 99), "s", percentile(calls, 99), "direct"
-            ),
+            Row.compare("miss 1 KB: p99", percentile(miss, 99), "s", percentile(calls, 99), "direct"),
         ]
         self.raw["miss"] = {"n": n, "overhead_p50_s": m50 - d50}
 
@@ -529,34 +498,20 @@ class Bench:
         wakeups: list[float] = []
         statuses: Counter[str] = Counter()
         for run in range(plan.stampede_runs):
-            say(
-                f"stampede {run + 1}/{plan.stampede_runs}: "
-                f"{plan.stampede_callers} identical cold requests"
-            )
-            prompt = (
-                f"[[delay:{plan.stampede_delay}]] [[answer_bytes:1000]] "
-                f"stampede {time.time_ns()} {TICKET}"
-            )
+            say(f"stampede {run + 1}/{plan.stampede_runs}: {plan.stampede_callers} identical cold requests")
+            prompt = f"[[delay:{plan.stampede_delay}]] [[answer_bytes:1000]] stampede {time.time_ns()} {TICKET}"
             wire = self.wire(prompt)
             before = self.upstream_calls()
-            responses = loadgen.burst(
-                self.service.host, self.service.port, wire.raw, count=plan.stampede_callers
-            )
+            responses = loadgen.burst(self.service.host, self.service.port, wire.raw, count=plan.stampede_callers)
             calls_per_run.append(self.upstream_calls() - before)
             statuses.update(r.header("x-respcache") or f"status {r.status}" for r in responses)
-            fingerprint = next(
-                r.header("x-respcache-key") for r in responses if r.header("x-respcache-key")
-            )
+            fingerprint = next(r.header("x-respcache-key") for r in responses if r.header("x-respcache-key"))
             version = int(self.redis.get(store.version_key(WORKLOAD)) or 1)
             meta = store.full_key(
-                keys.meta_key(
-                    keys.entry_key(workload=WORKLOAD, version=version, fingerprint=fingerprint)
-                )
+                keys.meta_key(keys.entry_key(workload=WORKLOAD, version=version, fingerprint=fingerprint))
             )
             stored_at = float(self.redis.hget(meta, "stored_at") or "nan")
-            wakeups += [
-                r.arrived_epoch - stored_at for r in responses if r.header("x-respcache") == "wait"
-            ]
+            wakeups += [r.arrived_epoch - stored_at for r in responses if r.header("x-respcache") == "wait"]
         worst = max(calls_per_run)
         label = f"stampede of {plan.stampede_callers}"
         # What serving the waiters costs at best: each worker answers its share one after the
@@ -623,15 +578,11 @@ class Bench:
             for _ in range(plan.key_repeats):  # alternate, keep the best of each
                 article = max(
                     article,
-                    keybuild.throughput(
-                        keybuild.article_key, body, min_time=plan.key_min_time, repeats=1
-                    ),
+                    keybuild.throughput(keybuild.article_key, body, min_time=plan.key_min_time, repeats=1),
                 )
                 ours = max(
                     ours,
-                    keybuild.throughput(
-                        keybuild.respcache_key, body, min_time=plan.key_min_time, repeats=1
-                    ),
+                    keybuild.throughput(keybuild.respcache_key, body, min_time=plan.key_min_time, repeats=1),
                 )
             same = keybuild.respcache_key(body) == reference_fingerprint(orjson.dumps(body))
             if not same:
@@ -648,10 +599,7 @@ class Bench:
                     ok=(r is not None and r >= 2) if size == 100_000 else None,
                 )
             )
-        identical = sum(
-            respcache_fingerprint(raw, beta) == reference_fingerprint(raw, beta)
-            for _, raw, beta in CORPUS
-        )
+        identical = sum(respcache_fingerprint(raw, beta) == reference_fingerprint(raw, beta) for _, raw, beta in CORPUS)
         self.rows.append(
             Row.compare(
                 "keys identical to the reference canonicaliser",
@@ -671,24 +619,16 @@ class Bench:
 
         for label, fingerprint in self.raw["fingerprints"].items():
             version = int(self.redis.get(store.version_key(WORKLOAD)) or 1)
-            entry = store.full_key(
-                keys.entry_key(workload=WORKLOAD, version=version, fingerprint=fingerprint)
-            )
+            entry = store.full_key(keys.entry_key(workload=WORKLOAD, version=version, fingerprint=fingerprint))
             meta = store.full_key(
-                keys.meta_key(
-                    keys.entry_key(workload=WORKLOAD, version=version, fingerprint=fingerprint)
-                )
+                keys.meta_key(keys.entry_key(workload=WORKLOAD, version=version, fingerprint=fingerprint))
             )
             record = self.redis.get(entry)
             decoded = store.decode_record(record)
             if decoded is None:
                 raise RuntimeError(f"the {label} entry is missing or unreadable")
-            with override_settings(
-                RESPCACHE={"CACHE_ALIAS": "respcache", "COMPRESS_MIN_BYTES": 1 << 62}
-            ):
-                plain = store.encode_record(
-                    decoded.message, stored_at=decoded.stored_at, model=decoded.model
-                )
+            with override_settings(RESPCACHE={"CACHE_ALIAS": "respcache", "COMPRESS_MIN_BYTES": 1 << 62}):
+                plain = store.encode_record(decoded.message, stored_at=decoded.stored_at, model=decoded.model)
             self.redis.set("bench:plain", plain)
             meta_bytes = self.memory(meta)
             compressed = self.memory(entry) + meta_bytes
@@ -708,9 +648,7 @@ class Bench:
         return int(self.redis.memory_usage(key, samples=0) or 0)
 
 
-def wsgi_cpu(
-    app: Any, path: str, headers: dict[str, str], body: bytes, n: int, expect: str = ""
-) -> float:
+def wsgi_cpu(app: Any, path: str, headers: dict[str, str], body: bytes, n: int, expect: str = "") -> float:
     """Thread CPU seconds ``app`` spends on ``n`` calls of one request (SDK headers and body)."""
     environ: dict[str, Any] = {
         "REQUEST_METHOD": "POST",
@@ -734,9 +672,7 @@ def wsgi_cpu(
             environ["HTTP_" + name.upper().replace("-", "_")] = value
     seen: list[str] = []
 
-    def start_response(
-        status: str, response_headers: list[tuple[str, str]], exc_info: Any = None
-    ) -> None:
+    def start_response(status: str, response_headers: list[tuple[str, str]], exc_info: Any = None) -> None:
         if not status.startswith("200"):
             raise RuntimeError(f"{path}: {status}")
         if expect:
@@ -797,9 +733,7 @@ def redis_get(url: str, key: str, concurrency: int, duration: float) -> loadgen.
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--quick", action="store_true", help="run every step briefly (a smoke test)"
-    )
+    parser.add_argument("--quick", action="store_true", help="run every step briefly (a smoke test)")
     parser.add_argument(
         "--out",
         type=Path,
@@ -832,8 +766,7 @@ def main(argv: list[str] | None = None) -> int:
         f"machine: {box['cpu']}, {box['cores']} cores, {box['memory']}, {box['os']}, "
         f"Python {box['python']}, Redis {redis_version}; gunicorn gevent × {workers} workers "
         "(gunicorn.conf.py) for service and floor",
-        "floor = minimal Django + DRF view doing one Redis GET, same settings and gunicorn; "
-        "ratio = value / baseline",
+        "floor = minimal Django + DRF view doing one Redis GET, same settings and gunicorn; ratio = value / baseline",
         "",
     ]
     print(render(bench.rows, header))

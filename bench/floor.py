@@ -20,9 +20,7 @@ class BytesRenderer(BaseRenderer):
     media_type = "*/*"
     format = "json"
 
-    def render(
-        self, data: Any, accepted_media_type: str | None = None, renderer_context: Any = None
-    ) -> bytes:
+    def render(self, data: Any, accepted_media_type: str | None = None, renderer_context: Any = None) -> bytes:
         return data if isinstance(data, bytes) else b""
 
 

@@ -71,9 +71,7 @@ class Harness:
         signal.signal(signal.SIGTERM, _raise_interrupt)
         return self
 
-    def __exit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         self.close()
 
     # --- processes -------------------------------------------------------------------------
@@ -210,9 +208,7 @@ class Harness:
         )
         return Server(name, "127.0.0.1", port), process
 
-    def wait_ready(
-        self, server: Server, process: Process, path: str = "/healthz", timeout: float = 60.0
-    ) -> None:
+    def wait_ready(self, server: Server, process: Process, path: str = "/healthz", timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
         while True:
             if process.popen.poll() is not None:

@@ -37,9 +37,7 @@ def make_request(size: int, seed: int = 0) -> dict[str, Any]:
         "model": "claude-sonnet-4-5-20250929",
         "max_tokens": 1024,
         "temperature": 0.0,
-        "system": [
-            {"type": "text", "text": _text(rng, 25), "cache_control": {"type": "ephemeral"}}
-        ],
+        "system": [{"type": "text", "text": _text(rng, 25), "cache_control": {"type": "ephemeral"}}],
         "tools": [
             {
                 "name": f"tool_{i}",

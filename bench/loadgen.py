@@ -136,13 +136,11 @@ async def _closed_loop(
                 connection.close()
                 connection = connections[index] = await _connect(host, port)
                 continue
-            if response.status != 200 or (
-                expect is not None and expect not in response.head.lower()
-            ):
+            if response.status != 200 or (expect is not None and expect not in response.head.lower()):
                 run.errors += 1
-                run.unexpected = run.unexpected or (
-                    response.head + b"\r\n\r\n" + response.body[:300]
-                ).decode(errors="replace")
+                run.unexpected = run.unexpected or (response.head + b"\r\n\r\n" + response.body[:300]).decode(
+                    errors="replace"
+                )
                 continue
             run.latencies.append(response.done_at - response.sent_at)
 
@@ -168,14 +166,10 @@ def closed_loop(
 
     ``expect``: bytes every answer's (lower-cased) head must contain, e.g. ``b"x-respcache: hit"``.
     """
-    return asyncio.run(
-        _closed_loop(host, port, request, concurrency=concurrency, duration=duration, expect=expect)
-    )
+    return asyncio.run(_closed_loop(host, port, request, concurrency=concurrency, duration=duration, expect=expect))
 
 
-async def _burst(
-    host: str, port: int, request: bytes, count: int, timeout: float
-) -> list[Response]:
+async def _burst(host: str, port: int, request: bytes, count: int, timeout: float) -> list[Response]:
     connections = await asyncio.gather(*(_connect(host, port) for _ in range(count)))
     try:
         # Every connection is open before the first byte is sent, so the requests arrive together.
@@ -186,9 +180,7 @@ async def _burst(
             connection.close()
 
 
-def burst(
-    host: str, port: int, request: bytes, *, count: int, timeout: float = 60.0
-) -> list[Response]:
+def burst(host: str, port: int, request: bytes, *, count: int, timeout: float = 60.0) -> list[Response]:
     """Send ``request`` on ``count`` fresh connections at once; every answer, with its arrival."""
     return asyncio.run(_burst(host, port, request, count, timeout))
 

@@ -21,13 +21,7 @@ def percentile(values: Sequence[float], pct: float) -> float:
 
 
 def ratio(value: float | None, baseline: float | None) -> float | None:
-    if (
-        value is None
-        or baseline is None
-        or baseline == 0
-        or math.isnan(value)
-        or math.isnan(baseline)
-    ):
+    if value is None or baseline is None or baseline == 0 or math.isnan(value) or math.isnan(baseline):
         return None
     return value / baseline
 
@@ -94,9 +88,7 @@ def render(rows: Sequence[Row], header: Sequence[str] = ()) -> str:
         [
             row.measure,
             fmt_value(row.value, row.unit),
-            f"{row.baseline_name} {fmt_value(row.baseline, row.unit)}".strip()
-            if row.baseline_name
-            else "",
+            f"{row.baseline_name} {fmt_value(row.baseline, row.unit)}".strip() if row.baseline_name else "",
             fmt_ratio(row.ratio),
             fmt_value(row.redis_get, row.unit) if row.redis_get is not None else "",
             fmt_ratio(row.redis_get_ratio),
@@ -109,9 +101,7 @@ def render(rows: Sequence[Row], header: Sequence[str] = ()) -> str:
     aligns = ["<", ">", ">", ">", ">", ">", "<", "<"]
 
     def line(values: Sequence[str]) -> str:
-        return "  ".join(
-            f"{v:{a}{w}}" for v, a, w in zip(values, aligns, widths, strict=True)
-        ).rstrip()
+        return "  ".join(f"{v:{a}{w}}" for v, a, w in zip(values, aligns, widths, strict=True)).rstrip()
 
     out = list(header)
     out.append(line(columns))

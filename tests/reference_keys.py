@@ -111,11 +111,7 @@ def dumps(value: Any) -> str:
         return "[" + ",".join(dumps(item) for item in value) + "]"
     if isinstance(value, dict):
         items = sorted(value.items())
-        return (
-            "{"
-            + ",".join(json.dumps(k, ensure_ascii=False) + ":" + dumps(v) for k, v in items)
-            + "}"
-        )
+        return "{" + ",".join(json.dumps(k, ensure_ascii=False) + ":" + dumps(v) for k, v in items) + "}"
     raise TypeError(f"not a JSON value: {value!r}")
 
 

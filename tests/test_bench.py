@@ -64,23 +64,16 @@ def test_key_building_bodies_and_recipes() -> None:
         body = keybuild.make_request(size)
         raw = orjson.dumps(body)
         assert size <= len(raw) < size * 1.3
-        assert (
-            keybuild.respcache_key(body) == request_fingerprint(body) == reference_fingerprint(raw)
-        )
+        assert keybuild.respcache_key(body) == request_fingerprint(body) == reference_fingerprint(raw)
     body = {"b": 1, "a": [1.0, "x"]}
-    assert (
-        keybuild.article_key(body)
-        == __import__("hashlib").sha256(b'{"a":[1.0,"x"],"b":1}').hexdigest()
-    )
+    assert keybuild.article_key(body) == __import__("hashlib").sha256(b'{"a":[1.0,"x"],"b":1}').hexdigest()
     assert keybuild.throughput(keybuild.article_key, body, min_time=0.001, repeats=1) > 0
 
 
 def test_load_generator_against_the_fake_upstream(fake_server: Any) -> None:
     host, port = fake_server.server.server_address[:2]
     body = orjson.dumps(ask("[[answer_bytes:2000]] hi"))
-    request = loadgen.build_request(
-        "POST", "/v1/messages", {"host": "x", "content-type": "application/json"}, body
-    )
+    request = loadgen.build_request("POST", "/v1/messages", {"host": "x", "content-type": "application/json"}, body)
     assert b"content-length: %d\r\n\r\n" % len(body) in request
     (one,) = loadgen.sequential(host, port, [request])
     assert one.status == 200 and one.header("Content-Type") == "application/json"
@@ -99,11 +92,7 @@ def test_quick_bench_end_to_end(tmp_path: Path) -> None:
     """``python -m bench --quick``: starts and stops everything, prints the table, writes the JSON;
     the exact counts in it hold (timings are not judged here)."""
     out = tmp_path / "results.json"
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("DJANGO_", "GUNICORN_", "RESPCACHE_"))
-    }
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "GUNICORN_", "RESPCACHE_"))}
     env.pop("REDIS_URL", None)
     done = subprocess.run(
         [sys.executable, "-m", "bench", "--quick", "--out", str(out)],

@@ -96,9 +96,7 @@ def test_hit_makes_no_database_query_within_the_local_copy_lifetime(
     assert [q["sql"] for q in queries.captured_queries] == []
 
 
-def test_without_a_local_copy_every_hit_reads_policy_and_key(
-    in_process_sdk: Any, fake: Any
-) -> None:
+def test_without_a_local_copy_every_hit_reads_policy_and_key(in_process_sdk: Any, fake: Any) -> None:
     """The same count with LOCAL_CACHE_SECONDS = 0 (the tests' default): the queries the local
     copy saves are there, so the zero above is measured, not vacuous."""
     client = in_process_sdk()
@@ -143,9 +141,7 @@ def test_hit_costs_at_most_two_redis_round_trips(
         ),
     ],
 )
-def test_stampede_of_many_callers_makes_one_upstream_call(
-    fake: Any, workload: Workload, callers: int
-) -> None:
+def test_stampede_of_many_callers_makes_one_upstream_call(fake: Any, workload: Workload, callers: int) -> None:
     """N callers miss one cold key together. The upstream holds its answer until every caller
     but the lock holder is subscribed to the key's channel (counted in Redis, not timed), so
     all of them are waiting when the answer is written."""

@@ -121,9 +121,7 @@ def corpus() -> list[tuple[str, str, str | list[str] | None]]:
 CORPUS = corpus()
 
 
-@pytest.mark.parametrize(
-    ("why", "raw", "beta"), CORPUS, ids=[f"{i}-{c[0][:30]}" for i, c in enumerate(CORPUS)]
-)
+@pytest.mark.parametrize(("why", "raw", "beta"), CORPUS, ids=[f"{i}-{c[0][:30]}" for i, c in enumerate(CORPUS)])
 def test_respcache_and_reference_give_identical_keys(why: str, raw: str, beta: Any) -> None:
     assert respcache_fingerprint(raw, beta) == reference_fingerprint(raw, beta)
 
@@ -157,16 +155,12 @@ def test_reference_canonical_form_by_hand() -> None:
     assert beta_values([" b , a", "a,,c"]) == ["a", "b", "c"]
 
 
-bodies_with_any_json = st.builds(
-    lambda body, extra: {**body, "x_extra": extra}, requests(), json_value
-)
+bodies_with_any_json = st.builds(lambda body, extra: {**body, "x_extra": extra}, requests(), json_value)
 
 
 @settings(max_examples=300, deadline=None)
 @given(bodies_with_any_json, st.sampled_from([0, 2, None]), st.booleans())
-def test_property_identical_keys_on_random_requests(
-    body: dict[str, Any], indent: Any, ascii_only: bool
-) -> None:
+def test_property_identical_keys_on_random_requests(body: dict[str, Any], indent: Any, ascii_only: bool) -> None:
     raw = json.dumps(body, indent=indent, ensure_ascii=ascii_only)
     assert respcache_fingerprint(raw) == reference_fingerprint(raw)
 
