@@ -744,6 +744,7 @@ def main(argv: list[str] | None = None) -> int:
     plan = QUICK if args.quick else Plan()
     out = args.out or (None if args.quick else ROOT / "bench" / "results.json")
     started = time.monotonic()
+    load_before = os.getloadavg()[0]
     with Harness() as harness:
         bench = Bench(harness, plan)
         bench.start()
@@ -762,7 +763,8 @@ def main(argv: list[str] | None = None) -> int:
     box = machine()
     command = "make bench" + (" (quick)" if args.quick else "")
     header = [
-        f"respcache bench, {now}: {command}, {time.monotonic() - started:.0f}s",
+        f"respcache bench, {now}: {command}, {time.monotonic() - started:.0f}s; "
+        f"load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after (other work shares these cores)",
         f"machine: {box['cpu']}, {box['cores']} cores, {box['memory']}, {box['os']}, "
         f"Python {box['python']}, Redis {redis_version}; gunicorn gevent × {workers} workers "
         "(gunicorn.conf.py) for service and floor",
@@ -774,6 +776,7 @@ def main(argv: list[str] | None = None) -> int:
         payload = as_json(
             bench.rows,
             date=now,
+            load_average=[load_before, os.getloadavg()[0]],
             command=command,
             machine=box,
             redis=redis_version,
