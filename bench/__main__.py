@@ -40,8 +40,8 @@ SYSTEM = (
 )
 TICKET = (
     "Hello, since yesterday's update I cannot log in to my account: the password reset e-mail "
-    "never "
-    "arrives, and the app says my session expired every time I open it. Order 88213 is stuck too."
+    "never arrives, and the app says my session expired every time I open it. Order 88213 is "
+    "stuck too."
 )
 
 
