@@ -5,12 +5,14 @@ from its JSON text as a caller sends it. Where the contract leaves a choice open
 one respcache documents, so that both must produce the *same digest*, not merely the same
 equivalences:
 
-- the hashed document is ``{"anthropic-beta": [sorted values], "request": normalised body}``;
+- the hashed document is ``{"anthropic-beta": [sorted values], "request": normalised body}``,
+  plus ``"endpoint": name`` for an endpoint other than ``messages`` (``count_tokens``);
 - JSON text: keys sorted by code point, no white space, non-ASCII written as UTF-8, control
   characters escaped as Python's json module escapes them;
-- numbers: an integral float within ±2**53 (where every integer is exact in a double) is the
-  integer; other floats are written with the shortest digits that round-trip, positionally
-  for decimal exponents -5 to 15 and otherwise as ``<digits>e<sign><exponent>``.
+- numbers: an integral float within the 64-bit integers (-2**63 to 2**64 - 1) is that integer,
+  and an integer outside them is the float JSON parsers read it as; other floats are written
+  with the shortest digits that round-trip, positionally for decimal exponents -5 to 15 and
+  otherwise as ``<digits>e<sign><exponent>``.
 
 tests/test_keys_reference.py and ``python -m bench`` compare it with respcache.keys.
 """
@@ -22,7 +24,7 @@ import json
 from typing import Any
 
 LEFT_OUT = ("stream", "metadata", "service_tier", "cache_control")
-EXACT_INTEGER_LIMIT = 2**53
+INT_MIN, INT_MAX = -(2**63), 2**64 - 1
 
 
 def _text_block(text: str) -> dict[str, Any]:
@@ -80,7 +82,7 @@ def beta_values(headers: str | list[str] | None) -> list[str]:
 
 
 def format_float(value: float) -> str:
-    if value.is_integer() and abs(value) <= EXACT_INTEGER_LIMIT:
+    if value.is_integer() and INT_MIN <= value <= INT_MAX:
         return str(int(value))
     text = repr(value)  # the shortest digits that round-trip
     if "e" not in text:
@@ -102,7 +104,7 @@ def dumps(value: Any) -> str:
     if value is False:
         return "false"
     if isinstance(value, int):
-        return str(value)
+        return str(value) if INT_MIN <= value <= INT_MAX else format_float(float(value))
     if isinstance(value, float):
         return format_float(value)
     if isinstance(value, str):
@@ -115,7 +117,9 @@ def dumps(value: Any) -> str:
     raise TypeError(f"not a JSON value: {value!r}")
 
 
-def reference_fingerprint(raw: str | bytes, beta: str | list[str] | None = None) -> str:
+def reference_fingerprint(raw: str | bytes, beta: str | list[str] | None = None, endpoint: str = "messages") -> str:
     """SHA-256 (hex) of the canonical form of the request in the JSON text ``raw``."""
-    document = {"anthropic-beta": beta_values(beta), "request": normalise_body(json.loads(raw))}
+    document: dict[str, Any] = {"anthropic-beta": beta_values(beta), "request": normalise_body(json.loads(raw))}
+    if endpoint != "messages":
+        document["endpoint"] = endpoint
     return hashlib.sha256(dumps(document).encode("utf-8")).hexdigest()

@@ -58,8 +58,15 @@ def hand_written() -> list[tuple[str, str]]:
         "9007199254740992.0",
         "9007199254740993",
         "9007199254740994.0",
+        "9007199254740994",
+        "1e19",
+        "10000000000000000000",
         "18446744073709551615",
+        "18446744073709551616",
+        "1e20",
         "-9223372036854775808",
+        "-9223372036854775809",
+        "123456789012345678901234567890",
         "12345678901234567",
         "0.30000000000000004",
     ]
@@ -126,6 +133,13 @@ def test_respcache_and_reference_give_identical_keys(why: str, raw: str, beta: A
     assert respcache_fingerprint(raw, beta) == reference_fingerprint(raw, beta)
 
 
+@pytest.mark.parametrize(("why", "raw", "beta"), CORPUS[::15])
+def test_count_tokens_keys_are_identical_too_and_apart_from_messages(why: str, raw: str, beta: Any) -> None:
+    ours = request_fingerprint(orjson.loads(raw), beta=beta, endpoint="count_tokens")
+    assert ours == reference_fingerprint(raw, beta, endpoint="count_tokens")
+    assert ours != reference_fingerprint(raw, beta)
+
+
 def test_corpus_holds_both_equivalent_and_different_requests() -> None:
     """The corpus is not one request written many ways: the keys fall into many classes, and
     the contract's must-be-equal / must-differ pairs hold for the reference itself."""
@@ -143,15 +157,20 @@ def test_corpus_holds_both_equivalent_and_different_requests() -> None:
 def test_reference_canonical_form_by_hand() -> None:
     """The reference's own rules, checked against text written out by hand."""
     assert dumps({"b": [1.0, 2.5, None, True], "a": "é\n"}) == '{"a":"é\\n","b":[1,2.5,null,true]}'
-    assert [format_float(x) for x in (1e-7, 1e-5, 1.5e-5, 1e-4, 1e16, 2.0**53, 2.0**53 + 2)] == [
+    assert [format_float(x) for x in (1e-7, 1e-5, 1.5e-5, 1e-4, 1e16, 2.0**53 + 2, 1e20, -(2.0**63))] == [
         "1e-7",
         "0.00001",
         "0.000015",
         "0.0001",
-        "1e+16",
-        "9007199254740992",
-        "9007199254740994.0",
+        "10000000000000000",
+        "9007199254740994",
+        "1e+20",
+        "-9223372036854775808",
     ]
+    assert (
+        dumps([2**64 - 1, 2**64, -(2**63) - 1])
+        == "[18446744073709551615,1.8446744073709552e+19,-9223372036854775808]"
+    )
     assert beta_values([" b , a", "a,,c"]) == ["a", "b", "c"]
 
 
@@ -163,14 +182,3 @@ bodies_with_any_json = st.builds(lambda body, extra: {**body, "x_extra": extra},
 def test_property_identical_keys_on_random_requests(body: dict[str, Any], indent: Any, ascii_only: bool) -> None:
     raw = json.dumps(body, indent=indent, ensure_ascii=ascii_only)
     assert respcache_fingerprint(raw) == reference_fingerprint(raw)
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="orjson parses integers beyond 64 bits as floats, so distinct big integers share a key",
-)
-def test_distinct_integers_beyond_64_bits_get_distinct_keys() -> None:
-    a = '{"model":"m","max_tokens":1,"messages":[],"x":123456789012345678901234567890}'
-    b = '{"model":"m","max_tokens":1,"messages":[],"x":123456789012345678901234567891}'
-    assert reference_fingerprint(a) != reference_fingerprint(b)
-    assert respcache_fingerprint(a) != respcache_fingerprint(b)
