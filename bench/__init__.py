@@ -1,0 +1,1 @@
+"""``make bench``: the performance bench (see bench/__main__.py)."""
