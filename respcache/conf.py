@@ -19,8 +19,6 @@ DEFAULTS: dict[str, Any] = {
     "UPSTREAM": "",
     # Largest request body accepted, in bytes (the Messages API's own limit).
     "MAX_BODY_BYTES": 32 * 1024 * 1024,
-    # Deepest JSON nesting accepted in a request body.
-    "MAX_JSON_DEPTH": 64,
     # Entries larger than this are stored zlib-compressed.
     "COMPRESS_MIN_BYTES": 1024,
     "COMPRESS_LEVEL": 6,

@@ -14,6 +14,13 @@ What makes two requests "the same" (CONTRACT.md), one named function a rule:
   64 bits as the float JSON parsers read it as.
 - ``_beta_values``: the ``anthropic-beta`` header's comma-separated values, trimmed and sorted.
 - ``canonical_json``: sorted keys, no insignificant white space (orjson).
+
+``request_fingerprint`` hashes the same bytes as ``canonical_json(normalise(...))``, faster:
+it serialises each top-level field with orjson and walks (in Python) only a part whose JSON
+shows an integral float (``_needs_walk``: ``2.0``, ``1e16``), the messages one by one only when
+needed. Most of a large request is text that needs no walk, and the walk was most of the cost
+(see the bench). Nesting deeper than orjson serialises (254 levels within one message or
+field) is ``TooDeep``.
 - ``endpoint``: a request to another endpoint than ``/v1/messages`` (``count_tokens``) hashes
   its name too, so the same body never shares an entry across endpoints.
 
@@ -24,13 +31,14 @@ key version, so a version bump makes every older entry unreachable at once.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Iterable
 from typing import Any
 
 import orjson
 
 EXCLUDED_FIELDS = frozenset({"stream", "metadata", "service_tier", "cache_control"})
-DEFAULT_MAX_DEPTH = 64
+DEFAULT_MAX_DEPTH = 254  # what orjson serialises
 # The integers orjson writes (and reads: larger JSON integers arrive as floats).
 _INT_MIN, _INT_MAX = -(2**63), 2**64 - 1
 
@@ -43,17 +51,26 @@ def _as_blocks(content: Any) -> Any:
     if isinstance(content, str):
         return [{"type": "text", "text": content}]
     if isinstance(content, list):
-        return [_strip_cache_control(block) for block in content]
+        # Copy only when a block changes: most blocks of a long conversation do not.
+        for block in content:
+            if type(block) is dict and ("cache_control" in block or block.get("type") == "tool_result"):
+                return [_strip_cache_control(b) for b in content]
     return content
 
 
 def _strip_cache_control(block: Any) -> Any:
-    if not isinstance(block, dict):
+    """The block without its cache_control marker (tool_result content as blocks); the
+    caller's dict is never changed, and a block that needs nothing is returned as it is."""
+    if type(block) is not dict:
         return block
-    out = {k: v for k, v in block.items() if k != "cache_control"}
-    if out.get("type") == "tool_result" and "content" in out:
-        out["content"] = _as_blocks(out["content"])
-    return out
+    if "cache_control" in block:
+        block = {k: v for k, v in block.items() if k != "cache_control"}
+    if block.get("type") == "tool_result" and "content" in block:
+        content = block["content"]
+        blocks = _as_blocks(content)
+        if blocks is not content:
+            block = {**block, "content": blocks}
+    return block
 
 
 def _drop_excluded(body: dict[str, Any]) -> dict[str, Any]:
@@ -61,13 +78,20 @@ def _drop_excluded(body: dict[str, Any]) -> dict[str, Any]:
 
 
 def _normalise_messages(messages: Any) -> Any:
-    if not isinstance(messages, list):
+    if type(messages) is not list:
         return messages
     out = []
-    for message in messages:
-        if isinstance(message, dict) and "content" in message:
-            message = {**message, "content": _as_blocks(message["content"])}
-        out.append(message)
+    append = out.append
+    for message in messages:  # the hot loop of a long conversation: kept flat on purpose
+        if type(message) is dict:
+            content = message.get("content")
+            if type(content) is str:
+                message = {**message, "content": [{"type": "text", "text": content}]}
+            elif type(content) is list:
+                blocks = _as_blocks(content)
+                if blocks is not content:
+                    message = {**message, "content": blocks}
+        append(message)
     return out
 
 
@@ -103,6 +127,18 @@ MESSAGES = "messages"
 COUNT_TOKENS = "count_tokens"
 
 
+def _structural(body: dict[str, Any]) -> dict[str, Any]:
+    """The body with excluded fields dropped, text as blocks, cache_control markers gone."""
+    doc = _drop_excluded(body)
+    if "system" in doc:
+        doc["system"] = _as_blocks(doc["system"])
+    if "messages" in doc:
+        doc["messages"] = _normalise_messages(doc["messages"])
+    if type(doc.get("tools")) is list:
+        doc["tools"] = [_strip_cache_control(tool) for tool in doc["tools"]]
+    return doc
+
+
 def normalise(
     body: dict[str, Any],
     *,
@@ -111,13 +147,7 @@ def normalise(
     endpoint: str = MESSAGES,
 ) -> dict[str, Any]:
     """The document whose canonical JSON is hashed: the normalised body and the beta values."""
-    doc = _drop_excluded(body)
-    if "system" in doc:
-        doc["system"] = _as_blocks(doc["system"])
-    if "messages" in doc:
-        doc["messages"] = _normalise_messages(doc["messages"])
-    if isinstance(doc.get("tools"), list):
-        doc["tools"] = [_strip_cache_control(tool) for tool in doc["tools"]]
+    doc = _structural(body)
     normalised = {
         "anthropic-beta": _beta_values(beta),
         "request": _canonical_numbers(doc, 1, max_depth),
@@ -128,19 +158,84 @@ def normalise(
 
 
 def canonical_json(doc: Any) -> bytes:
-    return orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)
+    try:
+        return orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONEncodeError as exc:
+        raise TooDeep(f"request cannot be canonicalised: {exc}") from exc
+
+
+# An integral float as orjson writes it, followed by what ends a number: "2.0", and, within
+# orjson's integer range, "1e+16" … "1.8e+19" (orjson writes 1e16 and up with an exponent).
+# Both patterns start with a literal ("+" only follows an exponent's "e" outside strings), so
+# re scans for them fast; a string that happens to hold one only costs its part a walk.
+_INTEGRAL_FLOAT = re.compile(rb"\.0[,}\]]")
+_INTEGRAL_FLOAT_EXP = re.compile(rb"\+1[6-9][,}\]]")
+_SORT = orjson.OPT_SORT_KEYS
+
+
+def _needs_walk(data: bytes) -> bool:
+    # A one-byte `in` is a memchr: it rules out the exponent scan in most requests.
+    if _INTEGRAL_FLOAT.search(data) is not None:
+        return True
+    return b"+" in data and _INTEGRAL_FLOAT_EXP.search(data) is not None
+
+
+def _part(value: Any) -> bytes:
+    """Canonical JSON of one part of a request (a message, a field's value)."""
+    kind = type(value)
+    if kind is float or kind is int:
+        return orjson.dumps(_canonical_numbers(value, 0, DEFAULT_MAX_DEPTH))
+    if kind is str or kind is bool or value is None:
+        return orjson.dumps(value)
+    try:
+        data = orjson.dumps(value, option=_SORT)
+    except orjson.JSONEncodeError:  # too deep, or an integer beyond 64 bits: the walk decides
+        return canonical_json(_canonical_numbers(value, 0, DEFAULT_MAX_DEPTH))
+    if _needs_walk(data):
+        data = canonical_json(_canonical_numbers(value, 0, DEFAULT_MAX_DEPTH))
+    return data
+
+
+def _messages_part(messages: Any) -> bytes:
+    """The messages in one piece when none holds an integral float, else message by message."""
+    if type(messages) is not list:
+        return _part(messages)
+    try:
+        data = orjson.dumps(messages, option=_SORT)
+    except orjson.JSONEncodeError:
+        data = b""
+    if data and not _needs_walk(data):
+        return data
+    return b"[" + b",".join([_part(m) for m in messages]) + b"]"
+
+
+def _canonical_request(doc: dict[str, Any]) -> bytes:
+    """``canonical_json`` of a structurally normalised request, part by part."""
+    out = []
+    for name in sorted(doc):
+        value = doc[name]
+        part = _messages_part(value) if name == "messages" else _part(value)
+        out.append(orjson.dumps(name) + b":" + part)
+    return b"{" + b",".join(out) + b"}"
 
 
 def request_fingerprint(
     body: dict[str, Any],
     *,
     beta: str | Iterable[str] | None = (),
-    max_depth: int = DEFAULT_MAX_DEPTH,
     endpoint: str = MESSAGES,
 ) -> str:
-    """SHA-256 (hex) of the canonical JSON of the normalised request to ``endpoint``."""
-    doc = normalise(body, beta=beta, max_depth=max_depth, endpoint=endpoint)
-    return hashlib.sha256(canonical_json(doc)).hexdigest()
+    """SHA-256 (hex) of the canonical JSON of the normalised request to ``endpoint``:
+    the bytes of ``canonical_json(normalise(body, beta=beta, endpoint=endpoint))``."""
+    doc = _structural(body)
+    digest = hashlib.sha256(b'{"anthropic-beta":')
+    digest.update(orjson.dumps(_beta_values(beta)))
+    if endpoint != MESSAGES:
+        digest.update(b',"endpoint":' + orjson.dumps(endpoint))
+    digest.update(b',"request":')
+    digest.update(_canonical_request(doc))
+    digest.update(b"}")
+    return digest.hexdigest()
 
 
 def entry_key(*, workload: str, version: int, fingerprint: str) -> str:

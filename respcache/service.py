@@ -479,7 +479,7 @@ def _new_call(
 ) -> _Call:
     try:
         fingerprint = keys.request_fingerprint(
-            body, beta=beta, max_depth=app_settings.MAX_JSON_DEPTH, endpoint=endpoint
+            body, beta=beta, endpoint=endpoint
         )
     except keys.TooDeep as exc:
         raise InvalidRequest(str(exc)) from exc

@@ -35,5 +35,5 @@ def test_upstream_checks(settings: Any, monkeypatch: pytest.MonkeyPatch) -> None
 def test_unknown_setting_raises_and_override_settings_reloads(settings: Any) -> None:
     with pytest.raises(AttributeError):
         app_settings.NO_SUCH_SETTING  # noqa: B018
-    settings.RESPCACHE = {**settings.RESPCACHE, "MAX_JSON_DEPTH": 7}
-    assert app_settings.MAX_JSON_DEPTH == 7
+    settings.RESPCACHE = {**settings.RESPCACHE, "COMPRESS_MIN_BYTES": 7}
+    assert app_settings.COMPRESS_MIN_BYTES == 7

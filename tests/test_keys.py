@@ -121,11 +121,31 @@ def test_normalising_does_not_change_the_callers_body() -> None:
 
 def test_nesting_limit() -> None:
     deep: Any = "x"
-    for _ in range(80):
+    for _ in range(300):
         deep = {"a": deep}
     with pytest.raises(TooDeep):
-        request_fingerprint(base(extra=deep), max_depth=64)
-    assert request_fingerprint(base(extra={"a": {"b": 1}}), max_depth=64)
+        request_fingerprint(base(extra=deep))
+    with pytest.raises(TooDeep):
+        request_fingerprint(base(messages=[{"role": "user", "content": [{"type": "text", "x": deep}]}]))
+    assert request_fingerprint(base(extra={"a": {"b": 1}}))
+
+
+def test_fast_fingerprint_equals_the_plain_canonical_json() -> None:
+    """request_fingerprint (part by part, walking only parts with integral floats) hashes the
+    very bytes of canonical_json(normalise(...))."""
+    bodies = [body for _, a, b in SAME + DIFFERENT for body in (a, b)]
+    bodies += [
+        base(temperature=1.0, top_k=1e16, x=[1.0, "1.0]", {"y": 2.5e20}]),
+        base(messages=[{"role": "user", "content": [{"type": "text", "text": "v1.0, 2e5]"}]}]),
+        base(messages="not a list", system=None, tools="nope"),
+        base(tools=[{"name": "t", "input_schema": {"minimum": 0.0, "maximum": 1e3}}]),
+    ]
+    for body in bodies:
+        for beta in ("", "b-1,a-2"):
+            for endpoint in ("messages", "count_tokens"):
+                doc = keys.normalise(body, beta=beta, endpoint=endpoint)
+                expected = hashlib.sha256(keys.canonical_json(doc)).hexdigest()
+                assert request_fingerprint(body, beta=beta, endpoint=endpoint) == expected
 
 
 def test_entry_key_namespaces_workload_and_version() -> None:
@@ -233,3 +253,10 @@ def test_large_and_signed_integral_numbers_share_a_key(a: float, b: int) -> None
 
 def test_integers_beyond_64_bits_do_not_crash() -> None:
     assert request_fingerprint(base(top_k=2**70)) == request_fingerprint(base(top_k=float(2**70)))
+
+
+def test_exponent_floats_in_the_integer_range_equal_their_integers() -> None:
+    assert request_fingerprint(base(x=[1e16])) == request_fingerprint(base(x=[10**16]))
+    assert request_fingerprint(base(messages=[{"role": "user", "content": [{"type": "text", "text": "t", "n": 2.5e17}]}])) == (
+        request_fingerprint(base(messages=[{"role": "user", "content": [{"type": "text", "text": "t", "n": 25 * 10**16}]}]))
+    )
