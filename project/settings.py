@@ -98,7 +98,15 @@ CACHES = {
             # Fail open fast: a Redis outage must cost a caller milliseconds, not a hung worker.
             "SOCKET_CONNECT_TIMEOUT": float(os.environ.get("RESPCACHE_REDIS_CONNECT_TIMEOUT", "0.5")),
             "SOCKET_TIMEOUT": float(os.environ.get("RESPCACHE_REDIS_TIMEOUT", "2")),
-            "CONNECTION_POOL_KWARGS": {"health_check_interval": 30},
+            # A blocking pool: under a burst (a stampede, a gevent worker with hundreds of calls in
+            # flight) a caller waits a moment for a free connection instead of failing with
+            # "Too many connections" (redis-py's default pool holds 100 and then raises).
+            "CONNECTION_POOL_CLASS": "redis.BlockingConnectionPool",
+            "CONNECTION_POOL_KWARGS": {
+                "health_check_interval": 30,
+                "max_connections": int(os.environ.get("RESPCACHE_REDIS_MAX_CONNECTIONS", "200")),
+                "timeout": float(os.environ.get("RESPCACHE_REDIS_POOL_TIMEOUT", "2")),
+            },
         },
     },
 }

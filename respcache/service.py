@@ -147,12 +147,19 @@ class _Call:
         self.raw_body = raw_body
         self.fingerprint = fingerprint
         self.headers = headers
-        self.upstream = upstream
+        self._upstream = upstream
         self.clock = clock
         self.monotonic = monotonic
         self.now = clock()
         self.bucket_keys, self.bucket_ttls = stats.bucket_keys(self.slug, self.now)
 
+
+    @property
+    def upstream(self) -> Upstream:
+        # Resolved on first use: a hit never needs it.
+        if self._upstream is None:
+            self._upstream = get_upstream()
+        return self._upstream
     def result(
         self,
         status: str,
@@ -489,7 +496,7 @@ def _new_call(
         raw_body=raw_body,
         fingerprint=fingerprint,
         headers=headers or {},
-        upstream=upstream or get_upstream(),
+        upstream=upstream,
         clock=clock,
         monotonic=monotonic,
     )

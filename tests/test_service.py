@@ -59,7 +59,7 @@ def test_miss_then_hit_with_age_from_the_clock(fake: Any, workload: Workload) ->
 
 def test_too_deep_is_invalid_request(fake: Any, workload: Workload) -> None:
     deep: Any = 1
-    for _ in range(70):
+    for _ in range(300):
         deep = [deep]
     with pytest.raises(InvalidRequest):
         call(workload, ask(x=deep))

@@ -201,7 +201,7 @@ def test_unknown_workload_is_404(sdk: Any, fake: Any) -> None:
         b'{"model": "m", "max_tokens": 1.5, "messages": []}',
         b'{"model": "m", "max_tokens": 10, "messages": [], "temperature": NaN}',
         b'{"model": "m", "max_tokens": 10, "messages": [], "temperature": Infinity}',
-        b'{"model": "m", "max_tokens": 10, "messages": [], "x": ' + b"[" * 100 + b"]" * 100 + b"}",
+        b'{"model": "m", "max_tokens": 10, "messages": [], "x": ' + b"[" * 300 + b"]" * 300 + b"}",
         b'{"model": "m", "max_tokens": 10, "messages": [], "stream": "yes"}',
         b"\xff\xfe",
     ],
