@@ -61,8 +61,9 @@ def test_too_deep_is_invalid_request(fake: Any, workload: Workload) -> None:
     deep: Any = 1
     for _ in range(300):
         deep = [deep]
+    body = ask(x=deep)
     with pytest.raises(InvalidRequest):
-        call(workload, ask(x=deep))
+        service.cached_message_create(policy=policy(workload), body=body, raw_body=b"(not read)")
     assert fake.message_calls() == []
 
 
