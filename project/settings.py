@@ -147,6 +147,7 @@ SPECTACULAR_SETTINGS = {
 RESPCACHE = {
     "CACHE_ALIAS": "respcache",
     "UPSTREAM": os.environ.get("RESPCACHE_UPSTREAM", ""),
+    "METRICS_TOKEN": os.environ.get("RESPCACHE_METRICS_TOKEN", ""),
 }
 
 LOGGING = {

@@ -15,6 +15,7 @@ from rest_framework.views import APIView
 from respcache import selectors
 from respcache.api.authentication import ApiKeyAuthentication
 from respcache.api.parsers import MessageBody, MessageBodyParser, too_large
+from respcache.api.schema import messages_create_schema
 from respcache.conf import app_settings
 from respcache.exceptions import (
     InvalidRequest,
@@ -152,6 +153,7 @@ class MessagesView(APIView):
             raise InvalidRequest("Request body is empty: expected a JSON object.")
         return body
 
+    @messages_create_schema()
     def post(self, request: Request, workload: str) -> HttpResponseBase:
         policy = self.check_workload(request, workload)
         body = self.read_body(request)
