@@ -153,11 +153,27 @@ RESPCACHE = {
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        # respcache.calls writes one JSON object per call: the line is the message alone.
+        "json_line": {"format": "%(message)s"},
+    },
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": "plain"},
+        "calls": {"class": "logging.StreamHandler", "formatter": "json_line"},
+    },
     "root": {"handlers": ["console"], "level": os.environ.get("DJANGO_LOG_LEVEL", "INFO")},
-    "loggers": {"django.server": {"level": "WARNING"}},
+    "loggers": {
+        "django.server": {"level": "WARNING"},
+        # One line per call (respcache/telemetry.py); RESPCACHE_CALL_LOG_LEVEL=WARNING silences it.
+        "respcache.calls": {
+            "handlers": ["calls"],
+            "level": os.environ.get("RESPCACHE_CALL_LOG_LEVEL", "INFO"),
+            "propagate": False,
+        },
+    },
 }
 
 if "pytest" in sys.modules:  # keep tests quiet unless something is wrong
     LOGGING["root"]["level"] = "WARNING"
+    LOGGING["loggers"]["respcache.calls"]["level"] = "WARNING"

@@ -14,6 +14,7 @@ from rest_framework.views import APIView
 
 from respcache import selectors
 from respcache.api.authentication import ApiKeyAuthentication
+from respcache.api.observability import CallTelemetryMixin
 from respcache.api.parsers import MessageBody, MessageBodyParser, too_large
 from respcache.api.schema import messages_create_schema
 from respcache.conf import app_settings
@@ -120,7 +121,7 @@ def forwarded_headers(request: Request) -> dict[str, str]:
     return out
 
 
-class MessagesView(APIView):
+class MessagesView(CallTelemetryMixin, APIView):
     """``POST /w/<workload>/v1/messages``: the Messages API, answered through the cache."""
 
     authentication_classes = [ApiKeyAuthentication]
@@ -169,6 +170,7 @@ class MessagesView(APIView):
             no_cache="no-cache" in directives,
             no_store="no-store" in directives,
         )
+        self.call_result = result  # for the call's log line and span (CallTelemetryMixin)
         return message_response(result)
 
 
