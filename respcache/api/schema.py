@@ -58,7 +58,7 @@ _ERRORS = {
 def messages_create_schema() -> Any:
     """``extend_schema`` for ``POST /w/<workload>/v1/messages`` (MessagesView.post)."""
     from drf_spectacular.types import OpenApiTypes
-    from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+    from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema
 
     from respcache.api.serializers import ErrorSerializer, MessageParamSerializer, MessageSerializer
 
@@ -74,6 +74,31 @@ def messages_create_schema() -> Any:
             "upstream exactly once per key. Errors are Anthropic error JSON."
         ),
         request={"application/json": MessageParamSerializer},
+        examples=[
+            OpenApiExample(
+                "Classify (cached)",
+                request_only=True,
+                value={
+                    "model": "claude-sonnet-4-5",
+                    "max_tokens": 20,
+                    "temperature": 0,
+                    "system": "Answer with one intent label.",
+                    "messages": [{"role": "user", "content": "I forgot my password"}],
+                },
+            ),
+            OpenApiExample(
+                "Creative (never cached: bypass)",
+                request_only=True,
+                value={
+                    "model": "claude-sonnet-4-5",
+                    "max_tokens": 200,
+                    "temperature": 0.8,
+                    "system": [{"type": "text", "text": "Write a haiku.", "cache_control": {"type": "ephemeral"}}],
+                    "messages": [{"role": "user", "content": [{"type": "text", "text": "about caches"}]}],
+                    "metadata": {"user_id": "u-42"},
+                },
+            ),
+        ],
         parameters=[
             OpenApiParameter(
                 "workload", OpenApiTypes.STR, OpenApiParameter.PATH, pattern=r"^[-a-zA-Z0-9_]+$",

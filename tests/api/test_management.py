@@ -270,3 +270,12 @@ def test_bump_reaches_redis_so_every_worker_sees_it_at_once(two: Any, redis_db: 
 def test_stats_serializer_covers_every_counter() -> None:
     assert set(stats.FIELDS) <= set(StatsSerializer().fields)
     assert set(stats.Totals(window="1h").as_dict()) == set(StatsSerializer().fields)
+
+
+def test_unrouted_api_paths_answer_in_the_error_format(db: Any) -> None:
+    for path in ("/api/nope/", "/api/workloads/not.a.slug/stats/", "/w/not.a.slug/v1/messages"):
+        response = APIClient().post(path)
+        assert response.status_code == 404
+        assert error_of(response)["type"] == "not_found_error"
+    other = APIClient().get("/no-such-page")
+    assert other.status_code == 404 and other["Content-Type"].startswith("text/html")
