@@ -150,9 +150,10 @@ if _SENTINELS:
         SENTINEL_KWARGS={
             "socket_connect_timeout": _REDIS_OPTIONS["SOCKET_CONNECT_TIMEOUT"],
             "socket_timeout": _REDIS_OPTIONS["SOCKET_TIMEOUT"],
-            **({"password": os.environ["REDIS_SENTINEL_PASSWORD"]} if os.environ.get("REDIS_SENTINEL_PASSWORD") else {}),
         },
     )
+    if os.environ.get("REDIS_SENTINEL_PASSWORD"):
+        _REDIS_OPTIONS["SENTINEL_KWARGS"]["password"] = os.environ["REDIS_SENTINEL_PASSWORD"]
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},

@@ -14,8 +14,8 @@ fetching them.
 The hit path is one round trip: ``_LOOKUP`` resolves the workload's current key version (kept in
 Redis so a bump reaches every worker at once), GETs the entry and bumps its counters in one Lua
 script: the minute and hour buckets, and the workload's all-time totals (``totals_key``: never
-expire, so /metrics can export them as monotonic Prometheus counters). Scripts touch keys they derive from their arguments, so this needs a single Redis (or a
-Sentinel group), not Redis Cluster.
+expire, so /metrics can export them as monotonic Prometheus counters). Scripts touch keys they
+derive from their arguments, so this needs a single Redis (or a Sentinel group), not Redis Cluster.
 """
 
 from __future__ import annotations

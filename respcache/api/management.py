@@ -37,7 +37,9 @@ logger = logging.getLogger(__name__)
 
 def _flatten(detail: Any, field: str = "") -> list[str]:
     if isinstance(detail, dict):
-        return [m for name, value in detail.items() for m in _flatten(value, name if name != "non_field_errors" else "")]
+        return [
+            m for name, value in detail.items() for m in _flatten(value, "" if name == "non_field_errors" else name)
+        ]
     if isinstance(detail, list):
         return [m for value in detail for m in _flatten(value, field)]
     return [f"{field}: {detail}" if field else str(detail)]

@@ -13,7 +13,11 @@ from drf_spectacular.extensions import OpenApiAuthenticationExtension
 def _key_schemes(purpose: str) -> list[dict[str, Any]]:
     return [
         {"type": "apiKey", "in": "header", "name": "x-api-key", "description": f"A respcache API key {purpose}."},
-        {"type": "http", "scheme": "bearer", "description": f"The same key as a bearer token (what the SDK sends): {purpose}."},
+        {
+            "type": "http",
+            "scheme": "bearer",
+            "description": f"The same key as a bearer token (what the SDK sends): {purpose}.",
+        },
     ]
 
 
