@@ -1,10 +1,11 @@
 """One structured log line per call (logger ``respcache.calls``), and the cache outcome on the trace.
 
-The line is one JSON object: when, workload, outcome (hit, miss, wait, bypass, refresh, or error),
-HTTP status, the cache key's first 16 hex digits, the caller's key *name* and public prefix, the
-upstream latency when this call made one, the Message's usage tokens (on hit and wait: the tokens
-saved), the stored answer's age, the call's duration, and the error type on errors. Never message
-content, never an API key or a secret. Route or silence it with the logger's level and handlers.
+The line is one JSON object: when, workload, endpoint (messages or count_tokens), outcome (hit,
+miss, wait, bypass, refresh, or error), HTTP status, whether it streamed, the cache key's first 16
+hex digits, the caller's key *name* and public prefix, the upstream latency when this call made
+one, the Message's usage tokens (on hit and wait: the tokens saved), the stored answer's age, the
+call's duration, and the error type on errors. Never message content, never an API key or a
+secret. Route or silence it with the logger's level and handlers.
 
 When OpenTelemetry is configured (the ``anthropic`` SDK already depends on its API; add the SDK and
 e.g. opentelemetry-instrumentation-django), the request's current span gets ``respcache.workload``,
@@ -39,6 +40,7 @@ class CallRecord:
     workload: str
     status: int
     outcome: str
+    endpoint: str = "messages"
     key: str | None = None
     caller: str | None = None
     api_key_prefix: str | None = None
@@ -62,6 +64,7 @@ class CallRecord:
     def span_attributes(self) -> dict[str, Any]:
         attributes = {
             "respcache.workload": self.workload,
+            "respcache.endpoint": self.endpoint,
             "respcache.outcome": self.outcome,
             "respcache.key": self.key,
             "respcache.caller": self.caller,
@@ -75,15 +78,16 @@ class CallRecord:
 
 
 def usage_of(message: bytes) -> tuple[int | None, int | None]:
-    """Input tokens (cache reads and writes included) and output tokens of a Message's usage."""
+    """Input tokens (cache reads and writes included) and output tokens of a Message's usage;
+    None for anything else (a token count, a stream whose Message is not at hand)."""
     try:
-        usage = orjson.loads(message).get("usage") or {}
+        usage = orjson.loads(message)["usage"]
         input_tokens = sum(
             int(usage.get(name) or 0)
             for name in ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
         )
         return input_tokens, int(usage.get("output_tokens") or 0)
-    except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError):
+    except (orjson.JSONDecodeError, KeyError, AttributeError, TypeError, ValueError):
         return None, None
 
 

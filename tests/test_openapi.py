@@ -31,6 +31,7 @@ from respcache.models import Workload
 
 CONTRACT_PATHS = {
     "/w/{workload}/v1/messages": "post",
+    "/w/{workload}/v1/messages/count_tokens": "post",
     "/api/workloads/": "get",
     "/api/workloads/{slug}/stats/": "get",
     "/api/workloads/{slug}/bump/": "post",
@@ -147,6 +148,7 @@ def test_schemathesis_finds_no_server_error(wsgi_app: Any, make_workload: Any, m
                 run()
     # The run reached past authentication and validation into every operation.
     assert 200 in seen["POST /w/{workload}/v1/messages"]
+    assert 200 in seen["POST /w/{workload}/v1/messages/count_tokens"]
     assert 400 in seen["POST /w/{workload}/v1/messages"]
     assert 200 in seen["GET /api/workloads/{slug}/stats/"]
     assert 200 in seen["POST /api/workloads/{slug}/bump/"]

@@ -151,3 +151,22 @@ def test_a_telemetry_failure_never_fails_the_call(
     monkeypatch.setattr(telemetry, "record_call", broken)
     response = post(api_key, ask())
     assert response.status_code == 200 and response["X-Respcache"] == "miss"
+
+
+def test_streams_and_token_counts_get_their_line(call_log: Lines, workload: Workload, api_key: str, fake: Any) -> None:
+    streamed = post(api_key, ask(stream=True))
+    assert b"".join(streamed.streaming_content).count(b"event: message_stop") == 1
+    replayed = post(api_key, ask(stream=True))
+    b"".join(replayed.streaming_content)
+    client = APIClient()
+    counted = client.post(
+        "/w/intents/v1/messages/count_tokens", data=orjson.dumps({"model": "m", "messages": ask()["messages"]}),
+        content_type="application/json", HTTP_X_API_KEY=api_key,
+    )
+    assert counted.status_code == 200
+    miss, hit, count = call_log.fields
+    assert (miss["endpoint"], miss["outcome"], miss["stream"]) == ("messages", "miss", True)
+    assert "input_tokens" not in miss  # the Message is still on its way when the line is written
+    assert (hit["outcome"], hit["stream"]) == ("hit", True) and hit["input_tokens"] > 0
+    assert (count["endpoint"], count["outcome"]) == ("count_tokens", "miss")
+    assert "input_tokens" not in count and count["key_prefix"] == counted["X-Respcache-Key"][:16]

@@ -71,8 +71,10 @@ class CallTelemetryMixin:
         else:
             outcome = response.get("X-Respcache") or "unknown"
         started = self._call_started
+        match = getattr(request, "resolver_match", None)
         return telemetry.CallRecord(
             workload=str(getattr(self, "kwargs", {}).get("workload", "")),
+            endpoint=str(getattr(match, "url_name", None) or "messages"),
             status=status,
             outcome=outcome,
             key=(result.fingerprint if result is not None else None) or response.get("X-Respcache-Key"),

@@ -59,14 +59,61 @@ _ERRORS = {
 }
 
 
-def messages_create_schema() -> Any:
-    """``extend_schema`` for ``POST /w/<workload>/v1/messages`` (MessagesView.post)."""
+def _call_parameters() -> list[Any]:
+    """Path and header parameters of the call endpoints, and the X-Respcache response headers."""
     from drf_spectacular.types import OpenApiTypes
-    from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema
-
-    from respcache.api.serializers import ErrorSerializer, MessageParamSerializer, MessageSerializer
+    from drf_spectacular.utils import OpenApiParameter
 
     header = OpenApiParameter.HEADER
+    return [
+        OpenApiParameter(
+            "workload", OpenApiTypes.STR, OpenApiParameter.PATH, pattern=r"^[-a-zA-Z0-9_]+$",
+            description="The workload (its policy: TTL, key version, strictness).",
+        ),
+        OpenApiParameter(
+            "Cache-Control", OpenApiTypes.STR, header,
+            description="`no-cache`: skip the lookup, call upstream, store the fresh answer "
+                        "(refresh). `no-store`: do not store this call's answer.",
+        ),
+        OpenApiParameter(
+            "anthropic-beta", OpenApiTypes.STR, header,
+            description="Forwarded upstream; its sorted values are part of the cache key.",
+        ),
+        OpenApiParameter("anthropic-version", OpenApiTypes.STR, header, description="Forwarded upstream."),
+        OpenApiParameter(
+            "X-Respcache", OpenApiTypes.STR, header, response=[200],
+            enum=["hit", "miss", "wait", "bypass", "refresh"],
+            description="hit: stored answer; miss: called upstream; wait: another caller's "
+                        "in-flight answer; bypass: not cacheable; refresh: Cache-Control: no-cache.",
+        ),
+        OpenApiParameter(
+            "X-Respcache-Key", OpenApiTypes.STR, header, response=[200], pattern=r"^[0-9a-f]{64}$",
+            description="The request's cache key (SHA-256 of its canonical form).",
+        ),
+        OpenApiParameter(
+            "Age", OpenApiTypes.INT, header, response=[200],
+            description="Seconds since the answer was stored (hit and wait only).",
+        ),
+    ]
+
+
+def _error_responses() -> dict[Any, Any]:
+    from drf_spectacular.utils import OpenApiResponse
+
+    from respcache.api.serializers import ErrorSerializer
+
+    return {
+        (status, "application/json"): OpenApiResponse(ErrorSerializer, description=text)
+        for status, text in _ERRORS.items()
+    }
+
+
+def messages_create_schema() -> Any:
+    """``extend_schema`` for ``POST /w/<workload>/v1/messages`` (MessagesView.post)."""
+    from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema
+
+    from respcache.api.serializers import MessageParamSerializer, MessageSerializer, ServerSentEventSerializer
+
     return extend_schema(
         operation_id="messages_create",
         tags=["messages"],
@@ -103,43 +150,39 @@ def messages_create_schema() -> Any:
                 },
             ),
         ],
-        parameters=[
-            OpenApiParameter(
-                "workload", OpenApiTypes.STR, OpenApiParameter.PATH, pattern=r"^[-a-zA-Z0-9_]+$",
-                description="The workload (its policy: TTL, key version, strictness).",
-            ),
-            OpenApiParameter(
-                "Cache-Control", OpenApiTypes.STR, header,
-                description="`no-cache`: skip the lookup, call upstream, store the fresh answer "
-                            "(refresh). `no-store`: do not store this call's answer.",
-            ),
-            OpenApiParameter(
-                "anthropic-beta", OpenApiTypes.STR, header,
-                description="Forwarded upstream; its sorted values are part of the cache key.",
-            ),
-            OpenApiParameter("anthropic-version", OpenApiTypes.STR, header, description="Forwarded upstream."),
-            OpenApiParameter(
-                "X-Respcache", OpenApiTypes.STR, header, response=[200],
-                enum=["hit", "miss", "wait", "bypass", "refresh"],
-                description="hit: stored answer; miss: called upstream; wait: another caller's "
-                            "in-flight answer; bypass: not cacheable; refresh: Cache-Control: no-cache.",
-            ),
-            OpenApiParameter(
-                "X-Respcache-Key", OpenApiTypes.STR, header, response=[200], pattern=r"^[0-9a-f]{64}$",
-                description="The request's cache key (SHA-256 of its canonical form).",
-            ),
-            OpenApiParameter(
-                "Age", OpenApiTypes.INT, header, response=[200],
-                description="Seconds since the answer was stored (hit and wait only).",
-            ),
-        ],
+        parameters=_call_parameters(),
         responses={
             (200, "application/json"): OpenApiResponse(
-                MessageSerializer, description="The Message, as the upstream returned it."
+                MessageSerializer,
+                description='The Message, as the upstream returned it; with `"stream": true`, its events.',
             ),
-            **{
-                (status, "application/json"): OpenApiResponse(ErrorSerializer, description=text)
-                for status, text in _ERRORS.items()
-            },
+            (200, "text/event-stream"): OpenApiResponse(
+                ServerSentEventSerializer,
+                description='The Message, as the upstream returned it; with `"stream": true`, its events.',
+            ),
+            **_error_responses(),
+        },
+    )
+
+
+def count_tokens_schema() -> Any:
+    """``extend_schema`` for ``POST /w/<workload>/v1/messages/count_tokens`` (CountTokensView.post)."""
+    from drf_spectacular.utils import OpenApiResponse, extend_schema
+
+    from respcache.api.serializers import CountTokensParamSerializer, TokenCountSerializer
+
+    return extend_schema(
+        operation_id="messages_count_tokens",
+        tags=["messages"],
+        summary="Count a request's tokens through the cache",
+        description=(
+            "Anthropic's count_tokens, cached in its own key space whenever the workload is "
+            "enabled (a count is deterministic). Errors are Anthropic error JSON."
+        ),
+        request={"application/json": CountTokensParamSerializer},
+        parameters=_call_parameters(),
+        responses={
+            (200, "application/json"): OpenApiResponse(TokenCountSerializer, description="The count."),
+            **_error_responses(),
         },
     )

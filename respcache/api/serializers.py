@@ -85,6 +85,30 @@ class MessageParamSerializer(serializers.Serializer):
     metadata = serializers.DictField(required=False, help_text="Not part of the cache key.")
 
 
+class ServerSentEventSerializer(serializers.Serializer):
+    """One event of a streamed answer (``"stream": true``), as the Messages API sends them."""
+
+    event = serializers.ChoiceField(
+        choices=[
+            "message_start", "content_block_start", "content_block_delta", "content_block_stop",
+            "message_delta", "message_stop", "ping", "error",
+        ]
+    )
+    data = serializers.CharField(help_text="The event's JSON object.")
+
+
+class CountTokensParamSerializer(serializers.Serializer):
+    """A count_tokens request: a Messages API request without ``max_tokens``."""
+
+    model = serializers.CharField(min_length=1)
+    messages = serializers.ListField(child=serializers.DictField())
+    system = serializers.JSONField(required=False, help_text="A string or a list of text blocks.")
+
+
+class TokenCountSerializer(serializers.Serializer):
+    input_tokens = serializers.IntegerField()
+
+
 class UsageSerializer(serializers.Serializer):
     input_tokens = serializers.IntegerField()
     output_tokens = serializers.IntegerField()

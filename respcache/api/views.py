@@ -16,7 +16,7 @@ from respcache import selectors
 from respcache.api.authentication import ApiKeyAuthentication
 from respcache.api.observability import CallTelemetryMixin
 from respcache.api.parsers import MessageBody, MessageBodyParser, too_large
-from respcache.api.schema import messages_create_schema
+from respcache.api.schema import count_tokens_schema, messages_create_schema
 from respcache.conf import app_settings
 from respcache.exceptions import (
     InvalidRequest,
@@ -177,6 +177,7 @@ class MessagesView(CallTelemetryMixin, APIView):
 class CountTokensView(MessagesView):
     """``POST /w/<workload>/v1/messages/count_tokens``: token counts, cached in their own key space."""
 
+    @count_tokens_schema()
     def post(self, request: Request, workload: str) -> HttpResponseBase:
         policy = self.check_workload(request, workload)
         body = self.read_body(request)
@@ -191,6 +192,7 @@ class CountTokensView(MessagesView):
             no_cache="no-cache" in directives,
             no_store="no-store" in directives,
         )
+        self.call_result = result
         return message_response(result)
 
 
