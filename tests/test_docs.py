@@ -31,7 +31,8 @@ def rule_expressions() -> list[str]:
 @pytest.mark.django_db
 def test_alert_rules_use_only_exported_metrics(make_workload: Any, redis_db: Any) -> None:
     make_workload("intents")
-    keys, _ = stats.bucket_keys("intents", time.time())
+    # A minute ago: entries that expired then (the current minute's expiries are not final yet).
+    keys, _ = stats.bucket_keys("intents", time.time() - 60)
     redis_db.hset(keys[0], mapping={"hit": 3, "miss": 1, "wait": 1, "exp_written": 2, "exp_read": 1})
     redis_db.hset(store.totals_key("intents"), mapping={"hit": 3, "miss": 1})
     text = Client().get("/metrics").content.decode()
