@@ -2,6 +2,12 @@
 
 gevent workers: a waiter blocked on the stampede lock or a slow streaming client holds a
 greenlet, not a whole worker process. Every value can be set from the environment.
+
+Workers keep no state that others need (entries, locks, counters and key versions are in Redis,
+policies in the database), so: graceful reload after a deploy or a settings change is
+``kill -HUP <master pid>`` (new workers start with the new code, old ones finish their requests
+within ``graceful_timeout``, no request is dropped); ``kill -TTIN`` / ``-TTOU`` add or remove a
+worker; ``kill -TERM`` stops gracefully. ``GUNICORN_PIDFILE`` writes the master's pid to a file.
 """
 
 import multiprocessing
@@ -21,3 +27,4 @@ max_requests_jitter = int(os.environ.get("GUNICORN_MAX_REQUESTS_JITTER", "0"))
 accesslog = os.environ.get("GUNICORN_ACCESSLOG", "-")
 errorlog = "-"
 loglevel = os.environ.get("GUNICORN_LOGLEVEL", "info")
+pidfile = os.environ.get("GUNICORN_PIDFILE") or None

@@ -7,9 +7,9 @@ import sys
 
 def main() -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
-    if not os.environ.get("REDIS_URL"):
-        from project import embedded_redis
+    from project import embedded_redis
 
+    if embedded_redis.wanted():
         embedded_redis.ensure_running()
     from django.core.management import execute_from_command_line
 

@@ -22,6 +22,11 @@ SOCKET_PATH = RUN_DIR / "redis.sock"
 PID_PATH = RUN_DIR / "redis.pid"
 
 
+def wanted() -> bool:
+    """Whether this process should use (and start) the embedded server: no Redis configured."""
+    return not (os.environ.get("REDIS_URL") or os.environ.get("REDIS_SENTINELS"))
+
+
 def url(db: int = 0) -> str:
     return f"unix://{SOCKET_PATH}?db={db}"
 

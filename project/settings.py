@@ -1,4 +1,10 @@
-"""Settings for running respcache as a service. Secrets and endpoints come from the environment."""
+"""Settings for running respcache as a service. Secrets and endpoints come from the environment.
+
+Production is on when ``DJANGO_DEBUG`` is off and a real ``DJANGO_SECRET_KEY`` is set: HTTPS
+redirect, HSTS, secure cookies (each adjustable from the environment, see the README's
+Production section), so that ``manage.py check --deploy`` is clean. Without a secret key in the
+environment (``make run`` on a laptop) the local-only defaults apply.
+"""
 
 from __future__ import annotations
 
@@ -22,7 +28,8 @@ def _env_bool(name: str, default: bool = False) -> bool:
 
 DEBUG = _env_bool("DJANGO_DEBUG", False)
 _INSECURE_KEY = "django-insecure-respcache-local-only"
-SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", _INSECURE_KEY)
+SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY") or _INSECURE_KEY
+PRODUCTION = not DEBUG and SECRET_KEY != _INSECURE_KEY
 ALLOWED_HOSTS = [
     h.strip() for h in os.environ.get("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost,[::1]").split(",")
     if h.strip()
@@ -75,17 +82,33 @@ TEMPLATES = [
 ]
 
 # SQLite by default (the embedded default); PostgreSQL and others through DATABASE_URL.
+# CONN_MAX_AGE 0 by default: under gevent workers each request runs in its own greenlet, whose
+# connection could not be reused by the next one anyway (the hit path does not touch the
+# database; put PgBouncer in front when many workers do).
 DATABASES = {
     "default": dj_database_url.config(
-        default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}", conn_max_age=60, conn_health_checks=True
+        default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}",
+        conn_max_age=int(os.environ.get("DATABASE_CONN_MAX_AGE", "0")),
+        conn_health_checks=True,
     )
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"]["CONN_MAX_AGE"] = 0
     DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 20
+elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    # /healthz and the admin must not hang on an unreachable database.
+    DATABASES["default"].setdefault("OPTIONS", {}).setdefault(
+        "connect_timeout", int(os.environ.get("DATABASE_CONNECT_TIMEOUT", "5"))
+    )
 
-# Redis: REDIS_URL, else the embedded server that manage.py / wsgi.py / the tests start.
-REDIS_URL = os.environ.get("REDIS_URL") or embedded_redis.url()
+# Redis: REDIS_URL (redis://, rediss:// for TLS, unix://), or a Sentinel group (REDIS_SENTINELS),
+# else the embedded server that manage.py / wsgi.py / the tests start.
+_SENTINELS = [s.strip() for s in os.environ.get("REDIS_SENTINELS", "").split(",") if s.strip()]
+if _SENTINELS:
+    # django-redis's SentinelClient reads the service name as the URL's host.
+    REDIS_URL = f"redis://{os.environ.get('REDIS_SENTINEL_SERVICE', 'mymaster')}/{os.environ.get('REDIS_DB', '0')}"
+else:
+    REDIS_URL = os.environ.get("REDIS_URL") or embedded_redis.url()
 
 CACHES = {
     "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
@@ -110,6 +133,39 @@ CACHES = {
         },
     },
 }
+_REDIS_OPTIONS = CACHES["respcache"]["OPTIONS"]
+if os.environ.get("REDIS_PASSWORD"):  # or in the URL: rediss://:PASSWORD@host:6380/0
+    _REDIS_OPTIONS["PASSWORD"] = os.environ["REDIS_PASSWORD"]
+if REDIS_URL.startswith("rediss://"):
+    # TLS: the server's certificate is verified, against REDIS_TLS_CA_CERTS or the system's CAs.
+    _REDIS_OPTIONS["CONNECTION_POOL_KWARGS"].update(
+        {
+            name: os.environ[variable]
+            for name, variable in (
+                ("ssl_ca_certs", "REDIS_TLS_CA_CERTS"),
+                ("ssl_certfile", "REDIS_TLS_CERTFILE"),  # client certificate, when Redis asks for one
+                ("ssl_keyfile", "REDIS_TLS_KEYFILE"),
+            )
+            if os.environ.get(variable)
+        },
+        ssl_cert_reqs=os.environ.get("REDIS_TLS_CERT_REQS", "required"),
+    )
+if _SENTINELS:
+    _REDIS_OPTIONS.update(
+        CLIENT_CLASS="django_redis.client.SentinelClient",
+        CONNECTION_FACTORY="django_redis.pool.SentinelConnectionFactory",
+        SENTINELS=[(host, int(port)) for host, _, port in (s.rpartition(":") for s in _SENTINELS)],
+        SENTINEL_KWARGS={
+            "socket_connect_timeout": _REDIS_OPTIONS["SOCKET_CONNECT_TIMEOUT"],
+            "socket_timeout": _REDIS_OPTIONS["SOCKET_TIMEOUT"],
+        },
+    )
+    if os.environ.get("REDIS_SENTINEL_PASSWORD"):
+        _REDIS_OPTIONS["SENTINEL_KWARGS"]["password"] = os.environ["REDIS_SENTINEL_PASSWORD"]
+    # Sentinel needs its own pool class (django-redis's SentinelConnectionFactory checks it),
+    # which has no blocking variant: it keeps redis-py's limit of connections, raised.
+    _REDIS_OPTIONS.pop("CONNECTION_POOL_CLASS", None)
+    _REDIS_OPTIONS["CONNECTION_POOL_KWARGS"].pop("timeout", None)
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
@@ -122,6 +178,32 @@ LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
+
+# Production hardening (see the module docstring); every value can be set from the environment.
+if PRODUCTION:
+    SECURE_SSL_REDIRECT = _env_bool("DJANGO_SECURE_SSL_REDIRECT", True)
+    # Load balancer health checks and Prometheus scrapes often come over plain HTTP inside the
+    # network: they are answered, not redirected.
+    SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^metrics$"]
+    SECURE_HSTS_SECONDS = int(os.environ.get("DJANGO_SECURE_HSTS_SECONDS", str(365 * 24 * 3600)))
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = _env_bool("DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS", True)
+    SECURE_HSTS_PRELOAD = _env_bool("DJANGO_SECURE_HSTS_PRELOAD", True)
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    if _env_bool("DJANGO_SECURE_PROXY_SSL_HEADER"):
+        # Only behind a proxy that terminates TLS and sets (overwrites) X-Forwarded-Proto.
+        SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    # A setting turned off in the environment is a decision, not an oversight: do not warn about it.
+    SILENCED_SYSTEM_CHECKS = [
+        check_id
+        for check_id, on in (
+            ("security.W008", SECURE_SSL_REDIRECT),
+            ("security.W004", SECURE_HSTS_SECONDS),
+            ("security.W005", SECURE_HSTS_INCLUDE_SUBDOMAINS),
+            ("security.W021", SECURE_HSTS_PRELOAD),
+        )
+        if not on
+    ]
 
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
@@ -155,16 +237,33 @@ SPECTACULAR_SETTINGS = {
 RESPCACHE = {
     "CACHE_ALIAS": "respcache",
     "UPSTREAM": os.environ.get("RESPCACHE_UPSTREAM", ""),
+    "METRICS_TOKEN": os.environ.get("RESPCACHE_METRICS_TOKEN", ""),
 }
 
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        # respcache.calls writes one JSON object per call: the line is the message alone.
+        "json_line": {"format": "%(message)s"},
+    },
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": "plain"},
+        "calls": {"class": "logging.StreamHandler", "formatter": "json_line"},
+    },
     "root": {"handlers": ["console"], "level": os.environ.get("DJANGO_LOG_LEVEL", "INFO")},
-    "loggers": {"django.server": {"level": "WARNING"}},
+    "loggers": {
+        "django.server": {"level": "WARNING"},
+        # One line per call (respcache/telemetry.py); RESPCACHE_CALL_LOG_LEVEL=WARNING silences it.
+        "respcache.calls": {
+            "handlers": ["calls"],
+            "level": os.environ.get("RESPCACHE_CALL_LOG_LEVEL", "INFO"),
+            "propagate": False,
+        },
+    },
 }
 
 if "pytest" in sys.modules:  # keep tests quiet unless something is wrong
     LOGGING["root"]["level"] = "WARNING"
+    LOGGING["loggers"]["respcache.calls"]["level"] = "WARNING"

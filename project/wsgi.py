@@ -1,16 +1,22 @@
-"""WSGI entry point (gunicorn project.wsgi). Starts the embedded Redis when REDIS_URL is unset."""
+"""WSGI entry point (gunicorn project.wsgi). Starts the embedded Redis when no Redis is configured."""
 
 import os
 
 from django.core.wsgi import get_wsgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
-if not os.environ.get("REDIS_URL"):
-    from project import embedded_redis
+from project import embedded_redis  # noqa: E402
 
+if embedded_redis.wanted():
     embedded_redis.ensure_running()
 
 application = get_wsgi_application()
+
+# Load the URLconf (the views, and with them the anthropic SDK) at worker boot, not in the first
+# caller's request: a fresh worker would otherwise answer its first call seconds late.
+from django.urls import get_resolver  # noqa: E402
+
+get_resolver().url_patterns  # noqa: B018
 
 from respcache.conf import app_settings  # noqa: E402  (needs the settings loaded)
 

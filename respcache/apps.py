@@ -11,3 +11,9 @@ class RespcacheConfig(AppConfig):
 
     def ready(self) -> None:
         from respcache import checks  # noqa: F401  (registers the checks)
+
+        try:
+            import drf_spectacular  # noqa: F401
+        except ImportError:  # the schema is optional for apps that embed respcache
+            return
+        from respcache.api import schema  # noqa: F401  (registers the OpenAPI auth extension)

@@ -31,6 +31,9 @@ DEFAULTS: dict[str, Any] = {
     # Counter retention: one-minute buckets for 5m/1h/24h windows, one-hour buckets for 7d.
     "MINUTE_BUCKET_RETENTION_SECONDS": 26 * 3600,
     "HOUR_BUCKET_RETENTION_SECONDS": 8 * 24 * 3600,
+    # When set, /metrics requires "Authorization: Bearer <this token>" (Prometheus'
+    # `authorization` scrape option); empty: open, protect it at the load balancer instead.
+    "METRICS_TOKEN": "",
 }
 
 

@@ -64,6 +64,8 @@ class CachedResult:
     #: A streamed answer's SSE bytes, to send in order (``cached_message_stream``); ``body`` is
     #: then the stored Message on hit and wait, else empty.
     stream: Iterator[bytes] | None = None
+    #: Latency of this call's own upstream call, when it made one (for logs and traces).
+    upstream_ms: float | None = None
 
 
 def is_cacheable(policy: Policy, body: dict[str, Any]) -> bool:
@@ -152,6 +154,7 @@ class _Call:
         self.monotonic = monotonic
         self.now = clock()
         self.bucket_keys, self.bucket_ttls = stats.bucket_keys(self.slug, self.now)
+        self.upstream_ms: float | None = None
 
 
     @property
@@ -170,7 +173,8 @@ class _Call:
     ) -> CachedResult:
         age = None if stored_at is None else max(0, int(self.clock() - stored_at))
         return CachedResult(
-            status=status, body=body, fingerprint=self.fingerprint, outcome=outcome, age=age, stream=stream
+            status=status, body=body, fingerprint=self.fingerprint, outcome=outcome, age=age, stream=stream,
+            upstream_ms=self.upstream_ms,
         )
 
     # The steps a kind of call changes: what is cacheable, what the upstream is asked, how a
@@ -214,6 +218,7 @@ class _Call:
         except UpstreamError:
             _count(self.slug, self.now, **{outcome: 1, "upstream_error": 1, "upstream_calls": 1}, **extra)
             raise
+        self.upstream_ms = response.latency_ms
         _count(
             self.slug,
             self.now,
@@ -228,6 +233,7 @@ class _Call:
         exp_keys, exp_ttls = stats.expiry_bucket_keys(self.slug, stored_at, self.policy.ttl_seconds)
         try:
             store.write(
+                workload=self.slug,
                 key=names.entry,
                 meta=names.meta,
                 lock=names.lock,

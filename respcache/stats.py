@@ -12,6 +12,10 @@ read for the 5m, 1h and 24h windows) and in a one-hour bucket (kept
   expiry is past and that was never read is a dead write, so over a window
   dead-write rate = (exp_written - exp_read) / exp_written of the buckets in it.
 
+Every field but the two ``exp_`` ones is also added to the workload's all-time totals hash
+(``store.totals_key``), which never expires: /metrics exports it as monotonic Prometheus counters,
+with ``first_read`` (entries read at least once) beside ``written``.
+
 A cache error seen while Redis is unreachable cannot be counted there: it is kept in this
 process and added to the next batch of counters that reaches Redis.
 """
@@ -42,6 +46,8 @@ FIELDS = OUTCOMES + (
     "exp_written",
     "exp_read",
 )
+#: Fields of the all-time totals hash.
+TOTAL_FIELDS = tuple(f for f in FIELDS if not f.startswith("exp_")) + ("first_read",)
 WINDOWS = {"5m": 300, "1h": 3600, "24h": 86400, "7d": 7 * 86400}
 MINUTE, HOUR = 60, 3600
 
@@ -68,7 +74,7 @@ def bucket_keys(workload: str, now: float) -> tuple[list[str], list[int]]:
 
 
 def count(workload: str, now: float, **fields: int) -> None:
-    """Add ``fields`` to the workload's current buckets, in one pipelined round trip."""
+    """Add ``fields`` to the workload's current buckets and totals, in one pipelined round trip."""
     with _pending_lock:
         pending = _pending.pop(workload, None)
     if pending:
@@ -82,6 +88,10 @@ def count(workload: str, now: float, **fields: int) -> None:
                 if value:
                     pipe.hincrby(key, name, value)
             pipe.expire(key, ttl)
+        total = store.totals_key(workload)
+        for name, value in fields.items():
+            if value:
+                pipe.hincrby(total, name, value)
         pipe.execute()
     except RedisError as exc:
         keep_pending(workload, **fields)
@@ -179,6 +189,24 @@ def _sum(hashes: Iterable[dict[bytes, bytes]]) -> dict[str, int]:
 def totals(workload: str, window: str = "1h", *, now: float | None = None) -> Totals:
     """Sum the workload's counters over ``window`` ("5m", "1h", "24h", "7d")."""
     return window_totals([workload], [window], now=now)[workload][window]
+
+
+def all_time(workloads: Iterable[str]) -> dict[str, dict[str, int]]:
+    """Each workload's all-time totals (``TOTAL_FIELDS``, zeros included), in one round trip."""
+    slugs = list(workloads)
+    try:
+        pipe = store.client().pipeline(transaction=False)
+        for slug in slugs:
+            pipe.hgetall(store.totals_key(slug))
+        hashes = pipe.execute()
+    except RedisError as exc:
+        raise CacheUnavailable(str(exc)) from exc
+    out = {}
+    for slug, values in zip(slugs, hashes, strict=True):
+        counts = dict.fromkeys(TOTAL_FIELDS, 0)
+        counts.update(_sum([values]))
+        out[slug] = counts
+    return out
 
 
 def series(

@@ -13,8 +13,9 @@ fetching them.
 
 The hit path is one round trip: ``_LOOKUP`` resolves the workload's current key version (kept in
 Redis so a bump reaches every worker at once), GETs the entry and bumps its counters in one Lua
-script. Scripts touch keys they derive from their arguments, so this needs a single Redis (or a
-Sentinel group), not Redis Cluster.
+script: the minute and hour buckets, and the workload's all-time totals (``totals_key``: never
+expire, so /metrics can export them as monotonic Prometheus counters). Scripts touch keys they
+derive from their arguments, so this needs a single Redis (or a Sentinel group), not Redis Cluster.
 """
 
 from __future__ import annotations
@@ -126,7 +127,12 @@ def version_key(workload: str) -> str:
     return full_key(f"respcache:v:{workload}")
 
 
-# KEYS: version key, minute stats bucket, hour stats bucket
+def totals_key(workload: str) -> str:
+    """The workload's all-time counters (the bucket fields, plus ``first_read``); never expire."""
+    return full_key(f"respcache:s:{workload}:total")
+
+
+# KEYS: version key, minute stats bucket, hour stats bucket, all-time totals
 # ARGV: database key version, entry key prefix, meta key prefix, fingerprint, outcome,
 #       minute bucket ttl, hour bucket ttl
 _LOOKUP = """
@@ -149,6 +155,7 @@ if redis.call('EXISTS', mkey) == 1 then
   if reads == 1 then
     if m[3] then redis.call('HINCRBY', m[3], 'exp_read', 1) end
     if m[4] then redis.call('HINCRBY', m[4], 'exp_read', 1) end
+    redis.call('HINCRBY', KEYS[4], 'first_read', 1)
   end
 end
 for i = 2, 3 do
@@ -157,10 +164,14 @@ for i = 2, 3 do
   redis.call('HINCRBY', KEYS[i], 'saved_out', saved_out)
   redis.call('EXPIRE', KEYS[i], ARGV[4 + i])
 end
+redis.call('HINCRBY', KEYS[4], ARGV[5], 1)
+redis.call('HINCRBY', KEYS[4], 'saved_in', saved_in)
+redis.call('HINCRBY', KEYS[4], 'saved_out', saved_out)
 return {ver, value}
 """
 
-# KEYS: entry, meta, lock, minute bucket, hour bucket, expiry minute bucket, expiry hour bucket
+# KEYS: entry, meta, lock, minute bucket, hour bucket, expiry minute bucket, expiry hour bucket,
+#       all-time totals
 # ARGV: record, ttl ms, lock token ('' = none), input tokens, output tokens, stored at, size,
 #       model, channel, minute ttl, hour ttl, expiry minute ttl, expiry hour ttl
 _WRITE = """
@@ -177,6 +188,7 @@ redis.call('HINCRBY', KEYS[6], 'exp_written', 1)
 redis.call('EXPIRE', KEYS[6], ARGV[12])
 redis.call('HINCRBY', KEYS[7], 'exp_written', 1)
 redis.call('EXPIRE', KEYS[7], ARGV[13])
+redis.call('HINCRBY', KEYS[8], 'written', 1)
 local released = 0
 if ARGV[3] ~= '' and redis.call('GET', KEYS[3]) == ARGV[3] then
   redis.call('DEL', KEYS[3])
@@ -220,7 +232,7 @@ def lookup(
     """
     try:
         version, raw = script(_LOOKUP)(
-            keys=[version_key(workload), *bucket_keys],
+            keys=[version_key(workload), *bucket_keys, totals_key(workload)],
             args=[
                 db_version,
                 full_key(f"respcache:e:{workload}:"),
@@ -237,6 +249,7 @@ def lookup(
 
 def write(
     *,
+    workload: str,
     key: str,
     meta: str,
     lock: str,
@@ -257,7 +270,7 @@ def write(
     """
     try:
         released = script(_WRITE)(
-            keys=[key, meta, lock, *bucket_keys],
+            keys=[key, meta, lock, *bucket_keys, totals_key(workload)],
             args=[
                 record,
                 int(ttl_seconds * 1000),

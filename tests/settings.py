@@ -7,9 +7,9 @@ The tests use database RESPCACHE_TEST_REDIS_DB (13 by default) of that server.
 import os
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-if not os.environ.get("REDIS_URL"):
-    from project import embedded_redis
+from project import embedded_redis
 
+if embedded_redis.wanted():
     embedded_redis.ensure_running()
 
 from project.settings import *  # noqa: E402,F403

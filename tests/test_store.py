@@ -27,7 +27,8 @@ def write(message: bytes = b'{"type":"message"}', *, ttl: int = 60, now: float |
     bkeys, bttls = stats.bucket_keys("w", now)
     ekeys, ettls = stats.expiry_bucket_keys("w", now, ttl)
     store.write(
-        **names(**kw), token="", record=store.encode_record(message, stored_at=now, model="m"),
+        workload=kw.get("slug", "w"), **names(**kw), token="",
+        record=store.encode_record(message, stored_at=now, model="m"),
         ttl_seconds=ttl, input_tokens=11, output_tokens=7, stored_at=now, model="m",
         bucket_keys=bkeys + ekeys, bucket_ttls=bttls + ettls,
     )

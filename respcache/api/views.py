@@ -14,7 +14,9 @@ from rest_framework.views import APIView
 
 from respcache import selectors
 from respcache.api.authentication import ApiKeyAuthentication
+from respcache.api.observability import CallTelemetryMixin
 from respcache.api.parsers import MessageBody, MessageBodyParser, too_large
+from respcache.api.schema import count_tokens_schema, messages_create_schema
 from respcache.conf import app_settings
 from respcache.exceptions import (
     InvalidRequest,
@@ -129,7 +131,7 @@ class _FixedNegotiation:
         return (renderers[0], renderers[0].media_type)
 
 
-class MessagesView(APIView):
+class MessagesView(CallTelemetryMixin, APIView):
     """``POST /w/<workload>/v1/messages``: the Messages API, answered through the cache."""
 
     authentication_classes = [ApiKeyAuthentication]
@@ -163,6 +165,7 @@ class MessagesView(APIView):
             raise InvalidRequest("Request body is empty: expected a JSON object.")
         return body
 
+    @messages_create_schema()
     def post(self, request: Request, workload: str) -> HttpResponseBase:
         policy = self.check_workload(request, workload)
         body = self.read_body(request)
@@ -178,12 +181,14 @@ class MessagesView(APIView):
             no_cache="no-cache" in directives,
             no_store="no-store" in directives,
         )
+        self.call_result = result  # for the call's log line and span (CallTelemetryMixin)
         return message_response(result)
 
 
 class CountTokensView(MessagesView):
     """``POST /w/<workload>/v1/messages/count_tokens``: token counts, cached in their own key space."""
 
+    @count_tokens_schema()
     def post(self, request: Request, workload: str) -> HttpResponseBase:
         policy = self.check_workload(request, workload)
         body = self.read_body(request)
@@ -198,6 +203,7 @@ class CountTokensView(MessagesView):
             no_cache="no-cache" in directives,
             no_store="no-store" in directives,
         )
+        self.call_result = result
         return message_response(result)
 
 

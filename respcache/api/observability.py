@@ -1,0 +1,90 @@
+"""A view mixin that records every call of the messages endpoint: log line and span attributes.
+
+``MessagesView`` sets ``self.call_result`` (the service's CachedResult) when it has one; errors and
+responses built elsewhere (a stream, a refusal) are recorded from the response itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import orjson
+from django.http import HttpResponseBase, StreamingHttpResponse
+from rest_framework.request import Request
+
+from respcache import telemetry
+from respcache.selectors import Grant
+from respcache.service import CachedResult
+
+logger = logging.getLogger(__name__)
+
+
+def _error_type(response: HttpResponseBase) -> str | None:
+    if isinstance(response, StreamingHttpResponse):
+        return None
+    try:
+        return str(orjson.loads(response.content)["error"]["type"])  # type: ignore[attr-defined]
+    except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def _grant(request: Request) -> Grant | None:
+    try:
+        auth = request.auth
+    except Exception:  # authentication itself failed: there is no caller to name
+        return None
+    return auth if isinstance(auth, Grant) else None
+
+
+class CallTelemetryMixin:
+    """Times the call; on the way out writes its log line and tags the current span."""
+
+    call_result: CachedResult | None = None
+    _call_started: float | None = None
+
+    def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
+        self._call_started = time.perf_counter()
+        super().initial(request, *args, **kwargs)  # type: ignore[misc]
+
+    def finalize_response(self, request: Request, response: Any, *args: Any, **kwargs: Any) -> Any:
+        response = super().finalize_response(request, response, *args, **kwargs)  # type: ignore[misc]
+        if telemetry.wanted():
+            try:
+                telemetry.record_call(self.call_record(request, response))
+            except Exception:  # telemetry must never fail a call
+                logger.exception("respcache: could not record the call")
+        return response
+
+    def call_record(self, request: Request, response: HttpResponseBase) -> telemetry.CallRecord:
+        result = self.call_result
+        status = response.status_code
+        grant = _grant(request)
+        input_tokens = output_tokens = None
+        if result is not None and status < 400:
+            input_tokens, output_tokens = telemetry.usage_of(result.body)
+        if result is not None:
+            outcome = result.status
+        elif status >= 400:
+            outcome = "error"
+        else:
+            outcome = response.get("X-Respcache") or "unknown"
+        started = self._call_started
+        match = getattr(request, "resolver_match", None)
+        return telemetry.CallRecord(
+            workload=str(getattr(self, "kwargs", {}).get("workload", "")),
+            endpoint=str(getattr(match, "url_name", None) or "messages"),
+            status=status,
+            outcome=outcome,
+            key=(result.fingerprint if result is not None else None) or response.get("X-Respcache-Key"),
+            caller=grant.name if grant else None,
+            api_key_prefix=grant.prefix if grant else None,
+            upstream_ms=result.upstream_ms if result is not None else None,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            age=result.age if result is not None else None,
+            duration_ms=(time.perf_counter() - started) * 1000 if started is not None else None,
+            error_type=_error_type(response) if status >= 400 else None,
+            stream=isinstance(response, StreamingHttpResponse),
+        )

@@ -1,0 +1,127 @@
+"""Shapes of the REST API: workload numbers and policies, Anthropic error bodies, Messages API
+request and response (the latter two for the OpenAPI schema only: that endpoint passes bodies
+through)."""
+
+from __future__ import annotations
+
+from rest_framework import serializers
+
+from respcache.models import Workload
+
+
+class StatsSerializer(serializers.Serializer):
+    """A workload's counters over one window, and the contract's numbers derived from them."""
+
+    window = serializers.CharField()
+    requests = serializers.IntegerField(help_text="Calls of every outcome.")
+    hit = serializers.IntegerField()
+    wait = serializers.IntegerField(help_text="Served another caller's in-flight answer.")
+    miss = serializers.IntegerField()
+    fallthrough = serializers.IntegerField(help_text="Waited wait_max, then called the upstream itself.")
+    bypass = serializers.IntegerField()
+    refresh = serializers.IntegerField()
+    upstream_error = serializers.IntegerField()
+    cache_error = serializers.IntegerField(help_text="Redis failures served around (fail-open).")
+    upstream_calls = serializers.IntegerField()
+    upstream_ms = serializers.IntegerField(help_text="Summed upstream latency, milliseconds.")
+    saved_in = serializers.IntegerField(help_text="Input tokens hits and waits did not spend.")
+    saved_out = serializers.IntegerField(help_text="Output tokens hits and waits did not spend.")
+    written = serializers.IntegerField(help_text="Entries stored.")
+    exp_written = serializers.IntegerField(help_text="Entries whose TTL ended in the window.")
+    exp_read = serializers.IntegerField(help_text="Of those, entries read at least once.")
+    hit_rate = serializers.FloatField(allow_null=True, help_text="(hit + wait) / (hit + wait + miss + fallthrough)")
+    stampede_rate = serializers.FloatField(allow_null=True, help_text="wait / miss")
+    dead_write_rate = serializers.FloatField(
+        allow_null=True, help_text="(exp_written - exp_read) / exp_written"
+    )
+    upstream_latency_ms = serializers.FloatField(allow_null=True, help_text="Mean upstream latency.")
+
+
+class WorkloadStatsSerializer(StatsSerializer):
+    """What ``respcache_stats SLUG --json`` prints for one workload."""
+
+    workload = serializers.CharField()
+    key_version = serializers.IntegerField()
+    enabled = serializers.BooleanField()
+
+
+class WorkloadSerializer(serializers.ModelSerializer):
+    """A workload's policy with its numbers over the requested window."""
+
+    stats = StatsSerializer()
+
+    class Meta:
+        model = Workload
+        fields = (
+            "slug", "enabled", "ttl_seconds", "key_version", "strict", "lock_ttl", "wait_max",
+            "description", "updated_at", "stats",
+        )
+        read_only_fields = fields
+
+
+class ErrorDetailSerializer(serializers.Serializer):
+    type = serializers.CharField(help_text="e.g. invalid_request_error, authentication_error, permission_error.")
+    message = serializers.CharField()
+
+
+class ErrorSerializer(serializers.Serializer):
+    """Every error, as the Anthropic API writes them (so SDKs raise their usual classes)."""
+
+    type = serializers.ChoiceField(choices=["error"])
+    error = ErrorDetailSerializer()
+
+
+class MessageParamSerializer(serializers.Serializer):
+    """A Messages API request. Any other field is accepted and passed upstream untouched."""
+
+    model = serializers.CharField(min_length=1)
+    messages = serializers.ListField(child=serializers.DictField())
+    max_tokens = serializers.IntegerField()
+    system = serializers.JSONField(required=False, help_text="A string or a list of text blocks.")
+    temperature = serializers.FloatField(
+        required=False, help_text="Above 0: never cached (bypass). 0: cached."
+    )
+    stream = serializers.BooleanField(required=False, help_text="Not part of the cache key.")
+    metadata = serializers.DictField(required=False, help_text="Not part of the cache key.")
+
+
+class ServerSentEventSerializer(serializers.Serializer):
+    """One event of a streamed answer (``"stream": true``), as the Messages API sends them."""
+
+    event = serializers.ChoiceField(
+        choices=[
+            "message_start", "content_block_start", "content_block_delta", "content_block_stop",
+            "message_delta", "message_stop", "ping", "error",
+        ]
+    )
+    data = serializers.CharField(help_text="The event's JSON object.")
+
+
+class CountTokensParamSerializer(serializers.Serializer):
+    """A count_tokens request: a Messages API request without ``max_tokens``."""
+
+    model = serializers.CharField(min_length=1)
+    messages = serializers.ListField(child=serializers.DictField())
+    system = serializers.JSONField(required=False, help_text="A string or a list of text blocks.")
+
+
+class TokenCountSerializer(serializers.Serializer):
+    input_tokens = serializers.IntegerField()
+
+
+class UsageSerializer(serializers.Serializer):
+    input_tokens = serializers.IntegerField()
+    output_tokens = serializers.IntegerField()
+
+
+class MessageSerializer(serializers.Serializer):
+    """A Message, exactly as the upstream returned it (byte for byte on a hit)."""
+
+    id = serializers.CharField()
+    type = serializers.ChoiceField(choices=["message"])
+    role = serializers.ChoiceField(choices=["assistant"])
+    model = serializers.CharField()
+    content = serializers.ListField(child=serializers.DictField())
+    stop_reason = serializers.CharField(allow_null=True)
+    stop_sequence = serializers.CharField(allow_null=True)
+    usage = UsageSerializer()

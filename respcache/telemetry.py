@@ -1,0 +1,110 @@
+"""One structured log line per call (logger ``respcache.calls``), and the cache outcome on the trace.
+
+The line is one JSON object: when, workload, endpoint (messages or count_tokens), outcome (hit,
+miss, wait, bypass, refresh, or error), HTTP status, whether it streamed, the cache key's first 16
+hex digits, the caller's key *name* and public prefix, the upstream latency when this call made
+one, the Message's usage tokens (on hit and wait: the tokens saved), the stored answer's age, the
+call's duration, and the error type on errors. Never message content, never an API key or a
+secret. Route or silence it with the logger's level and handlers.
+
+When OpenTelemetry is configured (the ``anthropic`` SDK already depends on its API; add the SDK and
+e.g. opentelemetry-instrumentation-django), the request's current span gets ``respcache.workload``,
+``respcache.outcome`` and ``respcache.key`` (and the numbers above), so a hit-rate drop shows up in
+traces. Without a configured tracer provider this costs one no-op call.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+try:
+    from opentelemetry import trace
+except ImportError:  # pragma: no cover - opentelemetry-api comes with the anthropic SDK
+    trace = None  # type: ignore[assignment]
+
+call_logger = logging.getLogger("respcache.calls")
+
+#: How much of the cache key the log line keeps: enough to grep, match X-Respcache-Key, group by.
+KEY_PREFIX_CHARS = 16
+
+
+@dataclass(frozen=True)
+class CallRecord:
+    """What is known about one finished call. Only names, numbers and hashes: never content."""
+
+    workload: str
+    status: int
+    outcome: str
+    endpoint: str = "messages"
+    key: str | None = None
+    caller: str | None = None
+    api_key_prefix: str | None = None
+    upstream_ms: float | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    age: int | None = None
+    duration_ms: float | None = None
+    error_type: str | None = None
+    stream: bool = False
+
+    def log_fields(self) -> dict[str, Any]:
+        fields = asdict(self)
+        fields["key_prefix"] = self.key[:KEY_PREFIX_CHARS] if self.key else None
+        del fields["key"]
+        for name in ("upstream_ms", "duration_ms"):
+            if fields[name] is not None:
+                fields[name] = round(fields[name], 1)
+        return {k: v for k, v in fields.items() if v is not None}
+
+    def span_attributes(self) -> dict[str, Any]:
+        attributes = {
+            "respcache.workload": self.workload,
+            "respcache.endpoint": self.endpoint,
+            "respcache.outcome": self.outcome,
+            "respcache.key": self.key,
+            "respcache.caller": self.caller,
+            "respcache.upstream_ms": self.upstream_ms,
+            "respcache.input_tokens": self.input_tokens,
+            "respcache.output_tokens": self.output_tokens,
+            "respcache.age": self.age,
+            "respcache.error_type": self.error_type,
+        }
+        return {k: v for k, v in attributes.items() if v is not None}
+
+
+def usage_of(message: bytes) -> tuple[int | None, int | None]:
+    """Input tokens (cache reads and writes included) and output tokens of a Message's usage;
+    None for anything else (a token count, a stream whose Message is not at hand)."""
+    try:
+        usage = orjson.loads(message)["usage"]
+        input_tokens = sum(
+            int(usage.get(name) or 0)
+            for name in ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
+        )
+        return input_tokens, int(usage.get("output_tokens") or 0)
+    except (orjson.JSONDecodeError, KeyError, AttributeError, TypeError, ValueError):
+        return None, None
+
+
+def wanted() -> bool:
+    """Whether anyone reads a record now (log level or a recording span): else skip building it."""
+    if call_logger.isEnabledFor(logging.INFO):
+        return True
+    return trace is not None and trace.get_current_span().is_recording()
+
+
+def record_call(record: CallRecord) -> None:
+    """Tag the current span and write the call's log line."""
+    if trace is not None:
+        span = trace.get_current_span()
+        if span.is_recording():
+            span.set_attributes(record.span_attributes())
+    if call_logger.isEnabledFor(logging.INFO):
+        fields = {"ts": datetime.now(UTC).isoformat(timespec="milliseconds"), "event": "respcache.call"}
+        fields.update(record.log_fields())
+        call_logger.info(orjson.dumps(fields).decode(), extra={"respcache": fields})

@@ -1,0 +1,298 @@
+"""Production settings: built from the environment, `check --deploy` clean, Redis over TLS with a
+password and through a Sentinel group (real servers, started here), static files served."""
+
+from __future__ import annotations
+
+import os
+import runpy
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import redis
+from django.conf import settings
+from django.test import Client, override_settings
+from django_redis.pool import ConnectionFactory
+
+from project import embedded_redis
+from respcache import selectors, service, store
+from respcache.exceptions import CacheUnavailable
+from tests.conftest import ask
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+SECRET = "rc-" + "x7Kq9pLm2Vn8Bw4Zt6Yh3Jd5Fs1Gr0Ce" * 2  # 69 characters, many unique: a real-looking key
+PRODUCTION_ENV = {
+    "DJANGO_DEBUG": "0",
+    "DJANGO_SECRET_KEY": SECRET,
+    "DJANGO_ALLOWED_HOSTS": "respcache.example.com",
+    "DATABASE_URL": "postgres://respcache:pw@db.example.com:5432/respcache",
+    "REDIS_URL": "rediss://:redis-pw@redis.example.com:6380/0",
+    "ANTHROPIC_API_KEY": "sk-ant-test",
+}
+ENV_NAMES = {
+    "DJANGO_DEBUG", "DJANGO_SECRET_KEY", "DJANGO_ALLOWED_HOSTS", "DATABASE_URL", "REDIS_URL",
+    "REDIS_PASSWORD", "REDIS_SENTINELS", "REDIS_SENTINEL_SERVICE", "REDIS_SENTINEL_PASSWORD", "REDIS_DB",
+    "REDIS_TLS_CA_CERTS", "REDIS_TLS_CERTFILE", "REDIS_TLS_KEYFILE", "REDIS_TLS_CERT_REQS",
+    "DJANGO_SECURE_SSL_REDIRECT", "DJANGO_SECURE_HSTS_SECONDS", "DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS",
+    "DJANGO_SECURE_HSTS_PRELOAD", "DJANGO_SECURE_PROXY_SSL_HEADER", "DATABASE_CONN_MAX_AGE",
+}
+
+
+def build_settings(monkeypatch: pytest.MonkeyPatch, **env: str) -> dict[str, Any]:
+    """project/settings.py evaluated afresh under ``env`` (the running Django is not touched)."""
+    for name in ENV_NAMES:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return runpy.run_path(str(BASE_DIR / "project" / "settings.py"))
+
+
+# --- settings construction ---------------------------------------------------------------------
+
+
+def test_local_defaults_without_a_secret_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    built = build_settings(monkeypatch)
+    assert built["PRODUCTION"] is False and built["DEBUG"] is False
+    assert "SECURE_SSL_REDIRECT" not in built and "SECURE_HSTS_SECONDS" not in built
+    assert built["CACHES"]["respcache"]["LOCATION"] == embedded_redis.url()
+
+
+def test_production_hardening_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    built = build_settings(monkeypatch, **PRODUCTION_ENV)
+    assert built["PRODUCTION"] is True and built["SECRET_KEY"] == SECRET
+    assert built["SECURE_SSL_REDIRECT"] is True
+    assert built["SECURE_HSTS_SECONDS"] == 365 * 24 * 3600
+    assert built["SECURE_HSTS_INCLUDE_SUBDOMAINS"] is True and built["SECURE_HSTS_PRELOAD"] is True
+    assert built["SESSION_COOKIE_SECURE"] is True and built["CSRF_COOKIE_SECURE"] is True
+    assert "SECURE_PROXY_SSL_HEADER" not in built  # opt-in only: trusting it blindly is a hole
+    assert built["SILENCED_SYSTEM_CHECKS"] == []
+    assert built["ALLOWED_HOSTS"] == ["respcache.example.com"]
+
+
+def test_production_opt_outs_and_proxy_header(monkeypatch: pytest.MonkeyPatch) -> None:
+    built = build_settings(
+        monkeypatch, **PRODUCTION_ENV, DJANGO_SECURE_SSL_REDIRECT="0", DJANGO_SECURE_HSTS_PRELOAD="false",
+        DJANGO_SECURE_PROXY_SSL_HEADER="1",
+    )
+    assert built["SECURE_SSL_REDIRECT"] is False and built["SECURE_HSTS_PRELOAD"] is False
+    assert built["SECURE_PROXY_SSL_HEADER"] == ("HTTP_X_FORWARDED_PROTO", "https")
+    assert built["SILENCED_SYSTEM_CHECKS"] == ["security.W008", "security.W021"]
+
+
+def test_debug_is_never_production(monkeypatch: pytest.MonkeyPatch) -> None:
+    built = build_settings(monkeypatch, **{**PRODUCTION_ENV, "DJANGO_DEBUG": "1"})
+    assert built["PRODUCTION"] is False and "SECURE_SSL_REDIRECT" not in built
+
+
+def test_postgres_from_database_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    database = build_settings(monkeypatch, **PRODUCTION_ENV)["DATABASES"]["default"]
+    assert database["ENGINE"] == "django.db.backends.postgresql"
+    assert (database["NAME"], database["HOST"], database["PORT"], database["USER"]) == (
+        "respcache", "db.example.com", 5432, "respcache")
+    assert database["OPTIONS"]["connect_timeout"] == 5 and database["CONN_MAX_AGE"] == 0
+    assert database["CONN_HEALTH_CHECKS"] is True
+
+
+def test_redis_tls_and_password(monkeypatch: pytest.MonkeyPatch) -> None:
+    cache = build_settings(
+        monkeypatch, **PRODUCTION_ENV, REDIS_TLS_CA_CERTS="/etc/ssl/redis-ca.pem", REDIS_PASSWORD="from-env"
+    )["CACHES"]["respcache"]
+    assert cache["LOCATION"] == "rediss://:redis-pw@redis.example.com:6380/0"
+    assert cache["OPTIONS"]["PASSWORD"] == "from-env"
+    pool = cache["OPTIONS"]["CONNECTION_POOL_KWARGS"]
+    assert pool["ssl_ca_certs"] == "/etc/ssl/redis-ca.pem" and pool["ssl_cert_reqs"] == "required"
+    plain = build_settings(monkeypatch, REDIS_URL="redis://127.0.0.1:6379/0")["CACHES"]["respcache"]
+    assert not any(k.startswith("ssl") for k in plain["OPTIONS"]["CONNECTION_POOL_KWARGS"])
+
+
+def test_redis_sentinel_through_django_redis(monkeypatch: pytest.MonkeyPatch) -> None:
+    built = build_settings(
+        monkeypatch, REDIS_SENTINELS="sentinel-a:26379, sentinel-b:26380", REDIS_SENTINEL_SERVICE="cache",
+        REDIS_DB="2", REDIS_SENTINEL_PASSWORD="s-pw", REDIS_URL="redis://ignored:6379/0",
+    )
+    cache = built["CACHES"]["respcache"]
+    assert cache["LOCATION"] == built["REDIS_URL"] == "redis://cache/2"
+    options = cache["OPTIONS"]
+    assert options["CLIENT_CLASS"] == "django_redis.client.SentinelClient"
+    assert options["CONNECTION_FACTORY"] == "django_redis.pool.SentinelConnectionFactory"
+    assert options["SENTINELS"] == [("sentinel-a", 26379), ("sentinel-b", 26380)]
+    assert options["SENTINEL_KWARGS"]["password"] == "s-pw"
+    assert options["SENTINEL_KWARGS"]["socket_timeout"] == options["SOCKET_TIMEOUT"]
+
+
+# --- manage.py check --deploy --------------------------------------------------------------------
+
+
+def run_check(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    full = {k: v for k, v in os.environ.items() if k not in ENV_NAMES and k != "DJANGO_SETTINGS_MODULE"}
+    full.update(env)
+    return subprocess.run(
+        [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
+        cwd=BASE_DIR, env=full, capture_output=True, text=True, timeout=120,
+    )
+
+
+def test_check_deploy_is_clean_with_production_settings() -> None:
+    done = run_check(PRODUCTION_ENV)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "System check identified no issues" in done.stdout
+
+
+def test_check_deploy_complains_without_them() -> None:
+    done = run_check({"REDIS_URL": "redis://127.0.0.1:6379/0", "RESPCACHE_UPSTREAM": "simulated"})
+    assert done.returncode != 0
+    for check_id in ("security.W004", "security.W008", "security.W009", "security.W012", "security.W016"):
+        assert check_id in done.stderr, check_id
+
+
+# --- static files --------------------------------------------------------------------------------
+
+
+def test_static_files_are_served_by_whitenoise() -> None:
+    response = Client().get("/static/admin/css/base.css")
+    assert response.status_code == 200
+    assert b"".join(response.streaming_content)
+
+
+# --- real Redis servers: TLS with a password, Sentinel --------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start(args: list[str], ready: Any, log: Path) -> subprocess.Popen[bytes]:
+    with open(log, "wb") as out:
+        process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{args[0]} exited: {log.read_text()[-500:]}")
+        try:
+            if ready():
+                return process
+        except (redis.RedisError, OSError):
+            pass
+        time.sleep(0.05)
+    process.kill()
+    raise RuntimeError(f"{args[0]} did not come up: {log.read_text()[-500:]}")
+
+
+@pytest.fixture
+def servers() -> Iterator[list[subprocess.Popen[bytes]]]:
+    started: list[subprocess.Popen[bytes]] = []
+    yield started
+    for process in started:
+        process.terminate()
+    for process in started:
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def served_through(cache: dict[str, Any]) -> list[str]:
+    """Two identical calls through respcache with ``cache`` as its Redis: what X-Respcache said."""
+    with override_settings(CACHES={**settings.CACHES, "respcache": cache}):
+        policy = selectors.workload_policy("intents")
+        assert policy is not None
+        body = ask("through this redis")
+        return [service.cached_message_create(policy=policy, body=body, raw_body=orjson.dumps(body)).status
+                for _ in range(2)]
+
+
+@pytest.mark.django_db
+def test_respcache_through_a_real_sentinel_group(
+    monkeypatch: pytest.MonkeyPatch, make_workload: Any, servers: list[Any], tmp_path: Path
+) -> None:
+    binary = embedded_redis.binary()
+    master_port, sentinel_port = free_port(), free_port()
+    common = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(tmp_path)]
+    servers.append(start(
+        [binary, "--port", str(master_port), *common],
+        lambda: redis.Redis(port=master_port).ping(), tmp_path / "master.log",
+    ))
+    conf = tmp_path / "sentinel.conf"
+    conf.write_text(f"port {sentinel_port}\nbind 127.0.0.1\ndir {tmp_path}\n"
+                    f"sentinel monitor cache 127.0.0.1 {master_port} 1\n")
+    servers.append(start(
+        [binary, str(conf), "--sentinel"],
+        lambda: redis.Redis(port=sentinel_port).sentinel_get_master_addr_by_name("cache"),
+        tmp_path / "sentinel.log",
+    ))
+    cache = build_settings(
+        monkeypatch, REDIS_SENTINELS=f"127.0.0.1:{sentinel_port}", REDIS_SENTINEL_SERVICE="cache"
+    )["CACHES"]["respcache"]
+    make_workload("intents")
+    assert served_through(cache) == ["miss", "hit"]
+    # Served by the master the Sentinel named: the entry is there.
+    assert any(b"respcache:e:intents" in k for k in redis.Redis(port=master_port).keys("*"))
+
+
+TLS_REDIS = shutil.which("redis-server")
+OPENSSL = shutil.which("openssl")
+
+
+def make_certificates(folder: Path) -> tuple[Path, Path, Path]:
+    ca_key, ca, key, csr, cert = (folder / n for n in ("ca.key", "ca.pem", "redis.key", "redis.csr", "redis.pem"))
+    quiet = {"check": True, "capture_output": True}
+    subprocess.run([OPENSSL, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", ca_key, "-out", ca,
+                    "-days", "2", "-subj", "/CN=respcache test CA"], **quiet)
+    subprocess.run([OPENSSL, "req", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", csr,
+                    "-subj", "/CN=127.0.0.1"], **quiet)
+    ext = folder / "ext.cnf"
+    ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    subprocess.run([OPENSSL, "x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial",
+                    "-out", cert, "-days", "2", "-extfile", ext], **quiet)
+    return ca, cert, key
+
+
+@pytest.mark.skipif(not (TLS_REDIS and OPENSSL), reason="needs a TLS-capable redis-server and openssl on PATH")
+@pytest.mark.django_db
+def test_respcache_over_tls_with_a_password(
+    monkeypatch: pytest.MonkeyPatch, make_workload: Any, servers: list[Any], tmp_path: Path
+) -> None:
+    ca, cert, key = make_certificates(tmp_path)
+    port, password = free_port(), secrets.token_hex(8)
+
+    def ready() -> bool:
+        client = redis.Redis(port=port, ssl=True, ssl_ca_certs=str(ca), password=password)
+        return bool(client.ping())
+
+    servers.append(start(
+        [str(TLS_REDIS), "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
+         "--tls-cert-file", str(cert), "--tls-key-file", str(key), "--tls-ca-cert-file", str(ca),
+         "--tls-auth-clients", "no", "--requirepass", password, "--save", "", "--appendonly", "no",
+         "--dir", str(tmp_path)],
+        ready, tmp_path / "tls.log",
+    ))
+    make_workload("intents")
+    url = f"rediss://:{password}@127.0.0.1:{port}/0"
+    cache = build_settings(monkeypatch, REDIS_URL=url, REDIS_TLS_CA_CERTS=str(ca))["CACHES"]["respcache"]
+    assert served_through(cache) == ["miss", "hit"]
+    # The certificate is verified: without our CA the connection is refused, and calls fail open.
+    elsewhere = url.replace("127.0.0.1", "localhost")  # the certificate names both
+    for ca_certs, works in ((str(ca), True), ("", False)):
+        ConnectionFactory._pools.clear()  # django-redis keeps one pool per URL, per process
+        cache = build_settings(monkeypatch, REDIS_URL=elsewhere, REDIS_TLS_CA_CERTS=ca_certs)["CACHES"]["respcache"]
+        with override_settings(CACHES={**settings.CACHES, "respcache": cache}):
+            if works:
+                store.ping()
+            else:
+                with pytest.raises(CacheUnavailable, match="certificate verify failed"):
+                    store.ping()
+    # A wrong password is refused too.
+    wrong = build_settings(monkeypatch, REDIS_URL=url.replace(password, "wrong"), REDIS_TLS_CA_CERTS=str(ca))
+    with override_settings(CACHES={**settings.CACHES, "respcache": wrong["CACHES"]["respcache"]}):
+        with pytest.raises(CacheUnavailable):
+            store.ping()

@@ -1,0 +1,172 @@
+"""One structured log line per call, nothing secret in it; the outcome on the OpenTelemetry span."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from rest_framework.test import APIClient
+
+from respcache import telemetry
+from respcache.models import Workload
+from tests.conftest import ask
+
+pytestmark = pytest.mark.django_db
+
+SECRET_TEXT = "my-account-number-0042"
+
+
+class Lines(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    @property
+    def lines(self) -> list[str]:
+        return [self.format(r) for r in self.records]
+
+    @property
+    def fields(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.lines]
+
+
+@pytest.fixture
+def call_log() -> Iterator[Lines]:
+    handler = Lines()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    log = logging.getLogger("respcache.calls")
+    level = log.level
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    yield handler
+    log.removeHandler(handler)
+    log.setLevel(level)
+
+
+def post(key: str | None, body: Any, slug: str = "intents") -> Any:
+    client = APIClient()
+    headers = {"HTTP_X_API_KEY": key} if key else {}
+    return client.post(f"/w/{slug}/v1/messages", data=orjson.dumps(body), content_type="application/json", **headers)
+
+
+def test_one_json_line_per_call_with_the_numbers(call_log: Lines, workload: Workload, api_key: str) -> None:
+    miss = post(api_key, ask(SECRET_TEXT))
+    hit = post(api_key, ask(SECRET_TEXT))
+    assert (miss["X-Respcache"], hit["X-Respcache"]) == ("miss", "hit")
+    first, second = call_log.fields
+    usage = miss.json()["usage"]
+    key = miss["X-Respcache-Key"]
+    for fields, outcome in ((first, "miss"), (second, "hit")):
+        assert fields["event"] == "respcache.call" and fields["ts"]
+        assert (fields["workload"], fields["outcome"], fields["status"]) == ("intents", outcome, 200)
+        assert fields["key_prefix"] == key[: telemetry.KEY_PREFIX_CHARS]
+        assert fields["caller"] == "caller" and len(fields["api_key_prefix"]) == 8
+        assert (fields["input_tokens"], fields["output_tokens"]) == (usage["input_tokens"], usage["output_tokens"])
+        assert fields["duration_ms"] >= 0 and fields["stream"] is False
+    assert first["upstream_ms"] >= 0 and "upstream_ms" not in second
+    assert "age" not in first and second["age"] >= 0
+
+
+def test_no_content_no_keys_no_secrets_in_the_line(call_log: Lines, workload: Workload, api_key: str) -> None:
+    response = post(api_key, ask(SECRET_TEXT, system="You are the bank's assistant."))
+    post("rk-wrong-key-123", ask(SECRET_TEXT))
+    text = "\n".join(call_log.lines)
+    assert len(call_log.lines) == 2
+    for secret in (SECRET_TEXT, "bank's assistant", api_key, api_key.split(".")[-1], "rk-wrong-key-123",
+                   response.json()["content"][0]["text"], response["X-Respcache-Key"]):
+        assert secret not in text
+
+
+def test_errors_get_their_line_too(call_log: Lines, workload: Workload, api_key: str, fake: Any) -> None:
+    post("wrong", ask())
+    post(api_key, ask(), slug="nope")
+    post(api_key, {"model": "m", "messages": []})
+    post(api_key, ask("[[status:529]] busy"))
+    rows = [(f["status"], f["outcome"], f.get("error_type"), f.get("caller")) for f in call_log.fields]
+    assert rows == [
+        (401, "error", "authentication_error", None),
+        (404, "error", "not_found_error", "caller"),
+        (400, "error", "invalid_request_error", "caller"),
+        (529, "error", "overloaded_error", "caller"),
+    ]
+
+
+def test_silent_when_the_level_says_so(workload: Workload, api_key: str) -> None:
+    handler = Lines()
+    log = logging.getLogger("respcache.calls")
+    log.addHandler(handler)
+    try:
+        log.setLevel(logging.WARNING)
+        post(api_key, ask())
+    finally:
+        log.removeHandler(handler)
+    assert handler.records == []
+
+
+def test_span_carries_outcome_workload_and_key(workload: Workload, api_key: str) -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("test")
+    responses = []
+    for _ in range(2):
+        with tracer.start_as_current_span("POST /w/{workload}/v1/messages"):  # the request's span
+            responses.append(post(api_key, ask()))
+    miss, hit = exporter.get_finished_spans()
+    for span, outcome in ((miss, "miss"), (hit, "hit")):
+        assert span.attributes["respcache.outcome"] == outcome
+        assert span.attributes["respcache.workload"] == "intents"
+        assert span.attributes["respcache.key"] == responses[0]["X-Respcache-Key"]
+        assert span.attributes["respcache.input_tokens"] == responses[0].json()["usage"]["input_tokens"]
+    assert "respcache.upstream_ms" in miss.attributes and "respcache.age" in hit.attributes
+
+
+def test_span_of_a_refused_call_names_the_error(workload: Workload) -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    with provider.get_tracer("test").start_as_current_span("request"):
+        post("wrong", ask())
+    (span,) = exporter.get_finished_spans()
+    assert span.attributes["respcache.outcome"] == "error"
+    assert span.attributes["respcache.error_type"] == "authentication_error"
+
+
+def test_a_telemetry_failure_never_fails_the_call(
+    call_log: Lines, workload: Workload, api_key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(record: Any) -> None:
+        raise RuntimeError("exporter down")
+
+    monkeypatch.setattr(telemetry, "record_call", broken)
+    response = post(api_key, ask())
+    assert response.status_code == 200 and response["X-Respcache"] == "miss"
+
+
+def test_streams_and_token_counts_get_their_line(call_log: Lines, workload: Workload, api_key: str, fake: Any) -> None:
+    streamed = post(api_key, ask(stream=True))
+    assert b"".join(streamed.streaming_content).count(b"event: message_stop") == 1
+    replayed = post(api_key, ask(stream=True))
+    b"".join(replayed.streaming_content)
+    client = APIClient()
+    counted = client.post(
+        "/w/intents/v1/messages/count_tokens", data=orjson.dumps({"model": "m", "messages": ask()["messages"]}),
+        content_type="application/json", HTTP_X_API_KEY=api_key,
+    )
+    assert counted.status_code == 200
+    miss, hit, count = call_log.fields
+    assert (miss["endpoint"], miss["outcome"], miss["stream"]) == ("messages", "miss", True)
+    assert "input_tokens" not in miss  # the Message is still on its way when the line is written
+    assert (hit["outcome"], hit["stream"]) == ("hit", True) and hit["input_tokens"] > 0
+    assert (count["endpoint"], count["outcome"]) == ("count_tokens", "miss")
+    assert "input_tokens" not in count and count["key_prefix"] == counted["X-Respcache-Key"][:16]
