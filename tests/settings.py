@@ -33,6 +33,7 @@ CACHES["respcache"]["KEY_PREFIX"] = "rctest"
 
 # A file (not in-memory) SQLite test database, so that a gunicorn started by a test shares it.
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    (BASE_DIR / ".run").mkdir(exist_ok=True)  # a fresh clone with REDIS_URL set has none yet
     DATABASES["default"]["TEST"] = {"NAME": str(BASE_DIR / ".run" / "test-db.sqlite3")}
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # fast test users
