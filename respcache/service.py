@@ -273,6 +273,7 @@ class _Call:
         deadline = self.monotonic() + self.policy.wait_max
         with locks.Subscription(names.channel) as subscription:
             message: bytes | None = None
+            woke_at: float | None = None  # when the "ok" that woke us arrived (wall clock)
             while True:
                 if message is not None and message.startswith(b"error:"):
                     _count(self.slug, self.now, upstream_error=1)
@@ -280,6 +281,10 @@ class _Call:
                 # Subscribed first, then read: an answer written in between is never missed.
                 found = self.lookup(WAIT)
                 if found.entry is not None:
+                    if woke_at is not None:
+                        # How long after the write this waiter woke: the stampede number that
+                        # says whether waiters are woken at once (a histogram in the counters).
+                        _count(self.slug, self.now, **stats.wake_fields((woke_at - found.entry.stored_at) * 1000))
                     return self.answer(WAIT, found.entry)
                 message = subscription.poll()
                 if message is not None:
@@ -296,6 +301,7 @@ class _Call:
                 message = subscription.wait(deadline, clock=self.monotonic)
                 if message is None:
                     break
+                woke_at = self.clock()
         # wait_max passed: call the upstream ourselves, and store what we get.
         return self.fetch(MISS, FALLTHROUGH, names)
 

@@ -73,6 +73,32 @@ def bucket_keys(workload: str, now: float) -> tuple[list[str], list[int]]:
     )
 
 
+#: Upper bounds (ms) of the wake-up histogram: how long after the answer was written a waiter
+#: woke (``wake_le_<ms>`` fields, ``wake_le_inf`` above the last; ``wakes``, ``wake_us_sum``).
+WAKE_BUCKETS_MS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 5000)
+
+
+def wake_fields(milliseconds: float) -> dict[str, int]:
+    """The counter fields for one waiter woken ``milliseconds`` after the write."""
+    milliseconds = max(0.0, milliseconds)  # clocks of two machines may disagree slightly
+    bucket = next((f"wake_le_{b}" for b in WAKE_BUCKETS_MS if milliseconds <= b), "wake_le_inf")
+    return {"wakes": 1, "wake_us_sum": int(milliseconds * 1000), bucket: 1}
+
+
+def wake_percentile(counts: dict[str, int], q: float) -> float | None:
+    """The ``q``-th percentile (0-100) of the wake-up histogram in ``counts``, as the upper
+    bound (ms) of the bucket it falls in; None without wakes, inf above the last bucket."""
+    total = counts.get("wakes", 0)
+    if not total:
+        return None
+    seen, rank = 0, q / 100 * total
+    for bound in WAKE_BUCKETS_MS:
+        seen += counts.get(f"wake_le_{bound}", 0)
+        if seen >= rank:
+            return float(bound)
+    return float("inf")
+
+
 def count(workload: str, now: float, **fields: int) -> None:
     """Add ``fields`` to the workload's current buckets and totals, in one pipelined round trip."""
     with _pending_lock:

@@ -87,7 +87,12 @@ def test_waiters_get_the_answer_when_it_is_written(fake: Any, make_workload: Any
     assert sorted(r.status for r in results) == ["miss"] + ["wait"] * 5
     assert len({r.body for r in results}) == 1
     assert len(fake.message_calls()) == 1
-    assert stats.totals("w1", "5m")["wait"] == 5
+    totals = stats.totals("w1", "5m")
+    assert totals["wait"] == 5
+    # Every waiter that was woken counted how long after the write it woke.
+    assert totals["wakes"] == 5
+    assert sum(v for k, v in totals.counts.items() if k.startswith("wake_le_")) == 5
+    assert stats.wake_percentile(totals.counts, 99) is not None
 
 
 def test_waiters_are_released_at_once_with_the_holders_error(fake: Any, make_workload: Any) -> None:

@@ -63,3 +63,18 @@ def test_series_slices_a_window_for_charts() -> None:
     assert sum(p[1].get("hit", 0) for p in points) == 2
     assert sum(p[1].get("miss", 0) for p in points) == 1
     assert points == sorted(points, key=lambda p: p[0])
+
+
+def test_wake_histogram_fields_and_percentiles() -> None:
+    assert stats.wake_fields(0.4) == {"wakes": 1, "wake_us_sum": 400, "wake_le_1": 1}
+    assert stats.wake_fields(7)["wake_le_10"] == 1
+    assert stats.wake_fields(-3)["wake_le_1"] == 1  # another machine's clock a little ahead
+    assert stats.wake_fields(9999)["wake_le_inf"] == 1
+    for ms in [0.5] * 90 + [4] * 9 + [40]:
+        stats.count("w", T0, **stats.wake_fields(ms))
+    counts = stats.totals("w", "5m", now=T0).counts
+    assert counts["wakes"] == 100
+    assert stats.wake_percentile(counts, 50) == 1.0
+    assert stats.wake_percentile(counts, 99) == 5.0
+    assert stats.wake_percentile(counts, 100) == 50.0
+    assert stats.wake_percentile({}, 99) is None
