@@ -165,14 +165,15 @@ class MessagesView(CallTelemetryMixin, APIView):
             raise InvalidRequest("Request body is empty: expected a JSON object.")
         return body
 
-    @messages_create_schema()
-    def post(self, request: Request, workload: str) -> HttpResponseBase:
+    def serve(self, request: Request, workload: str, validate: Any, service: Any) -> HttpResponseBase:
+        """Check, validate, call one service with the request's cache directives, respond."""
         policy = self.check_workload(request, workload)
         body = self.read_body(request)
-        validate_message_fields(body.data)
+        validate(body.data)
+        if service is None:
+            service = cached_message_stream if body.data.get("stream") is True else cached_message_create
         directives = cache_directives(request.META.get("HTTP_CACHE_CONTROL", ""))
-        serve = cached_message_stream if body.data.get("stream") is True else cached_message_create
-        result = serve(
+        result = service(
             policy=policy,
             body=body.data,
             raw_body=body.raw,
@@ -184,27 +185,17 @@ class MessagesView(CallTelemetryMixin, APIView):
         self.call_result = result  # for the call's log line and span (CallTelemetryMixin)
         return message_response(result)
 
+    @messages_create_schema()
+    def post(self, request: Request, workload: str) -> HttpResponseBase:
+        return self.serve(request, workload, validate_message_fields, None)
+
 
 class CountTokensView(MessagesView):
     """``POST /w/<workload>/v1/messages/count_tokens``: token counts, cached in their own key space."""
 
     @count_tokens_schema()
     def post(self, request: Request, workload: str) -> HttpResponseBase:
-        policy = self.check_workload(request, workload)
-        body = self.read_body(request)
-        validate_model_and_messages(body.data)
-        directives = cache_directives(request.META.get("HTTP_CACHE_CONTROL", ""))
-        result = cached_count_tokens(
-            policy=policy,
-            body=body.data,
-            raw_body=body.raw,
-            beta=request.META.get("HTTP_ANTHROPIC_BETA"),
-            headers=forwarded_headers(request),
-            no_cache="no-cache" in directives,
-            no_store="no-store" in directives,
-        )
-        self.call_result = result
-        return message_response(result)
+        return self.serve(request, workload, validate_model_and_messages, cached_count_tokens)
 
 
 def message_response(result: CachedResult) -> HttpResponseBase:
