@@ -31,6 +31,15 @@ def check_cache_alias(app_configs: Any = None, **kwargs: Any) -> list[Any]:
                 id="respcache.E002",
             )
         ]
+    if caches[alias].get("KEY_FUNCTION"):
+        return [
+            Error(
+                f"The cache alias {alias!r} sets KEY_FUNCTION.",
+                hint="respcache builds its keys as prefix:version:key inside Lua scripts: remove "
+                "KEY_FUNCTION (KEY_PREFIX and VERSION are fine) or give respcache its own alias.",
+                id="respcache.E005",
+            )
+        ]
     return []
 
 

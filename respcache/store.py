@@ -29,7 +29,6 @@ from typing import Any
 import orjson
 from django.conf import settings
 from django.core.cache import caches
-from django.core.cache.backends.base import default_key_func
 from django.core.signals import setting_changed
 from django_redis import get_redis_connection
 from redis.exceptions import RedisError, ResponseError
@@ -104,23 +103,19 @@ def _reset_memo(*, setting: str, **kwargs: Any) -> None:
 setting_changed.connect(_reset_memo)
 
 
-def _key_prefix() -> str | None:
-    """The alias's "prefix:version:" when it uses Django's default key function, else None."""
+def _key_prefix() -> str:
+    """The alias's "prefix:version:". Keys are built by appending to it, here and inside the Lua
+    scripts, so the alias must use Django's default key function (system check respcache.E005)."""
     try:
         return _memo["prefix"]  # type: ignore[no-any-return]
     except KeyError:
-        cache = caches[app_settings.CACHE_ALIAS]
-        prefix = str(cache.make_key("")) if cache.key_func is default_key_func else None
-        _memo["prefix"] = prefix
+        prefix = _memo["prefix"] = str(caches[app_settings.CACHE_ALIAS].make_key(""))
         return prefix
 
 
 def full_key(raw: str) -> str:
     """``raw`` under the cache alias's own KEY_PREFIX and VERSION (Django's prefix:version:key)."""
-    prefix = _key_prefix()
-    if prefix is not None:
-        return prefix + raw
-    return str(caches[app_settings.CACHE_ALIAS].make_key(raw))
+    return _key_prefix() + raw
 
 
 def version_key(workload: str) -> str:

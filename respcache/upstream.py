@@ -151,12 +151,16 @@ class AnthropicUpstream:
         except anthropic.APIConnectionError as exc:
             raise UpstreamUnavailable(f"upstream unreachable: {exc}") from exc
 
-    def create(self, raw_body: bytes, body: dict[str, Any], *, headers: dict[str, str]) -> UpstreamResponse:
+    def _answer(
+        self, path: str, raw_body: bytes, headers: dict[str, str], parse: Callable[[bytes], dict[str, Any]]
+    ) -> UpstreamResponse:
         started = time.perf_counter()
-        response = self._post("/v1/messages", raw_body, headers)
+        content = self._post(path, raw_body, headers).content
         latency_ms = (time.perf_counter() - started) * 1000
-        content = response.content
-        return UpstreamResponse(body=content, message=_parse_message(content), latency_ms=latency_ms)
+        return UpstreamResponse(body=content, message=parse(content), latency_ms=latency_ms)
+
+    def create(self, raw_body: bytes, body: dict[str, Any], *, headers: dict[str, str]) -> UpstreamResponse:
+        return self._answer("/v1/messages", raw_body, headers, _parse_message)
 
     def stream(self, raw_body: bytes, body: dict[str, Any], *, headers: dict[str, str]) -> UpstreamStream:
         # The SDK hands back the unread httpx response: its status is checked (an error status
@@ -166,11 +170,7 @@ class AnthropicUpstream:
         return UpstreamStream(_iter_body(response), close=response.close, started=started)
 
     def count_tokens(self, raw_body: bytes, body: dict[str, Any], *, headers: dict[str, str]) -> UpstreamResponse:
-        started = time.perf_counter()
-        response = self._post("/v1/messages/count_tokens", raw_body, headers)
-        latency_ms = (time.perf_counter() - started) * 1000
-        content = response.content
-        return UpstreamResponse(body=content, message=_parse_token_count(content), latency_ms=latency_ms)
+        return self._answer("/v1/messages/count_tokens", raw_body, headers, _parse_token_count)
 
 
 def _iter_body(response: Any) -> Iterator[bytes]:

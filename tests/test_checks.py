@@ -20,6 +20,12 @@ def test_cache_alias_must_exist_and_be_django_redis(settings: Any) -> None:
     assert ids(checks.check_cache_alias()) == ["respcache.E001"]
     settings.RESPCACHE = {**settings.RESPCACHE, "CACHE_ALIAS": "default"}
     assert ids(checks.check_cache_alias()) == ["respcache.E002"]
+    settings.RESPCACHE = {**settings.RESPCACHE, "CACHE_ALIAS": "respcache"}
+    settings.CACHES = {
+        **settings.CACHES,
+        "respcache": {**settings.CACHES["respcache"], "KEY_FUNCTION": "myproject.keys.make_key"},
+    }
+    assert ids(checks.check_cache_alias()) == ["respcache.E005"]
 
 
 def test_upstream_checks(settings: Any, monkeypatch: pytest.MonkeyPatch) -> None:
