@@ -66,6 +66,10 @@ class CachedResult:
     stream: Iterator[bytes] | None = None
     #: Latency of this call's own upstream call, when it made one (for logs and traces).
     upstream_ms: float | None = None
+    #: The Message's usage tokens when already known (from the entry's accounting, or the
+    #: upstream's answer), so the call's log line need not parse the body; None if unknown.
+    input_tokens: int | None = None
+    output_tokens: int | None = None
 
 
 def is_cacheable(policy: Policy, body: dict[str, Any]) -> bool:
@@ -131,6 +135,9 @@ def _error_from_message(message: bytes) -> UpstreamError:
 class _Call:
     """One request's state: what the orchestration steps below share."""
 
+    #: Whether answers carry a Message's usage (token counts do not).
+    reports_usage = True
+
     def __init__(
         self,
         *,
@@ -170,11 +177,13 @@ class _Call:
         outcome: str,
         stored_at: float | None = None,
         stream: Iterator[bytes] | None = None,
+        tokens: tuple[int | None, int | None] = (None, None),
     ) -> CachedResult:
         age = None if stored_at is None else max(0, int(self.clock() - stored_at))
+        input_tokens, output_tokens = tokens if self.reports_usage else (None, None)
         return CachedResult(
             status=status, body=body, fingerprint=self.fingerprint, outcome=outcome, age=age, stream=stream,
-            upstream_ms=self.upstream_ms,
+            upstream_ms=self.upstream_ms, input_tokens=input_tokens, output_tokens=output_tokens,
         )
 
     # The steps a kind of call changes: what is cacheable, what the upstream is asked, how a
@@ -186,9 +195,13 @@ class _Call:
     def request_upstream(self) -> UpstreamResponse:
         return self.upstream.create(self.raw_body, self.body, headers=self.headers)
 
-    def answer(self, status: str, entry: store.Entry) -> CachedResult:
+    def answer(self, status: str, found: store.Lookup) -> CachedResult:
         """Serve a stored entry (``hit`` or ``wait``)."""
-        return self.result(status, entry.message, status, entry.stored_at)
+        entry = found.entry
+        assert entry is not None
+        return self.result(
+            status, entry.message, status, entry.stored_at, tokens=(found.input_tokens, found.output_tokens)
+        )
 
     def fetch(
         self, status: str, outcome: str, names: _Names | None = None, token: str = "", **extra: int
@@ -199,7 +212,7 @@ class _Call:
             response = self.call_upstream(outcome, **extra)
         if names is not None:
             self.write(names, response, token)
-        return self.result(status, response.body, outcome)
+        return self.result(status, response.body, outcome, tokens=(response.input_tokens, response.output_tokens))
 
     def lookup(self, outcome: str) -> store.Lookup:
         return store.lookup(
@@ -261,7 +274,7 @@ class _Call:
         again = self.lookup(WAIT)
         if again.entry is not None:  # written between our lookup and our lock
             _release(names, token, b"ok")
-            return self.answer(WAIT, again.entry)
+            return self.answer(WAIT, again)
         return self.fetch(MISS, MISS, names, token)
 
     def fill(self, names: _Names) -> CachedResult:
@@ -285,7 +298,7 @@ class _Call:
                         # How long after the write this waiter woke: the stampede number that
                         # says whether waiters are woken at once (a histogram in the counters).
                         _count(self.slug, self.now, **stats.wake_fields((woke_at - found.entry.stored_at) * 1000))
-                    return self.answer(WAIT, found.entry)
+                    return self.answer(WAIT, found)
                 message = subscription.poll()
                 if message is not None:
                     continue  # "ok": read it; "abandoned": try for the lock; "error:": above
@@ -316,7 +329,7 @@ class _Call:
                 return self.fetch(REFRESH, REFRESH, names)
             found = self.lookup(HIT)
             if found.entry is not None:
-                return self.answer(HIT, found.entry)
+                return self.answer(HIT, found)
             if no_store:
                 return self.fetch(MISS, MISS)
             return self.fill(_Names.build(self.slug, found.version, self.fingerprint))
@@ -327,10 +340,15 @@ class _Call:
 class _StreamCall(_Call):
     """A call that asked for ``"stream": true``: the same steps, answered as SSE."""
 
-    def answer(self, status: str, entry: store.Entry) -> CachedResult:
+    def answer(self, status: str, found: store.Lookup) -> CachedResult:
         # Encoded now, not lazily: the response has not begun, so a damaged entry is still a 500.
+        entry = found.entry
+        assert entry is not None
         replayed = sse.replay(entry.message)
-        return self.result(status, entry.message, status, entry.stored_at, stream=iter((replayed,)))
+        return self.result(
+            status, entry.message, status, entry.stored_at, stream=iter((replayed,)),
+            tokens=(found.input_tokens, found.output_tokens),
+        )
 
     def fetch(
         self, status: str, outcome: str, names: _Names | None = None, token: str = "", **extra: int
@@ -442,6 +460,8 @@ class _Tee:
 
 class _CountTokensCall(_Call):
     """``count_tokens``: deterministic for a body, so cached whenever the workload is on."""
+
+    reports_usage = False
 
     def cacheable(self) -> bool:
         return self.policy.enabled

@@ -3,7 +3,8 @@
 An entry is the upstream's Message JSON, byte for byte, behind a small header::
 
     b"RC" | schema (1 byte) | flags (1 byte) | payload
-    payload = meta JSON | b"\\n" | Message JSON       (zlib-compressed when FLAG_ZLIB)
+    payload = meta JSON | b"\\n" | Message JSON
+              (compressed: an LZ4 block with its size when FLAG_LZ4, zlib when FLAG_ZLIB)
 
 A record with an unknown schema or a damaged payload is a miss, never a crash: an older or
 newer release may have written it. Beside each entry a small hash (``respcache:m:…``, same TTL)
@@ -26,6 +27,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+import lz4.block
 import orjson
 from django.conf import settings
 from django.core.cache import caches
@@ -41,6 +43,10 @@ logger = logging.getLogger(__name__)
 MAGIC = b"RC"
 SCHEMA_VERSION = 1
 FLAG_ZLIB = 0x01
+FLAG_LZ4 = 0x02
+#: A compressed payload declaring more than this is damaged, not decoded (an LZ4 block names its
+#: own size: a flipped bit there must not become a huge allocation).
+MAX_DECODED_BYTES = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -52,13 +58,19 @@ class Entry:
     model: str = ""
 
 
+def _compress(payload: bytes) -> tuple[bytes, int]:
+    if app_settings.COMPRESSOR == "zlib":
+        return zlib.compress(payload, app_settings.COMPRESS_LEVEL), FLAG_ZLIB
+    return lz4.block.compress(payload, store_size=True), FLAG_LZ4
+
+
 def encode_record(message: bytes, *, stored_at: float, model: str) -> bytes:
     payload = orjson.dumps({"stored_at": stored_at, "model": model}) + b"\n" + message
     flags = 0
     if len(payload) >= app_settings.COMPRESS_MIN_BYTES:
-        compressed = zlib.compress(payload, app_settings.COMPRESS_LEVEL)
+        compressed, flag = _compress(payload)
         if len(compressed) < len(payload):
-            payload, flags = compressed, FLAG_ZLIB
+            payload, flags = compressed, flag
     return MAGIC + bytes((SCHEMA_VERSION, flags)) + payload
 
 
@@ -68,14 +80,19 @@ def decode_record(raw: bytes | None) -> Entry | None:
         return None
     payload = raw[4:]
     try:
-        if raw[3] & FLAG_ZLIB:
+        flags = raw[3]
+        if flags & FLAG_LZ4:
+            if len(payload) < 4 or int.from_bytes(payload[:4], "little") > MAX_DECODED_BYTES:
+                raise ValueError("damaged LZ4 size")
+            payload = lz4.block.decompress(payload)
+        elif flags & FLAG_ZLIB:
             payload = zlib.decompress(payload)
         head, sep, message = payload.partition(b"\n")
         if not sep:
             return None
         meta = orjson.loads(head)
         return Entry(message=message, stored_at=float(meta["stored_at"]), model=str(meta.get("model", "")))
-    except (zlib.error, orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+    except (zlib.error, lz4.block.LZ4BlockError, orjson.JSONDecodeError, KeyError, TypeError, ValueError):
         logger.warning("respcache: unreadable cache record treated as a miss")
         return None
 
@@ -141,8 +158,9 @@ local suffix = ver .. ':' .. ARGV[4]
 local value = redis.call('GET', ARGV[2] .. suffix)
 if (not value) or ARGV[5] == '' then return {ver, value} end
 local mkey = ARGV[3] .. suffix
-local saved_in, saved_out = 0, 0
+local saved_in, saved_out, known = 0, 0, 0
 if redis.call('EXISTS', mkey) == 1 then
+  known = 1
   local reads = redis.call('HINCRBY', mkey, 'reads', 1)
   local m = redis.call('HMGET', mkey, 'in', 'out', 'xm', 'xh')
   saved_in = tonumber(m[1]) or 0
@@ -162,7 +180,7 @@ end
 redis.call('HINCRBY', KEYS[4], ARGV[5], 1)
 redis.call('HINCRBY', KEYS[4], 'saved_in', saved_in)
 redis.call('HINCRBY', KEYS[4], 'saved_out', saved_out)
-return {ver, value}
+return {ver, value, known, saved_in, saved_out}
 """
 
 # KEYS: entry, meta, lock, minute bucket, hour bucket, expiry minute bucket, expiry hour bucket,
@@ -210,6 +228,10 @@ class Lookup:
     version: int
     entry: Entry | None
     raw_size: int = 0
+    #: The entry's tokens from its accounting hash (what this read saved), when it was counted:
+    #: the call's log line takes them from here instead of parsing the Message.
+    input_tokens: int | None = None
+    output_tokens: int | None = None
 
 
 def lookup(
@@ -226,7 +248,7 @@ def lookup(
     An empty ``outcome`` only resolves the version: nothing is counted, no read is marked.
     """
     try:
-        version, raw = script(_LOOKUP)(
+        version, raw, *accounting = script(_LOOKUP)(
             keys=[version_key(workload), *bucket_keys, totals_key(workload)],
             args=[
                 db_version,
@@ -239,7 +261,16 @@ def lookup(
         )
     except RedisError as exc:
         raise CacheUnavailable(str(exc)) from exc
-    return Lookup(version=int(version), entry=decode_record(raw), raw_size=len(raw or b""))
+    input_tokens = output_tokens = None
+    if accounting and accounting[0]:
+        input_tokens, output_tokens = int(accounting[1]), int(accounting[2])
+    return Lookup(
+        version=int(version),
+        entry=decode_record(raw),
+        raw_size=len(raw or b""),
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+    )
 
 
 def write(

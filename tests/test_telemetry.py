@@ -170,3 +170,38 @@ def test_streams_and_token_counts_get_their_line(call_log: Lines, workload: Work
     assert (hit["outcome"], hit["stream"]) == ("hit", True) and hit["input_tokens"] > 0
     assert (count["endpoint"], count["outcome"]) == ("count_tokens", "miss")
     assert "input_tokens" not in count and count["key_prefix"] == counted["X-Respcache-Key"][:16]
+
+
+def test_every_record_field_reaches_the_line() -> None:
+    """log_fields names the fields one by one (no deep copy on the hit path): a field added to
+    CallRecord must reach the line too (``key`` as its prefix)."""
+    import dataclasses
+
+    record = telemetry.CallRecord(
+        **{
+            f.name: (True if f.type == "bool" else 1 if f.type.startswith(("int", "float")) else "x" * 20)
+            for f in dataclasses.fields(telemetry.CallRecord)
+        }
+    )
+    logged = record.log_fields()
+    expected = {f.name for f in dataclasses.fields(telemetry.CallRecord)} - {"key"} | {"key_prefix"}
+    assert set(logged) == expected
+    assert logged["key_prefix"] == "x" * telemetry.KEY_PREFIX_CHARS
+
+
+def test_a_hit_without_its_accounting_hash_still_logs_its_tokens(
+    call_log: Lines, workload: Workload, api_key: str
+) -> None:
+    """Tokens come from the entry's accounting hash (no parse of the Message on a hit); when that
+    hash is gone, from the Message itself."""
+    from respcache import keys, store
+
+    miss = post(api_key, ask("tokens without meta"))
+    meta = store.full_key(keys.meta_key(keys.entry_key(workload="intents", version=1, fingerprint=miss["X-Respcache-Key"])))
+    assert store.client().delete(meta) == 1
+    hit = post(api_key, ask("tokens without meta"))
+    assert hit["X-Respcache"] == "hit"
+    usage = miss.json()["usage"]
+    assert [(f["input_tokens"], f["output_tokens"]) for f in call_log.fields] == [
+        (usage["input_tokens"], usage["output_tokens"])
+    ] * 2

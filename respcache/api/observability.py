@@ -1,7 +1,9 @@
 """A view mixin that records every call of the messages endpoint: log line and span attributes.
 
-``MessagesView`` sets ``self.call_result`` (the service's CachedResult) when it has one; errors and
-responses built elsewhere (a stream, a refusal) are recorded from the response itself.
+``MessagesView`` sets ``self.call_result`` (the service's CachedResult) when it has one, and
+``self.grant`` once the caller is known; errors and responses built elsewhere (a stream, a
+refusal) are recorded from the response itself. Its POST dispatch calls ``record_call``; the
+methods DRF dispatches are recorded through ``initial`` / ``finalize_response``.
 """
 
 from __future__ import annotations
@@ -30,9 +32,9 @@ def _error_type(response: HttpResponseBase) -> str | None:
         return None
 
 
-def _grant(request: Request) -> Grant | None:
+def _grant(request: Any) -> Grant | None:
     try:
-        auth = request.auth
+        auth = request.auth  # a DRF Request; Django's has none
     except Exception:  # authentication itself failed: there is no caller to name
         return None
     return auth if isinstance(auth, Grant) else None
@@ -42,6 +44,7 @@ class CallTelemetryMixin:
     """Times the call; on the way out writes its log line and tags the current span."""
 
     call_result: CachedResult | None = None
+    grant: Grant | None = None
     _call_started: float | None = None
 
     def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
@@ -50,20 +53,26 @@ class CallTelemetryMixin:
 
     def finalize_response(self, request: Request, response: Any, *args: Any, **kwargs: Any) -> Any:
         response = super().finalize_response(request, response, *args, **kwargs)  # type: ignore[misc]
+        self.record_call(request, response)
+        return response
+
+    def record_call(self, request: Any, response: HttpResponseBase) -> None:
+        """Write the call's log line and tag its span, if anyone reads them; never raises."""
         if telemetry.wanted():
             try:
                 telemetry.record_call(self.call_record(request, response))
             except Exception:  # telemetry must never fail a call
                 logger.exception("respcache: could not record the call")
-        return response
 
-    def call_record(self, request: Request, response: HttpResponseBase) -> telemetry.CallRecord:
+    def call_record(self, request: Any, response: HttpResponseBase) -> telemetry.CallRecord:
         result = self.call_result
         status = response.status_code
-        grant = _grant(request)
+        grant = self.grant or _grant(request)
         input_tokens = output_tokens = None
         if result is not None and status < 400:
-            input_tokens, output_tokens = telemetry.usage_of(result.body)
+            input_tokens, output_tokens = result.input_tokens, result.output_tokens
+            if input_tokens is None and result.body:  # not known from the entry's accounting
+                input_tokens, output_tokens = telemetry.usage_of(result.body)
         if result is not None:
             outcome = result.status
         elif status >= 400:
