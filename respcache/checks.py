@@ -63,3 +63,18 @@ def check_upstream(app_configs: Any = None, **kwargs: Any) -> list[Any]:
             )
         ]
     return []
+
+
+@register()
+def check_compressor(app_configs: Any = None, **kwargs: Any) -> list[Any]:
+    compressor = app_settings.COMPRESSOR
+    if compressor not in {"lz4", "zlib"}:
+        return [
+            Error(
+                f"RESPCACHE['COMPRESSOR'] is {compressor!r}.",
+                hint="Use 'lz4' (fast to read, the default) or 'zlib' (smaller); entries written "
+                "with either stay readable.",
+                id="respcache.E006",
+            )
+        ]
+    return []

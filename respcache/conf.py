@@ -19,8 +19,12 @@ DEFAULTS: dict[str, Any] = {
     "UPSTREAM": "",
     # Largest request body accepted, in bytes (the Messages API's own limit).
     "MAX_BODY_BYTES": 32 * 1024 * 1024,
-    # Entries larger than this are stored zlib-compressed.
+    # Entries of at least this many bytes are stored compressed, with COMPRESSOR: "lz4" (the
+    # default: decodes a 20 KB answer in ~10 us, at about half its size) or "zlib" (about a
+    # quarter of the size, ~5x slower to decode; COMPRESS_LEVEL applies). Entries written with
+    # either stay readable whatever this says.
     "COMPRESS_MIN_BYTES": 1024,
+    "COMPRESSOR": "lz4",
     "COMPRESS_LEVEL": 6,
     # How long a worker keeps its local copy of a workload policy or an API key, in seconds.
     # A policy edit or a revoked key takes effect on every worker within this time.

@@ -38,6 +38,14 @@ def test_upstream_checks(settings: Any, monkeypatch: pytest.MonkeyPatch) -> None
     assert checks.check_upstream() == []
 
 
+def test_compressor_check(settings: Any) -> None:
+    assert checks.check_compressor() == []
+    settings.RESPCACHE = {**settings.RESPCACHE, "COMPRESSOR": "zlib"}
+    assert checks.check_compressor() == []
+    settings.RESPCACHE = {**settings.RESPCACHE, "COMPRESSOR": "brotli"}
+    assert ids(checks.check_compressor()) == ["respcache.E006"]
+
+
 def test_unknown_setting_raises_and_override_settings_reloads(settings: Any) -> None:
     with pytest.raises(AttributeError):
         app_settings.NO_SUCH_SETTING  # noqa: B018

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import time
 import zlib
 from typing import Any
 
+import lz4.block
 import orjson
 import pytest
 
@@ -48,11 +50,32 @@ def test_record_round_trip_small_is_not_compressed() -> None:
     assert entry == store.Entry(message=message, stored_at=123.5, model="m")
 
 
-def test_large_record_is_compressed_and_round_trips() -> None:
+def test_large_record_is_lz4_compressed_and_round_trips() -> None:
     message = orjson.dumps({"type": "message", "content": [{"type": "text", "text": "same words " * 500}]})
     raw = store.encode_record(message, stored_at=1.0, model="m")
-    assert raw[3] & store.FLAG_ZLIB
+    assert raw[3] == store.FLAG_LZ4
     assert len(raw) < len(message) / 3
+    assert store.decode_record(raw).message == message  # type: ignore[union-attr]
+
+
+def test_zlib_compressor_and_records_of_either_codec_stay_readable(settings: Any) -> None:
+    message = orjson.dumps({"type": "message", "content": [{"type": "text", "text": "same words " * 500}]})
+    lz4_record = store.encode_record(message, stored_at=1.0, model="m")
+    settings.RESPCACHE = {**settings.RESPCACHE, "COMPRESSOR": "zlib"}
+    zlib_record = store.encode_record(message, stored_at=2.0, model="m")
+    assert zlib_record[3] == store.FLAG_ZLIB and zlib_record[4:] == zlib.compress(
+        zlib.decompress(zlib_record[4:]), settings.RESPCACHE.get("COMPRESS_LEVEL", 6)
+    )
+    for raw, stored_at in ((lz4_record, 1.0), (zlib_record, 2.0)):
+        assert store.decode_record(raw) == store.Entry(message=message, stored_at=stored_at, model="m")
+
+
+def test_incompressible_record_is_stored_plain() -> None:
+    """Compression that would not shrink the record is skipped (LZ4 has no entropy coding:
+    random hex does not shrink)."""
+    message = orjson.dumps({"text": os.urandom(2048).hex()})
+    raw = store.encode_record(message, stored_at=1.0, model="m")
+    assert raw[3] == 0
     assert store.decode_record(raw).message == message  # type: ignore[union-attr]
 
 
@@ -68,6 +91,10 @@ def test_large_record_is_compressed_and_round_trips() -> None:
         b"RC\x01\x00" + b"no newline",
         b"RC\x01\x00" + b'{"nope":1}\n{}',
         b"RC\x01\x01" + zlib.compress(b"[1]\n{}"),
+        b"RC\x01\x02" + b"not lz4 at all",
+        b"RC\x01\x02" + b"\xff\xff\xff\x7f" + b"declares 2 GiB",
+        b"RC\x01\x02" + b"\x01",
+        b"RC\x01\x02" + lz4.block.compress(b"[1]\n{}"),
         b"\x80\x04\x95pickle",
     ],
 )
