@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.http import HttpRequest
 from rest_framework.authentication import BaseAuthentication
 from rest_framework.request import Request
 
@@ -11,7 +12,7 @@ from respcache import selectors
 from respcache.exceptions import AuthenticationFailed
 
 
-def presented_key(request: Request) -> str | None:
+def presented_key(request: Request | HttpRequest) -> str | None:
     """The key from ``x-api-key`` (older SDKs, curl) or ``Authorization: Bearer`` (SDK 2.x)."""
     meta = request.META
     key = meta.get("HTTP_X_API_KEY")
@@ -28,13 +29,17 @@ class ApiKeyAuthentication(BaseAuthentication):
     """Authenticates by respcache API key; ``request.auth`` becomes its selectors.Grant."""
 
     def authenticate(self, request: Request) -> tuple[Any, selectors.Grant] | None:
+        return (None, self.authenticate_request(request))
+
+    def authenticate_request(self, request: Request | HttpRequest) -> selectors.Grant:
+        """The grant of the request's key; AuthenticationFailed (401) without a valid one."""
         key = presented_key(request)
         if not key:
             raise AuthenticationFailed("Missing API key: send it as 'x-api-key' or 'Authorization: Bearer'.")
         grant = selectors.api_key_grant(key)
         if grant is None:
             raise AuthenticationFailed("Invalid API key.")
-        return (None, grant)
+        return grant
 
     def authenticate_header(self, request: Request) -> str:
         return 'Bearer realm="respcache"'
