@@ -146,7 +146,10 @@ def totals_key(workload: str) -> str:
 
 # KEYS: version key, minute stats bucket, hour stats bucket, all-time totals
 # ARGV: database key version, entry key prefix, meta key prefix, fingerprint, outcome,
-#       minute bucket ttl, hour bucket ttl
+#       minute bucket ttl, hour bucket ttl, '1' to count only (the caller holds the entry
+#       already: it is not read), then extra counter fields and values to add with the outcome
+# A bucket's EXPIRE is set when a field is new in it: every script that creates a bucket does
+# so, and the deadline is absolute (bucket end + retention), so one EXPIRE per field suffices.
 _LOOKUP = """
 local dbv = tonumber(ARGV[1])
 local ver = tonumber(redis.call('GET', KEYS[1]))
@@ -155,38 +158,42 @@ if (not ver) or ver < dbv then
   ver = dbv
 end
 local suffix = ver .. ':' .. ARGV[4]
-local value = redis.call('GET', ARGV[2] .. suffix)
-if (not value) or ARGV[5] == '' then return {ver, value} end
+local value = false
+if ARGV[8] ~= '1' then
+  value = redis.call('GET', ARGV[2] .. suffix)
+  if (not value) or ARGV[5] == '' then return {ver, value} end
+end
 local mkey = ARGV[3] .. suffix
 local saved_in, saved_out, known = 0, 0, 0
-if redis.call('EXISTS', mkey) == 1 then
+local m = redis.call('HMGET', mkey, 'in', 'out', 'xm', 'xh')
+if m[1] then
   known = 1
-  local reads = redis.call('HINCRBY', mkey, 'reads', 1)
-  local m = redis.call('HMGET', mkey, 'in', 'out', 'xm', 'xh')
   saved_in = tonumber(m[1]) or 0
   saved_out = tonumber(m[2]) or 0
-  if reads == 1 then
+  if redis.call('HINCRBY', mkey, 'reads', 1) == 1 then
     if m[3] then redis.call('HINCRBY', m[3], 'exp_read', 1) end
     if m[4] then redis.call('HINCRBY', m[4], 'exp_read', 1) end
     redis.call('HINCRBY', KEYS[4], 'first_read', 1)
   end
 end
-for i = 2, 3 do
-  redis.call('HINCRBY', KEYS[i], ARGV[5], 1)
-  redis.call('HINCRBY', KEYS[i], 'saved_in', saved_in)
-  redis.call('HINCRBY', KEYS[i], 'saved_out', saved_out)
-  redis.call('EXPIRE', KEYS[i], ARGV[4 + i])
+for i = 2, 4 do
+  if redis.call('HINCRBY', KEYS[i], ARGV[5], 1) == 1 and i < 4 then
+    redis.call('EXPIRE', KEYS[i], ARGV[4 + i])
+  end
+  if saved_in ~= 0 then redis.call('HINCRBY', KEYS[i], 'saved_in', saved_in) end
+  if saved_out ~= 0 then redis.call('HINCRBY', KEYS[i], 'saved_out', saved_out) end
+  for j = 9, #ARGV, 2 do
+    redis.call('HINCRBY', KEYS[i], ARGV[j], ARGV[j + 1])
+  end
 end
-redis.call('HINCRBY', KEYS[4], ARGV[5], 1)
-redis.call('HINCRBY', KEYS[4], 'saved_in', saved_in)
-redis.call('HINCRBY', KEYS[4], 'saved_out', saved_out)
 return {ver, value, known, saved_in, saved_out}
 """
 
 # KEYS: entry, meta, lock, minute bucket, hour bucket, expiry minute bucket, expiry hour bucket,
 #       all-time totals
 # ARGV: record, ttl ms, lock token ('' = none), input tokens, output tokens, stored at, size,
-#       model, channel, minute ttl, hour ttl, expiry minute ttl, expiry hour ttl
+#       model, channel, minute ttl, hour ttl, expiry minute ttl, expiry hour ttl, the message
+#       that wakes the waiters (``ok_message``)
 _WRITE = """
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 redis.call('DEL', KEYS[2])
@@ -207,7 +214,7 @@ if ARGV[3] ~= '' and redis.call('GET', KEYS[3]) == ARGV[3] then
   redis.call('DEL', KEYS[3])
   released = 1
 end
-redis.call('PUBLISH', ARGV[9], 'ok')
+redis.call('PUBLISH', ARGV[9], ARGV[14])
 return released
 """
 
@@ -242,22 +249,30 @@ def lookup(
     outcome: str,
     bucket_keys: Sequence[str],
     bucket_ttls: Sequence[int],
+    fetch: bool = True,
+    extra: dict[str, int] | None = None,
 ) -> Lookup:
     """Resolve the current key version and read the entry; count ``outcome`` if found.
 
     An empty ``outcome`` only resolves the version: nothing is counted, no read is marked.
+    ``fetch=False`` counts a read of an entry the caller already holds (a waiter handed it by
+    the writer's message) without reading it again; ``extra`` counter fields are added with
+    the outcome, in the same round trip.
     """
+    args: list[Any] = [
+        db_version,
+        full_key(f"respcache:e:{workload}:"),
+        full_key(f"respcache:m:{workload}:"),
+        fingerprint,
+        outcome,
+        *bucket_ttls,
+        "0" if fetch else "1",
+    ]
+    for name, value in (extra or {}).items():
+        args += (name, value)
     try:
         version, raw, *accounting = script(_LOOKUP)(
-            keys=[version_key(workload), *bucket_keys, totals_key(workload)],
-            args=[
-                db_version,
-                full_key(f"respcache:e:{workload}:"),
-                full_key(f"respcache:m:{workload}:"),
-                fingerprint,
-                outcome,
-                *bucket_ttls,
-            ],
+            keys=[version_key(workload), *bucket_keys, totals_key(workload)], args=args
         )
     except RedisError as exc:
         raise CacheUnavailable(str(exc)) from exc
@@ -271,6 +286,23 @@ def lookup(
         input_tokens=input_tokens,
         output_tokens=output_tokens,
     )
+
+
+#: Records up to this size ride in the message that wakes the waiters, so a waiter answers
+#: without reading the entry back; a larger one is announced as a bare ``ok`` (read it).
+PUBLISH_RECORD_MAX_BYTES = 256 * 1024
+
+
+def ok_message(record: bytes) -> bytes:
+    """What the write publishes: ``ok`` followed by the record when it is small enough."""
+    return b"ok" + record if len(record) <= PUBLISH_RECORD_MAX_BYTES else b"ok"
+
+
+def record_of(message: bytes) -> Entry | None:
+    """The Entry an ``ok`` message carries; None for a bare ``ok`` (or anything else)."""
+    if message[:2] != b"ok" or len(message) <= 2:
+        return None
+    return decode_record(message[2:])
 
 
 def write(
@@ -308,6 +340,7 @@ def write(
                 model,
                 channel,
                 *bucket_ttls,
+                ok_message(record),
             ],
         )
     except RedisError as exc:

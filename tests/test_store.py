@@ -116,6 +116,36 @@ def test_write_sets_ttl_and_meta_and_lookup_counts(redis_db: Any) -> None:
     assert (totals["hit"], totals["saved_in"], totals["saved_out"], totals["written"]) == (1, 11, 7, 1)
 
 
+def test_lookup_counts_keep_their_buckets_expiring_and_totals_forever(redis_db: Any) -> None:
+    """The lookup script sets a bucket's EXPIRE when a field is new in it (not on every hit):
+    a bucket it creates must still expire, and the all-time totals never."""
+    now = time.time()
+    bkeys, bttls = stats.bucket_keys("w", now)
+    redis_db.delete(*bkeys)
+    redis_db.set(names()["key"], store.encode_record(b"{}", stored_at=now, model="m"))  # no meta hash
+    for _ in range(3):
+        assert store.lookup(workload="w", db_version=1, fingerprint="f" * 64, outcome="hit",
+                            bucket_keys=bkeys, bucket_ttls=bttls).entry is not None
+    for key, ttl in zip(bkeys, bttls, strict=True):
+        assert redis_db.hget(key, "hit") == b"3"
+        assert 0 < redis_db.ttl(key) <= ttl
+    assert redis_db.ttl(store.totals_key("w")) == -1
+
+
+def test_count_only_lookup_adds_extra_fields_and_reads(redis_db: Any) -> None:
+    write()
+    counted = store.lookup(workload="w", db_version=1, fingerprint="f" * 64, outcome="wait",
+                           bucket_keys=stats.bucket_keys("w", time.time())[0],
+                           bucket_ttls=stats.bucket_keys("w", time.time())[1],
+                           fetch=False, extra={"wakes": 1, "wake_le_5": 1})
+    assert counted.entry is None and counted.raw_size == 0  # not read back
+    assert (counted.input_tokens, counted.output_tokens) == (11, 7)
+    assert redis_db.hget(names()["meta"], "reads") == b"1"
+    totals = stats.totals("w", "5m")
+    assert (totals["wait"], totals["wakes"], totals["wake_le_5"], totals["saved_in"]) == (1, 1, 1, 11)
+    assert store.client().hget(store.totals_key("w"), "first_read") == b"1"
+
+
 def test_an_old_schema_entry_in_redis_is_a_miss(redis_db: Any) -> None:
     redis_db.set(names()["key"], b"RC\x00\x00whatever")
     assert lookup().entry is None
