@@ -6,9 +6,10 @@ PUBLISH on the key's channel, so waiters wake the moment there is something to r
 polling. Only the holder's token deletes the lock; a dead holder's lock expires after
 ``lock_ttl``. Every wait is bounded by its deadline (the workload's ``wait_max``).
 
-Messages on a channel: ``ok`` (the entry is written: read it), ``error:<json>`` (the holder's
-upstream call failed with this error: the waiters return it too, instead of calling an upstream
-that just failed), ``abandoned`` (the holder stopped without an answer: try to take the lock).
+Messages on a channel: ``ok`` (the entry is written: read it), ``ok<record>`` (the entry is
+written, and here it is: store.ok_message), ``error:<json>`` (the holder's upstream call failed
+with this error: the waiters return it too, instead of calling an upstream that just failed),
+``abandoned`` (the holder stopped without an answer: try to take the lock).
 """
 
 from __future__ import annotations
@@ -183,11 +184,12 @@ class _Waiter:
     def __init__(self, channel: str) -> None:
         self.channel = channel
         self.ready = threading.Event()
-        self.messages: queue.Queue[bytes] = queue.Queue()
+        # Each message with the wall-clock time the listener handed it over (the wake-up).
+        self.messages: queue.Queue[tuple[bytes, float]] = queue.Queue()
 
     def deliver(self, data: bytes) -> None:
         self.ready.set()
-        self.messages.put(data)
+        self.messages.put((data, time.time()))
 
 
 _dispatcher = _Dispatcher()
@@ -209,6 +211,9 @@ class Subscription:
         self.channel = channel
         self.confirm_timeout = confirm_timeout
         self._waiter: _Waiter | None = None
+        #: When (wall clock) the last message poll() or wait() returned was handed to this
+        #: waiter by the process's listener: the moment it was woken.
+        self.delivered_at: float | None = None
 
     def __enter__(self) -> Subscription:
         self._waiter = _dispatcher.register(self.channel)
@@ -229,7 +234,7 @@ class Subscription:
         """A message that has already arrived, without waiting."""
         assert self._waiter is not None, "poll() outside the subscription"
         try:
-            data = self._waiter.messages.get_nowait()
+            data, self.delivered_at = self._waiter.messages.get_nowait()
         except queue.Empty:
             return None
         if data == _Dispatcher.BROKEN:
@@ -243,7 +248,7 @@ class Subscription:
         if remaining <= 0:
             return None
         try:
-            data = self._waiter.messages.get(timeout=remaining)
+            data, self.delivered_at = self._waiter.messages.get(timeout=remaining)
         except queue.Empty:
             return None
         if data == _Dispatcher.BROKEN:

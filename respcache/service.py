@@ -21,7 +21,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
@@ -214,7 +214,7 @@ class _Call:
             self.write(names, response, token)
         return self.result(status, response.body, outcome, tokens=(response.input_tokens, response.output_tokens))
 
-    def lookup(self, outcome: str) -> store.Lookup:
+    def lookup(self, outcome: str, *, fetch: bool = True, extra: dict[str, int] | None = None) -> store.Lookup:
         return store.lookup(
             workload=self.slug,
             db_version=self.policy.key_version,
@@ -222,6 +222,8 @@ class _Call:
             outcome=outcome,
             bucket_keys=self.bucket_keys,
             bucket_ttls=self.bucket_ttls,
+            fetch=fetch,
+            extra=extra,
         )
 
     def call_upstream(self, outcome: str, **extra: int) -> UpstreamResponse:
@@ -286,21 +288,30 @@ class _Call:
         deadline = self.monotonic() + self.policy.wait_max
         with locks.Subscription(names.channel) as subscription:
             message: bytes | None = None
-            woke_at: float | None = None  # when the "ok" that woke us arrived (wall clock)
+            woke_at: float | None = None  # when the message that woke us was handed over
             while True:
                 if message is not None and message.startswith(b"error:"):
                     _count(self.slug, self.now, upstream_error=1)
                     raise _error_from_message(message)
+                # How long after the write this waiter woke: the stampede number that says
+                # whether waiters are woken at once (a histogram in the counters).
+                if woke_at is not None and message is not None:
+                    delivered = store.record_of(message)
+                    if delivered is not None:
+                        # The writer sent the answer itself: count this read (one round
+                        # trip) and answer, without reading the entry back.
+                        wake = stats.wake_fields((woke_at - delivered.stored_at) * 1000)
+                        counted = self.lookup(WAIT, fetch=False, extra=wake)
+                        return self.answer(WAIT, replace(counted, entry=delivered))
                 # Subscribed first, then read: an answer written in between is never missed.
                 found = self.lookup(WAIT)
                 if found.entry is not None:
                     if woke_at is not None:
-                        # How long after the write this waiter woke: the stampede number that
-                        # says whether waiters are woken at once (a histogram in the counters).
                         _count(self.slug, self.now, **stats.wake_fields((woke_at - found.entry.stored_at) * 1000))
                     return self.answer(WAIT, found)
                 message = subscription.poll()
                 if message is not None:
+                    woke_at = subscription.delivered_at if message.startswith(b"ok") else None
                     continue  # "ok": read it; "abandoned": try for the lock; "error:": above
                 if locks.acquire(names.lock, token=token, ttl_seconds=lock_ttl):
                     # The lock was free: its holder may have just failed. Redis sent us its
@@ -314,7 +325,7 @@ class _Call:
                 message = subscription.wait(deadline, clock=self.monotonic)
                 if message is None:
                     break
-                woke_at = self.clock()
+                woke_at = subscription.delivered_at if message.startswith(b"ok") else None
         # wait_max passed: call the upstream ourselves, and store what we get.
         return self.fetch(MISS, FALLTHROUGH, names)
 

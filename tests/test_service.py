@@ -95,6 +95,57 @@ def test_waiters_get_the_answer_when_it_is_written(fake: Any, make_workload: Any
     assert stats.wake_percentile(totals.counts, 99) is not None
 
 
+def _hold_and_wait(workload: Workload, body: dict[str, Any], n: int) -> tuple[service._Names, list[Any], list[threading.Thread]]:
+    """Hold the key's lock as a stand-in holder and start ``n`` callers that must wait on it."""
+    n_ = names(workload, body)
+    assert locks.acquire(n_.lock, token="stand-in", ttl_seconds=30)
+    results: list[Any] = []
+    threads = run_threads(n, lambda: results.append(call(workload, body)))
+    wait_for_subscribers(n_.channel, n)
+    return n_, results, threads
+
+
+def test_waiters_answer_from_the_record_the_write_publishes(fake: Any, make_workload: Any, redis_db: Any) -> None:
+    """The write's message carries the record: waiters answer from it, without reading the entry
+    back (here there is no entry to read: only the message), and still count their read."""
+    workload = make_workload("wmsg", wait_max=30)
+    body = ask("delivered")
+    n_, results, threads = _hold_and_wait(workload, body, 3)
+    message = b'{"type":"message","usage":{"input_tokens":3,"output_tokens":4}}'
+    record = store.encode_record(message, stored_at=time.time(), model="m")
+    assert store.ok_message(record) == b"ok" + record
+    assert store.client().publish(n_.channel, store.ok_message(record)) >= 1
+    for t in threads:
+        t.join(20)
+    assert [r.status for r in results] == ["wait"] * 3
+    assert {r.body for r in results} == {message}
+    assert store.client().get(n_.entry) is None  # nothing was stored: the answer came in the message
+    totals = stats.totals("wmsg", "5m")
+    assert (totals["wait"], totals["wakes"]) == (3, 3)
+    assert fake.message_calls() == []
+
+
+def test_a_bare_ok_makes_waiters_read_the_entry(fake: Any, make_workload: Any, redis_db: Any) -> None:
+    """``ok`` without a record (a record too large to publish, or an older writer): read it."""
+    workload = make_workload("wbare", wait_max=30)
+    body = ask("bare ok")
+    n_, results, threads = _hold_and_wait(workload, body, 2)
+    message = b'{"type":"message","usage":{"input_tokens":3,"output_tokens":4}}'
+    store.client().set(n_.entry, store.encode_record(message, stored_at=time.time(), model="m"), px=60_000)
+    store.client().publish(n_.channel, b"ok")
+    for t in threads:
+        t.join(20)
+    assert [r.status for r in results] == ["wait"] * 2 and {r.body for r in results} == {message}
+    assert stats.totals("wbare", "5m")["wakes"] == 2
+
+
+def test_records_too_large_to_publish_are_announced_bare() -> None:
+    small = b"RC\x01\x00" + b"x" * 10
+    large = b"RC\x01\x00" + b"x" * store.PUBLISH_RECORD_MAX_BYTES
+    assert store.ok_message(small) == b"ok" + small and store.ok_message(large) == b"ok"
+    assert store.record_of(b"ok") is None and store.record_of(b"abandoned") is None
+
+
 def test_waiters_are_released_at_once_with_the_holders_error(fake: Any, make_workload: Any) -> None:
     workload = make_workload("w2", wait_max=60)
     body = ask("[[status:529]] overloaded")
