@@ -173,10 +173,29 @@ _INTEGRAL_FLOAT_EXP = re.compile(rb"\+1[6-9][,}\]]")
 _SORT = orjson.OPT_SORT_KEYS
 
 
+_DOT = ord(".")
+_AFTER_DOT = frozenset((b"0,", b"0}", b"0]"))
+#: Dots checked one by one before the regex takes over the rest of a part.
+_DOTS_CHECKED = 32
+
+
 def _needs_walk(data: bytes) -> bool:
-    # A one-byte `in` is a memchr: it rules out the exponent scan in most requests.
-    if _INTEGRAL_FLOAT.search(data) is not None:
-        return True
+    # Most dots in a request's JSON sit in numbers and sentences, and many requests have few:
+    # each is a memchr away (bytes.find of one byte), ~4x faster than the regex over a 100 KB
+    # part. Prose with many dots gives up after _DOTS_CHECKED and lets the regex scan the rest.
+    find = data.find
+    i = find(_DOT)
+    checked = 0
+    while i != -1:
+        if checked == _DOTS_CHECKED:
+            if _INTEGRAL_FLOAT.search(data, i) is not None:
+                return True
+            break
+        if data[i + 1 : i + 3] in _AFTER_DOT:
+            return True
+        checked += 1
+        i = find(_DOT, i + 1)
+    # A one-byte `in` is a memchr too: it rules out the exponent scan in most requests.
     return b"+" in data and _INTEGRAL_FLOAT_EXP.search(data) is not None
 
 

@@ -260,3 +260,14 @@ def test_exponent_floats_in_the_integer_range_equal_their_integers() -> None:
     assert request_fingerprint(base(messages=[{"role": "user", "content": [{"type": "text", "text": "t", "n": 2.5e17}]}])) == (
         request_fingerprint(base(messages=[{"role": "user", "content": [{"type": "text", "text": "t", "n": 25 * 10**16}]}]))
     )
+
+
+@pytest.mark.parametrize("dots_before", [0, 5, keys._DOTS_CHECKED - 1, keys._DOTS_CHECKED, keys._DOTS_CHECKED + 40])
+@pytest.mark.parametrize("tail", ["2.0]", "2.0}", "2.0,", "2.5]", "2.05]", "1e+16]", "0.0]"])
+def test_integral_float_scan_agrees_with_the_regexes_however_many_dots(dots_before: int, tail: str) -> None:
+    """_needs_walk checks dots one by one, then hands the rest to the regex: the answer must not
+    depend on where the integral float sits relative to that switch."""
+    data = ("[" + '"a sentence. "' * dots_before + "," * bool(dots_before) + tail).encode()
+    expected = bool(keys._INTEGRAL_FLOAT.search(data) or keys._INTEGRAL_FLOAT_EXP.search(data))
+    assert keys._needs_walk(data) is expected
+    assert expected is (tail in {"2.0]", "2.0}", "2.0,", "1e+16]", "0.0]"})
