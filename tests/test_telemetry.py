@@ -205,3 +205,12 @@ def test_a_hit_without_its_accounting_hash_still_logs_its_tokens(
     assert [(f["input_tokens"], f["output_tokens"]) for f in call_log.fields] == [
         (usage["input_tokens"], usage["output_tokens"])
     ] * 2
+
+
+@pytest.mark.parametrize("now", [0.0, 1.9995, 1_795_000_000.0, 1_795_000_000.123456, 1_795_000_059.999])
+def test_timestamp_is_iso_utc_with_milliseconds(now: float) -> None:
+    from datetime import UTC, datetime
+
+    expected = datetime.fromtimestamp(now, UTC).isoformat(timespec="milliseconds")
+    assert telemetry.timestamp(now) == expected
+    assert telemetry.timestamp(now) == expected  # the cached second gives the same answer
