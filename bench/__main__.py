@@ -179,6 +179,13 @@ class Bench:
 
         django.setup()
         logging.getLogger().setLevel(logging.WARNING)  # this process reports through the table
+        # The in-process rows run the service's code here: its call log goes to a file, as the
+        # gunicorns' does, not to this terminal (a write to a tty or pipe per call would be
+        # measured as hit-path CPU, and would bury the table).
+        calls_log = open(h.dir / "calls-in-process.log", "a")  # noqa: SIM115 - closed with the harness dir
+        for handler in logging.getLogger("respcache.calls").handlers:
+            if isinstance(handler, logging.StreamHandler):
+                handler.setStream(calls_log)
         call_command("migrate", verbosity=0, interactive=False)
         call_command("respcache_workload", WORKLOAD, "--ttl", "86400", stdout=io.StringIO())
         out = io.StringIO()
