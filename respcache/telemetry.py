@@ -123,19 +123,29 @@ def wanted() -> bool:
     return trace is not None and trace.get_current_span().is_recording()
 
 
-def record_call(record: CallRecord) -> None:
-    """Tag the current span and write the call's log line."""
+def tag_span(record: CallRecord) -> None:
+    """Put the call's numbers on the current span (while the request's span is current)."""
     if trace is not None:
         span = trace.get_current_span()
         if span.is_recording():
             span.set_attributes(record.span_attributes())
+
+
+def log_call(record: CallRecord) -> None:
+    """Write the call's log line."""
     if call_logger.isEnabledFor(logging.INFO):
         fields = {"ts": timestamp(time.time()), "event": "respcache.call"}
         fields.update(record.log_fields())
         # makeRecord + handle rather than .info(): .info() walks the stack on every call to find
         # the caller's file and line, which this line never shows (a tenth of a hit's CPU).
-        record_ = call_logger.makeRecord(
+        line = call_logger.makeRecord(
             call_logger.name, logging.INFO, __file__, 0, orjson.dumps(fields).decode(), (), None,
             extra={"respcache": fields},
         )
-        call_logger.handle(record_)
+        call_logger.handle(line)
+
+
+def record_call(record: CallRecord) -> None:
+    """Tag the current span and write the call's log line."""
+    tag_span(record)
+    log_call(record)

@@ -214,3 +214,25 @@ def test_timestamp_is_iso_utc_with_milliseconds(now: float) -> None:
     expected = datetime.fromtimestamp(now, UTC).isoformat(timespec="milliseconds")
     assert telemetry.timestamp(now) == expected
     assert telemetry.timestamp(now) == expected  # the cached second gives the same answer
+
+
+def test_the_line_is_written_once_the_server_closes_the_response(
+    call_log: Lines, workload: Workload, api_key: str
+) -> None:
+    """The hit path's line costs CPU after the answer is out, not before: the view hands back
+    the response and the line follows when the server closes it (what WSGI servers do after
+    sending the body), with what was measured before."""
+    from django.test import RequestFactory
+
+    from respcache.api.views import MessagesView
+
+    request = RequestFactory().post(
+        "/w/intents/v1/messages", data=orjson.dumps(ask("closed later")), content_type="application/json",
+        HTTP_X_API_KEY=api_key,
+    )
+    response = MessagesView.as_view()(request, workload="intents")
+    assert response.status_code == 200 and call_log.fields == []
+    response.close()
+    (line,) = call_log.fields
+    assert (line["outcome"], line["status"], line["caller"]) == ("miss", 200, "caller")
+    assert line["duration_ms"] >= 0

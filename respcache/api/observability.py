@@ -40,6 +40,13 @@ def _grant(request: Any) -> Grant | None:
     return auth if isinstance(auth, Grant) else None
 
 
+def _log_call(record: telemetry.CallRecord) -> None:
+    try:
+        telemetry.log_call(record)
+    except Exception:  # telemetry must never fail a call
+        logger.exception("respcache: could not record the call")
+
+
 class CallTelemetryMixin:
     """Times the call; on the way out writes its log line and tags the current span."""
 
@@ -56,13 +63,33 @@ class CallTelemetryMixin:
         self.record_call(request, response)
         return response
 
-    def record_call(self, request: Any, response: HttpResponseBase) -> None:
-        """Write the call's log line and tag its span, if anyone reads them; never raises."""
-        if telemetry.wanted():
+    def record_call(self, request: Any, response: HttpResponseBase, *, after_close: bool = False) -> None:
+        """Tag the call's span and write its log line, if anyone reads them; never raises.
+
+        ``after_close`` writes the line when the server closes the response, i.e. once the
+        client has the answer (gunicorn writes its access log then too): the line's CPU is
+        not between a caller and its hit. What it says is measured now.
+        """
+        if not telemetry.wanted():
+            return
+        try:
+            record = self.call_record(request, response)
+            telemetry.tag_span(record)
+        except Exception:  # telemetry must never fail a call
+            logger.exception("respcache: could not record the call")
+            return
+        if not after_close:
+            _log_call(record)
+            return
+        close = response.close
+
+        def close_then_log() -> None:
             try:
-                telemetry.record_call(self.call_record(request, response))
-            except Exception:  # telemetry must never fail a call
-                logger.exception("respcache: could not record the call")
+                close()
+            finally:
+                _log_call(record)
+
+        response.close = close_then_log  # type: ignore[method-assign]
 
     def call_record(self, request: Any, response: HttpResponseBase) -> telemetry.CallRecord:
         result = self.call_result

@@ -170,7 +170,7 @@ class MessagesView(CallTelemetryMixin, APIView):
             response = self.post(request, **kwargs)
         except Exception as exc:  # rendered like DRF's handler would: never a bare 500
             response = anthropic_exception_handler(exc, {"view": self, "request": request})
-        self.record_call(request, response)
+        self.record_call(request, response, after_close=True)
         return response
 
     def check_workload(self, workload: str) -> selectors.Policy:
