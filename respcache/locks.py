@@ -103,6 +103,11 @@ class _Dispatcher:
         with self._lock:
             return sum(1 for w in self._waiters.get(channel, ()) if w.ready.is_set())
 
+    def parked(self, channel: str) -> int:
+        """How many of them are blocked in ``Subscription.wait`` right now."""
+        with self._lock:
+            return sum(1 for w in self._waiters.get(channel, ()) if w.blocked)
+
     def unregister(self, waiter: _Waiter) -> None:
         with self._lock:
             waiting = self._waiters.get(waiter.channel)
@@ -184,6 +189,7 @@ class _Waiter:
     def __init__(self, channel: str) -> None:
         self.channel = channel
         self.ready = threading.Event()
+        self.blocked = False  # in Subscription.wait (for introspection and tests)
         # Each message with the wall-clock time the listener handed it over (the wake-up).
         self.messages: queue.Queue[tuple[bytes, float]] = queue.Queue()
 
@@ -198,6 +204,12 @@ _dispatcher = _Dispatcher()
 def waiting(channel: str) -> int:
     """How many callers in this process wait on ``channel`` (for tests and introspection)."""
     return _dispatcher.waiting(channel)
+
+
+def parked(channel: str) -> int:
+    """How many callers in this process are blocked waiting for a message on ``channel``
+    (not busy between messages: reading the entry, trying the lock)."""
+    return _dispatcher.parked(channel)
 
 
 class Subscription:
@@ -247,10 +259,14 @@ class Subscription:
         remaining = deadline - clock()
         if remaining <= 0:
             return None
+        waiter = self._waiter
+        waiter.blocked = True
         try:
-            data, self.delivered_at = self._waiter.messages.get(timeout=remaining)
+            data, self.delivered_at = waiter.messages.get(timeout=remaining)
         except queue.Empty:
             return None
+        finally:
+            waiter.blocked = False
         if data == _Dispatcher.BROKEN:
             raise CacheUnavailable("the Pub/Sub connection to Redis failed")
         return data

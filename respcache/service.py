@@ -320,6 +320,11 @@ class _Call:
                     if message is not None and message.startswith(b"error:"):
                         _release(names, token, b"abandoned")
                         continue
+                    if message is not None and message.startswith(b"ok"):
+                        # Free because the answer was just written: we were woken, not left.
+                        _release(names, token, b"ok")
+                        woke_at = subscription.delivered_at
+                        continue
                     subscription.close()
                     return self.hold(names, token)
                 message = subscription.wait(deadline, clock=self.monotonic)

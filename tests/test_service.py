@@ -33,9 +33,11 @@ def names(workload: Workload, body: dict[str, Any]) -> service._Names:
 
 
 def wait_for_subscribers(channel: str, n: int, timeout: float = 10) -> None:
+    """Until ``n`` callers are blocked waiting on ``channel`` (subscribed, read the entry, found
+    the lock taken): a write now wakes each of them, none can find it on its own first."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if locks.waiting(channel) >= n:
+        if locks.parked(channel) >= n:
             return
         time.sleep(0.01)
     raise AssertionError(f"{n} waiters never subscribed")
@@ -136,7 +138,8 @@ def test_a_bare_ok_makes_waiters_read_the_entry(fake: Any, make_workload: Any, r
     for t in threads:
         t.join(20)
     assert [r.status for r in results] == ["wait"] * 2 and {r.body for r in results} == {message}
-    assert stats.totals("wbare", "5m")["wakes"] == 2
+    totals = stats.totals("wbare", "5m")
+    assert (totals["wait"], totals["wakes"]) == (2, 2)
 
 
 def test_records_too_large_to_publish_are_announced_bare() -> None:
