@@ -28,6 +28,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from django.core.signals import setting_changed
 from redis.exceptions import RedisError
 
 from respcache import store
@@ -61,8 +62,33 @@ def _bucket_key(workload: str, width: int, start: int) -> str:
 
 
 def bucket_keys(workload: str, now: float) -> tuple[list[str], list[int]]:
-    """The minute and hour bucket keys for ``now``, and the TTLs that keep them their retention."""
+    """The minute and hour bucket keys for ``now``, and the TTLs that keep them their retention.
+
+    Every call needs them: the last answer per workload is kept for the rest of its second.
+    The lists are shared: callers read them, never change them.
+    """
     t = int(now)
+    cached = _buckets.get(workload)
+    if cached is not None and cached[0] == t:
+        return cached[1]
+    found = _bucket_keys_at(workload, t)
+    _buckets[workload] = (t, found)
+    return found
+
+
+#: workload -> (second, bucket_keys' answer); dropped when the key prefix or retention may change
+_buckets: dict[str, tuple[int, tuple[list[str], list[int]]]] = {}
+
+
+def _reset_buckets(*, setting: str, **kwargs: Any) -> None:
+    if setting in ("CACHES", "RESPCACHE"):
+        _buckets.clear()
+
+
+setting_changed.connect(_reset_buckets)
+
+
+def _bucket_keys_at(workload: str, t: int) -> tuple[list[str], list[int]]:
     minute, hour = t - t % MINUTE, t - t % HOUR
     return (
         [_bucket_key(workload, MINUTE, minute), _bucket_key(workload, HOUR, hour)],

@@ -144,6 +144,20 @@ def totals_key(workload: str) -> str:
     return full_key(f"respcache:s:{workload}:total")
 
 
+def _workload_keys(workload: str) -> tuple[str, str, str, str]:
+    """A workload's version key, totals key, and entry and meta key prefixes, built once."""
+    memo = _memo.setdefault("workload_keys", {})
+    found = memo.get(workload)
+    if found is None:
+        found = memo[workload] = (
+            version_key(workload),
+            totals_key(workload),
+            full_key(f"respcache:e:{workload}:"),
+            full_key(f"respcache:m:{workload}:"),
+        )
+    return found  # type: ignore[no-any-return]
+
+
 # KEYS: version key, minute stats bucket, hour stats bucket, all-time totals
 # ARGV: database key version, entry key prefix, meta key prefix, fingerprint, outcome,
 #       minute bucket ttl, hour bucket ttl, '1' to count only (the caller holds the entry
@@ -259,21 +273,12 @@ def lookup(
     the writer's message) without reading it again; ``extra`` counter fields are added with
     the outcome, in the same round trip.
     """
-    args: list[Any] = [
-        db_version,
-        full_key(f"respcache:e:{workload}:"),
-        full_key(f"respcache:m:{workload}:"),
-        fingerprint,
-        outcome,
-        *bucket_ttls,
-        "0" if fetch else "1",
-    ]
+    version_, totals, entries, metas = _workload_keys(workload)
+    args: list[Any] = [db_version, entries, metas, fingerprint, outcome, *bucket_ttls, "0" if fetch else "1"]
     for name, value in (extra or {}).items():
         args += (name, value)
     try:
-        version, raw, *accounting = script(_LOOKUP)(
-            keys=[version_key(workload), *bucket_keys, totals_key(workload)], args=args
-        )
+        version, raw, *accounting = script(_LOOKUP)(keys=[version_, *bucket_keys, totals], args=args)
     except RedisError as exc:
         raise CacheUnavailable(str(exc)) from exc
     input_tokens = output_tokens = None
