@@ -187,3 +187,17 @@ def test_iter_entry_keys_scans(redis_db: Any) -> None:
         write(fp=f"{i:064d}")
     found = list(store.iter_entry_keys(keys.entry_pattern(workload="w", version=1), count=7))
     assert len(found) == 30
+
+
+def test_a_changed_key_prefix_or_retention_reaches_the_memoised_keys(settings: Any) -> None:
+    """The hit path's memos (a workload's keys, the second's bucket keys) follow CACHES and
+    RESPCACHE changes, as the alias prefix does."""
+    now = time.time()
+    assert store._workload_keys("w")[0].startswith("rctest:")
+    assert stats.bucket_keys("w", now)[0][0].startswith("rctest:")
+    settings.CACHES = {**settings.CACHES, "respcache": {**settings.CACHES["respcache"], "KEY_PREFIX": "moved"}}
+    assert all(key.startswith("moved:") for key in store._workload_keys("w"))
+    assert all(key.startswith("moved:") for key in stats.bucket_keys("w", now)[0])
+    ttl = stats.bucket_keys("w", now)[1][0]
+    settings.RESPCACHE = {**settings.RESPCACHE, "MINUTE_BUCKET_RETENTION_SECONDS": 10}
+    assert stats.bucket_keys("w", now)[1][0] < ttl
