@@ -7,7 +7,14 @@ import logging
 import time
 from typing import Any
 
-from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBase, StreamingHttpResponse
+from django.http import (
+    Http404,
+    HttpRequest,
+    HttpResponse,
+    HttpResponseBase,
+    StreamingHttpResponse,
+    UnreadablePostError,
+)
 from rest_framework import exceptions as drf_exceptions
 from rest_framework.renderers import BaseRenderer
 from rest_framework.request import Request
@@ -193,7 +200,11 @@ class MessagesView(CallTelemetryMixin, APIView):
         # request.read, not request.body: the limit here is MAX_BODY_BYTES, not Django's
         # DATA_UPLOAD_MAX_MEMORY_SIZE (form uploads), and a body that lies about its length
         # is cut at limit + 1 bytes.
-        return parse_message_body(request.read(limit + 1))
+        try:
+            raw = request.read(limit + 1)
+        except (UnreadablePostError, OSError) as exc:  # the client went away mid-body
+            raise InvalidRequest(f"Request body could not be read: {exc}") from exc
+        return parse_message_body(raw)
 
     def serve(self, request: HttpRequest, workload: str, validate: Any, service: Any) -> HttpResponseBase:
         """Check, validate, call one service with the request's cache directives, respond."""

@@ -234,6 +234,27 @@ def test_body_over_the_limit_is_413(live_server: Any, api_key: str, settings: An
     assert info.value.status_code == 413
 
 
+@pytest.mark.django_db
+def test_a_body_the_client_stops_sending_is_400_not_500(api_key: str, fake: Any) -> None:
+    from django.http import UnreadablePostError
+    from django.test import RequestFactory
+
+    from respcache.api.views import MessagesView
+
+    class Broken:
+        def read(self, *args: Any) -> bytes:
+            raise UnreadablePostError("connection reset mid-body")
+
+    request = RequestFactory().post(
+        "/w/intents/v1/messages", data=orjson.dumps(ask()), content_type="application/json", HTTP_X_API_KEY=api_key
+    )
+    request._stream = Broken()
+    response = MessagesView.as_view()(request, workload="intents")
+    assert response.status_code == 400
+    assert orjson.loads(response.content)["error"]["type"] == "invalid_request_error"
+    assert fake.message_calls() == []
+
+
 def test_default_body_limit_is_32_mib() -> None:
     from respcache.conf import DEFAULTS
 
