@@ -209,9 +209,10 @@ class _Call:
         """Ask the upstream and answer; store under ``names`` (releasing ``token``'s lock and
         waking the waiters) unless ``names`` is None. A failure releases the lock at once."""
         with _released_on_failure(names, token):
-            response = self.call_upstream(outcome, **extra)
+            # Stored: the call's counters ride in the write's round trip instead of their own.
+            response = self.call_upstream(outcome, count=names is None, **extra)
         if names is not None:
-            self.write(names, response, token)
+            self.write(names, response, token, counts=self.call_counts(outcome, response, **extra))
         return self.result(status, response.body, outcome, tokens=(response.input_tokens, response.output_tokens))
 
     def lookup(self, outcome: str, *, fetch: bool = True, extra: dict[str, int] | None = None) -> store.Lookup:
@@ -226,26 +227,35 @@ class _Call:
             extra=extra,
         )
 
-    def call_upstream(self, outcome: str, **extra: int) -> UpstreamResponse:
-        """Call the upstream once and count ``outcome`` with its latency or its error."""
+    def call_upstream(self, outcome: str, *, count: bool = True, **extra: int) -> UpstreamResponse:
+        """Call the upstream once and count ``outcome`` with its latency (unless ``count`` is
+        False: the caller counts it with the write) or its error."""
         try:
             response = self.request_upstream()
         except UpstreamError:
             _count(self.slug, self.now, **{outcome: 1, "upstream_error": 1, "upstream_calls": 1}, **extra)
             raise
         self.upstream_ms = response.latency_ms
-        _count(
-            self.slug,
-            self.now,
-            **{outcome: 1, "upstream_calls": 1, "upstream_ms": int(round(response.latency_ms))},
-            **extra,
-        )
+        if count:
+            _count(self.slug, self.now, **self.call_counts(outcome, response, **extra))
         return response
 
-    def write(self, names: _Names, response: UpstreamResponse, token: str = "") -> None:
-        """Store the answer (and release ``token``'s lock, wake waiters); a Redis error is counted."""
+    @staticmethod
+    def call_counts(outcome: str, response: UpstreamResponse, **extra: int) -> dict[str, int]:
+        return {outcome: 1, "upstream_calls": 1, "upstream_ms": int(round(response.latency_ms)), **extra}
+
+    def write(
+        self, names: _Names, response: UpstreamResponse, token: str = "", counts: dict[str, int] | None = None
+    ) -> None:
+        """Store the answer (and release ``token``'s lock, wake waiters), adding ``counts`` to
+        the counters in the same round trip; a Redis error is counted, with ``counts``."""
         stored_at = self.clock()
         exp_keys, exp_ttls = stats.expiry_bucket_keys(self.slug, stored_at, self.policy.ttl_seconds)
+        pending = stats.take_pending(self.slug)  # kept while Redis was down: they ride along
+        if pending:
+            counts = dict(counts or {})
+            for name, value in pending.items():
+                counts[name] = counts.get(name, 0) + value
         try:
             store.write(
                 workload=self.slug,
@@ -262,10 +272,13 @@ class _Call:
                 model=response.model,
                 bucket_keys=[*self.bucket_keys, *exp_keys],
                 bucket_ttls=[*self.bucket_ttls, *exp_ttls],
+                counts=counts,
             )
         except CacheUnavailable as exc:
             logger.warning("respcache: answer not stored for %s (%s)", self.slug, exc)
-            _count(self.slug, self.now, cache_error=1)
+            failed = dict(counts or {})
+            failed["cache_error"] = failed.get("cache_error", 0) + 1
+            _count(self.slug, self.now, **failed)
 
     def fail_open(self, exc: CacheUnavailable) -> CachedResult:
         logger.warning("respcache: Redis unavailable for %s, serving from upstream (%s)", self.slug, exc)

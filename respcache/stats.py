@@ -150,6 +150,13 @@ def count(workload: str, now: float, **fields: int) -> None:
         raise CacheUnavailable(str(exc)) from exc
 
 
+def take_pending(workload: str) -> dict[str, int]:
+    """The counts kept while Redis was unreachable, handed to a caller that writes counters in
+    its own round trip (it keeps them again if that fails)."""
+    with _pending_lock:
+        return _pending.pop(workload, None) or {}
+
+
 def keep_pending(workload: str, **fields: int) -> None:
     with _pending_lock:
         bucket = _pending.setdefault(workload, {})

@@ -207,7 +207,8 @@ return {ver, value, known, saved_in, saved_out}
 #       all-time totals
 # ARGV: record, ttl ms, lock token ('' = none), input tokens, output tokens, stored at, size,
 #       model, channel, minute ttl, hour ttl, expiry minute ttl, expiry hour ttl, the message
-#       that wakes the waiters (``ok_message``)
+#       that wakes the waiters (``ok_message``), then counter fields and values to add to the
+#       current buckets and the totals (the call that produced the answer)
 _WRITE = """
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 redis.call('DEL', KEYS[2])
@@ -223,6 +224,11 @@ redis.call('EXPIRE', KEYS[6], ARGV[12])
 redis.call('HINCRBY', KEYS[7], 'exp_written', 1)
 redis.call('EXPIRE', KEYS[7], ARGV[13])
 redis.call('HINCRBY', KEYS[8], 'written', 1)
+for j = 15, #ARGV, 2 do
+  redis.call('HINCRBY', KEYS[4], ARGV[j], ARGV[j + 1])
+  redis.call('HINCRBY', KEYS[5], ARGV[j], ARGV[j + 1])
+  redis.call('HINCRBY', KEYS[8], ARGV[j], ARGV[j + 1])
+end
 local released = 0
 if ARGV[3] ~= '' and redis.call('GET', KEYS[3]) == ARGV[3] then
   redis.call('DEL', KEYS[3])
@@ -326,11 +332,17 @@ def write(
     model: str,
     bucket_keys: Sequence[str],
     bucket_ttls: Sequence[int],
+    counts: dict[str, int] | None = None,
 ) -> bool:
-    """Store a record with its accounting, release ``token``'s lock, wake the waiters.
+    """Store a record with its accounting, release ``token``'s lock, wake the waiters, and add
+    ``counts`` (non-zero values) to the current buckets and the totals.
 
     Returns whether the lock was still ours. All keys are full (prefixed) keys.
     """
+    extra: list[Any] = []
+    for name, value in (counts or {}).items():
+        if value:
+            extra += (name, value)
     try:
         released = script(_WRITE)(
             keys=[key, meta, lock, *bucket_keys, totals_key(workload)],
@@ -346,6 +358,7 @@ def write(
                 channel,
                 *bucket_ttls,
                 ok_message(record),
+                *extra,
             ],
         )
     except RedisError as exc:
