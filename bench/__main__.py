@@ -49,8 +49,8 @@ TICKET = (
 class Plan:
     """How long each step runs. ``quick`` only proves every step works."""
 
-    duration: float = 0.6  # seconds per closed-loop run
-    rounds: int = 8  # alternating hit / floor runs per row: short and many, to share the noise
+    duration: float = 0.5  # seconds per closed-loop run
+    rounds: int = 16  # alternating hit / floor runs per row: short and many, to share the noise
     warmup: float = 1.0
     concurrency: tuple[int, ...] = (1, 16)
     misses: int = 100
