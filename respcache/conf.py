@@ -35,6 +35,9 @@ DEFAULTS: dict[str, Any] = {
     # Counter retention: one-minute buckets for 5m/1h/24h windows, one-hour buckets for 7d.
     "MINUTE_BUCKET_RETENTION_SECONDS": 26 * 3600,
     "HOUR_BUCKET_RETENTION_SECONDS": 8 * 24 * 3600,
+    # The call log (logger respcache.calls) is written in batches this often by a thread of each
+    # worker, which keeps it cheap per call; 0 writes each line during its call.
+    "CALL_LOG_BATCH_SECONDS": 0.1,
     # When set, /metrics requires "Authorization: Bearer <this token>" (Prometheus'
     # `authorization` scrape option); empty: open, protect it at the load balancer instead.
     "METRICS_TOKEN": "",

@@ -33,6 +33,7 @@ class Lines(logging.Handler):
 
     @property
     def lines(self) -> list[str]:
+        telemetry.flush()  # lines are written in batches: take what is queued now
         return [self.format(r) for r in self.records]
 
     @property
@@ -46,9 +47,11 @@ def call_log() -> Iterator[Lines]:
     handler.setFormatter(logging.Formatter("%(message)s"))
     log = logging.getLogger("respcache.calls")
     level = log.level
+    telemetry.flush()  # lines queued by earlier calls are theirs, not this test's
     log.addHandler(handler)
     log.setLevel(logging.INFO)
     yield handler
+    telemetry.flush()
     log.removeHandler(handler)
     log.setLevel(level)
 
@@ -236,3 +239,25 @@ def test_the_line_is_written_once_the_server_closes_the_response(
     (line,) = call_log.fields
     assert (line["outcome"], line["status"], line["caller"]) == ("miss", 200, "caller")
     assert line["duration_ms"] >= 0
+
+
+def test_lines_are_written_in_batches_by_the_workers_writer(
+    call_log: Lines, workload: Workload, api_key: str, settings: Any
+) -> None:
+    """Lines queue and the process's writer thread writes them every CALL_LOG_BATCH_SECONDS,
+    stamped with their call's time; 0 writes each during its call."""
+    import time
+
+    settings.RESPCACHE = {**settings.RESPCACHE, "CALL_LOG_BATCH_SECONDS": 0.05}
+    before = time.time()
+    post(api_key, ask("batched"))
+    deadline = time.monotonic() + 5
+    while not call_log.records and time.monotonic() < deadline:  # no flush(): the writer's job
+        time.sleep(0.01)
+    (record,) = call_log.records
+    assert before <= record.created <= time.time()
+    assert json.loads(record.getMessage())["outcome"] == "miss"
+    settings.RESPCACHE = {**settings.RESPCACHE, "CALL_LOG_BATCH_SECONDS": 0}
+    post(api_key, ask("batched"))
+    assert len(call_log.records) == 2  # written during the call, nothing queued
+    assert json.loads(call_log.records[1].getMessage())["outcome"] == "hit"
