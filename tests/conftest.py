@@ -88,6 +88,14 @@ def sdk(live_server: Any, api_key: str) -> Any:
     return make
 
 
+def redis_down(caches: dict[str, Any]) -> dict[str, Any]:
+    """``caches`` with the respcache alias pointed at a port where no Redis listens (failing in
+    0.2 s, not the client's default timeouts): for fail-open and "Redis is down" tests."""
+    alias = caches["respcache"]
+    options = {**alias.get("OPTIONS", {}), "SOCKET_CONNECT_TIMEOUT": 0.2, "SOCKET_TIMEOUT": 0.2}
+    return {**caches, "respcache": {**alias, "LOCATION": "redis://127.0.0.1:1/0", "OPTIONS": options}}
+
+
 def ask(text: str = "password reset", **extra: Any) -> dict[str, Any]:
     """A Messages API request body."""
     body: dict[str, Any] = {

@@ -17,7 +17,7 @@ from django.urls import reverse
 
 from respcache import keys, selectors, service, stats, store
 from respcache.models import ApiKey, AuditEntry, Workload
-from tests.conftest import ask
+from tests.conftest import ask, redis_down
 
 pytestmark = pytest.mark.django_db
 
@@ -145,10 +145,7 @@ def test_window_totals_do_not_count_entries_still_alive_as_dead(db: Any) -> None
 def test_redis_down_shows_pages_with_a_warning_not_a_500(
     admin_client: Client, workload: Workload, settings: Any
 ) -> None:
-    settings.CACHES = {
-        **settings.CACHES,
-        "respcache": {**settings.CACHES["respcache"], "LOCATION": "redis://127.0.0.1:1/0"},
-    }
+    settings.CACHES = redis_down(settings.CACHES)
     page = html(admin_client.get(CHANGELIST))
     assert "Redis is unavailable" in page and "intents" in page
     assert "Redis is unavailable" in html(admin_client.get(url("stats", workload.pk)))

@@ -14,12 +14,9 @@ import pytest
 from django.conf import settings
 from django.test import Client, override_settings
 
+from tests.conftest import redis_down
+
 BASE_DIR = Path(__file__).resolve().parent.parent
-DEAD_REDIS = {
-    "BACKEND": "django_redis.cache.RedisCache",
-    "LOCATION": "redis://127.0.0.1:1/0",
-    "OPTIONS": {"SOCKET_CONNECT_TIMEOUT": 0.2, "SOCKET_TIMEOUT": 0.2},
-}
 
 
 @pytest.mark.django_db
@@ -32,7 +29,7 @@ def test_healthy_is_200_without_auth() -> None:
 
 @pytest.mark.django_db
 def test_redis_down_is_503_naming_redis_and_leaking_nothing() -> None:
-    with override_settings(CACHES={**settings.CACHES, "respcache": DEAD_REDIS}):
+    with override_settings(CACHES=redis_down(settings.CACHES)):
         response = Client().get("/healthz")
     assert response.status_code == 503
     assert response.json() == {"status": "unavailable", "checks": {"database": "ok", "redis": "unavailable"}}

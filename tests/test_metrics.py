@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from respcache import selectors, service, stats, store
 from respcache.models import Workload
-from tests.conftest import ask
+from tests.conftest import ask, redis_down
 
 pytestmark = pytest.mark.django_db
 
@@ -128,12 +128,7 @@ def test_cache_errors_kept_while_redis_was_down_reach_the_totals(make_workload: 
 
 def test_redis_down_says_so_and_still_answers(make_workload: Any) -> None:
     make_workload("intents")
-    dead = {
-        "BACKEND": "django_redis.cache.RedisCache",
-        "LOCATION": "redis://127.0.0.1:1/0",
-        "OPTIONS": {"SOCKET_CONNECT_TIMEOUT": 0.2, "SOCKET_TIMEOUT": 0.2},
-    }
-    with override_settings(CACHES={**settings.CACHES, "respcache": dead}):
+    with override_settings(CACHES=redis_down(settings.CACHES)):
         samples = scrape()
     assert value(samples, "respcache_redis_up") == 0
     assert value(samples, "respcache_workload_key_version", workload="intents") == 1

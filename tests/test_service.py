@@ -12,7 +12,7 @@ import pytest
 from respcache import keys, locks, selectors, service, stats, store
 from respcache.exceptions import InvalidRequest, UpstreamError
 from respcache.models import Workload
-from tests.conftest import ask
+from tests.conftest import ask, redis_down
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -226,8 +226,7 @@ def test_bump_makes_old_entries_unreachable_on_every_worker_at_once(fake: Any, w
 
 def test_redis_down_fails_open_and_counts_a_cache_error_later(fake: Any, workload: Workload, settings: Any) -> None:
     live_caches = settings.CACHES
-    down = {**live_caches, "respcache": {**live_caches["respcache"], "LOCATION": "redis://127.0.0.1:1/0"}}
-    settings.CACHES = down
+    settings.CACHES = redis_down(live_caches)
     result = call(workload, ask())
     assert (result.status, result.outcome) == ("miss", "miss")
     assert orjson.loads(result.body)["type"] == "message"

@@ -13,7 +13,7 @@ from respcache import keys, locks, selectors, sse, stats, store
 from respcache.exceptions import UpstreamUnavailable
 from respcache.service import MISS, _Names, cached_message_create, cached_message_stream
 from respcache.upstream import SimulatedUpstream, UpstreamResponse, UpstreamStream, get_upstream
-from tests.conftest import ask
+from tests.conftest import ask, redis_down
 from tests.fake_anthropic import make_message
 
 pytestmark = pytest.mark.django_db
@@ -171,7 +171,7 @@ def test_an_unreadable_record_is_a_miss_for_a_stream_too(workload: Any, redis_db
 
 def test_redis_down_a_stream_fails_open_from_the_upstream(fake: Any, workload: Any, settings: Any) -> None:
     live_caches = settings.CACHES
-    settings.CACHES = {**live_caches, "respcache": {**live_caches["respcache"], "LOCATION": "redis://127.0.0.1:1/0"}}
+    settings.CACHES = redis_down(live_caches)
     body = ask("[[shape:tool_use]] redis is down", stream=True)
     result = stream(body)
     assert (result.status, result.outcome) == (MISS, MISS)

@@ -14,7 +14,7 @@ from rest_framework.test import APIClient
 from respcache import selectors, service, stats, store
 from respcache.api.serializers import StatsSerializer
 from respcache.models import AuditEntry, Workload
-from tests.conftest import ask
+from tests.conftest import ask, redis_down
 
 pytestmark = pytest.mark.django_db
 
@@ -167,14 +167,9 @@ def test_unknown_workload_is_404_for_staff_and_403_for_a_key(two: Any, make_key:
 
 def test_redis_down_is_a_503_that_leaks_nothing(two: Any) -> None:
     make_user("alice")
-    dead = {
-        "BACKEND": "django_redis.cache.RedisCache",
-        "LOCATION": "redis://127.0.0.1:1/0",
-        "OPTIONS": {"SOCKET_CONNECT_TIMEOUT": 0.2, "SOCKET_TIMEOUT": 0.2},
-    }
     from django.conf import settings
 
-    with override_settings(CACHES={**settings.CACHES, "respcache": dead}):
+    with override_settings(CACHES=redis_down(settings.CACHES)):
         response = basic("alice").get("/api/workloads/intents/stats/")
     assert response.status_code == 503
     assert error_of(response) == {"type": "api_error", "message": "Redis is unavailable; try again later."}
