@@ -251,11 +251,7 @@ class _Call:
         the counters in the same round trip; a Redis error is counted, with ``counts``."""
         stored_at = self.clock()
         exp_keys, exp_ttls = stats.expiry_bucket_keys(self.slug, stored_at, self.policy.ttl_seconds)
-        pending = stats.take_pending(self.slug)  # kept while Redis was down: they ride along
-        if pending:
-            counts = dict(counts or {})
-            for name, value in pending.items():
-                counts[name] = counts.get(name, 0) + value
+        counts = stats.with_pending(self.slug, counts or {})  # kept while Redis was down
         try:
             store.write(
                 workload=self.slug,
@@ -276,9 +272,7 @@ class _Call:
             )
         except CacheUnavailable as exc:
             logger.warning("respcache: answer not stored for %s (%s)", self.slug, exc)
-            failed = dict(counts or {})
-            failed["cache_error"] = failed.get("cache_error", 0) + 1
-            _count(self.slug, self.now, **failed)
+            _count(self.slug, self.now, **{**counts, "cache_error": counts.get("cache_error", 0) + 1})
 
     def fail_open(self, exc: CacheUnavailable) -> CachedResult:
         logger.warning("respcache: Redis unavailable for %s, serving from upstream (%s)", self.slug, exc)

@@ -127,11 +127,7 @@ def wake_percentile(counts: dict[str, int], q: float) -> float | None:
 
 def count(workload: str, now: float, **fields: int) -> None:
     """Add ``fields`` to the workload's current buckets and totals, in one pipelined round trip."""
-    with _pending_lock:
-        pending = _pending.pop(workload, None)
-    if pending:
-        for name, value in pending.items():
-            fields[name] = fields.get(name, 0) + value
+    fields = with_pending(workload, fields)
     keys, ttls = bucket_keys(workload, now)
     try:
         pipe = store.client().pipeline(transaction=False)
@@ -150,11 +146,17 @@ def count(workload: str, now: float, **fields: int) -> None:
         raise CacheUnavailable(str(exc)) from exc
 
 
-def take_pending(workload: str) -> dict[str, int]:
-    """The counts kept while Redis was unreachable, handed to a caller that writes counters in
-    its own round trip (it keeps them again if that fails)."""
+def with_pending(workload: str, fields: dict[str, int]) -> dict[str, int]:
+    """``fields`` plus the counts kept while Redis was unreachable, which the caller now sends
+    (and keeps again with ``keep_pending`` if that fails)."""
     with _pending_lock:
-        return _pending.pop(workload, None) or {}
+        pending = _pending.pop(workload, None)
+    if not pending:
+        return fields
+    merged = dict(fields)
+    for name, value in pending.items():
+        merged[name] = merged.get(name, 0) + value
+    return merged
 
 
 def keep_pending(workload: str, **fields: int) -> None:

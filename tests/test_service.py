@@ -273,3 +273,23 @@ def test_bumps_at_once_give_two_increments(workload: Workload) -> None:
     workload.refresh_from_db()
     assert workload.key_version == 3
     assert sorted(versions) == [2, 3]
+
+
+def test_a_failed_write_still_counts_the_call_and_a_cache_error(
+    fake: Any, workload: Workload, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A miss's counters ride in the write; when the write fails (here: refused, with Redis
+    still up for counters) they are counted on their own, with a cache error."""
+    from respcache.exceptions import CacheUnavailable
+
+    def unavailable(**kwargs: Any) -> bool:
+        raise CacheUnavailable("Redis went away")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(store, "write", unavailable)
+        assert call(workload, ask("not stored")).status == "miss"
+    totals = stats.totals("intents", "5m")
+    assert (totals["miss"], totals["upstream_calls"], totals["cache_error"], totals["written"]) == (1, 1, 1, 0)
+    assert call(workload, ask("stored")).status == "miss"
+    totals = stats.totals("intents", "5m")
+    assert (totals["miss"], totals["upstream_calls"], totals["cache_error"], totals["written"]) == (2, 2, 1, 1)
