@@ -20,11 +20,14 @@ get_resolver().url_patterns  # noqa: B018
 
 from respcache.conf import app_settings  # noqa: E402  (needs the settings loaded)
 
+from respcache.upstream import get_upstream  # noqa: E402
+
+get_upstream()  # an unknown RESPCACHE_UPSTREAM stops the worker here, not at its first call
 if app_settings.upstream_kind == "simulated":
     import sys
 
+    why = "RESPCACHE_UPSTREAM=simulated" if app_settings.UPSTREAM else "ANTHROPIC_API_KEY is unset"
     print(
-        "respcache: WARNING: answering from the simulated upstream (ANTHROPIC_API_KEY is unset); "
-        "no call reaches Anthropic.",
+        f"respcache: WARNING: answering from the simulated upstream ({why}); no call reaches Anthropic.",
         file=sys.stderr,
     )

@@ -109,6 +109,13 @@ def _count(slug: str, now: float, **fields: int) -> None:
         logger.warning("respcache: counters not written (%s); kept for the next batch", exc)
 
 
+def _failed_call(outcome: str, started: float) -> dict[str, int]:
+    """The counters of an upstream call that failed after ``started``: its time counts in the
+    upstream latency like any call's (upstream_ms / upstream_calls is the mean)."""
+    elapsed_ms = int(round((time.perf_counter() - started) * 1000))
+    return {outcome: 1, "upstream_error": 1, "upstream_calls": 1, "upstream_ms": elapsed_ms}
+
+
 def _error_message(exc: UpstreamError) -> bytes:
     return b"error:" + orjson.dumps(
         {
@@ -230,10 +237,11 @@ class _Call:
     def call_upstream(self, outcome: str, *, count: bool = True, **extra: int) -> UpstreamResponse:
         """Call the upstream once and count ``outcome`` with its latency (unless ``count`` is
         False: the caller counts it with the write) or its error."""
+        started = time.perf_counter()
         try:
             response = self.request_upstream()
         except UpstreamError:
-            _count(self.slug, self.now, **{outcome: 1, "upstream_error": 1, "upstream_calls": 1}, **extra)
+            _count(self.slug, self.now, **_failed_call(outcome, started), **extra)
             raise
         self.upstream_ms = response.latency_ms
         if count:
@@ -274,9 +282,11 @@ class _Call:
             logger.warning("respcache: answer not stored for %s (%s)", self.slug, exc)
             _count(self.slug, self.now, **{**counts, "cache_error": counts.get("cache_error", 0) + 1})
 
-    def fail_open(self, exc: CacheUnavailable) -> CachedResult:
+    def fail_open(self, exc: CacheUnavailable, outcome: str = MISS) -> CachedResult:
+        """Redis failed: answer from the upstream, counted as what the call was (``refresh`` for
+        a caller that skipped the lookup, else ``miss``) with a cache error."""
         logger.warning("respcache: Redis unavailable for %s, serving from upstream (%s)", self.slug, exc)
-        return self.fetch(MISS, MISS, cache_error=1)
+        return self.fetch(outcome, outcome, cache_error=1)
 
     def hold(self, names: _Names, token: str) -> CachedResult:
         """We hold the lock: re-check, call the upstream once, store, wake the waiters."""
@@ -357,7 +367,7 @@ class _Call:
                 return self.fetch(MISS, MISS)
             return self.fill(_Names.build(self.slug, found.version, self.fingerprint))
         except CacheUnavailable as exc:
-            return self.fail_open(exc)
+            return self.fail_open(exc, REFRESH if no_cache else MISS)
 
 
 class _StreamCall(_Call):
@@ -378,13 +388,14 @@ class _StreamCall(_Call):
     ) -> CachedResult:
         """Open the upstream stream (an error before its first byte is raised, so it keeps its
         status); its events reach the caller through a ``_Tee``."""
+        started = time.perf_counter()
         with _released_on_failure(names, token):
             try:
                 opened = self.upstream.stream(self.raw_body, self.body, headers=self.headers)
             except UpstreamError:
-                _count(self.slug, self.now, **{outcome: 1, "upstream_error": 1, "upstream_calls": 1}, **extra)
+                _count(self.slug, self.now, **_failed_call(outcome, started), **extra)
                 raise
-        _count(self.slug, self.now, **{outcome: 1, "upstream_calls": 1}, **extra)
+        _count(self.slug, self.now, **{outcome: 1, "upstream_calls": 1}, **extra)  # its time: at its end
         return self.result(status, b"", outcome, stream=_Tee(self, opened, names, token))
 
     def store_stream(

@@ -5,7 +5,8 @@ read for the 5m, 1h and 24h windows) and in a one-hour bucket (kept
 ``HOUR_BUCKET_RETENTION_SECONDS``, read for 7d). Fields:
 
 - outcomes, one per call: hit, wait, miss, fallthrough, bypass, refresh;
-- upstream_error, cache_error; upstream_calls and upstream_ms (summed latency);
+- upstream_error, cache_error; upstream_calls and upstream_ms (summed latency of every call,
+  failed ones included; a stream's counted when it ends);
 - saved_in, saved_out: tokens a hit or wait did not spend (the stored usage);
 - written: entries stored;
 - exp_written, exp_read: counted in the bucket of the entry's *expiry* time; an entry whose

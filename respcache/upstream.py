@@ -24,6 +24,7 @@ from typing import Any, Protocol
 
 import anthropic
 import orjson
+from django.core.exceptions import ImproperlyConfigured
 
 try:  # anthropic 2.x releases built on the httpx2 fork, and the older ones on httpx
     import httpx2 as httpx
@@ -242,6 +243,7 @@ def _last_user_text(body: dict[str, Any]) -> str:
     return ""
 
 
+UPSTREAM_KINDS = ("anthropic", "simulated")
 _upstream_lock = threading.Lock()
 _upstreams: dict[tuple[str, str, str], Upstream] = {}
 
@@ -249,6 +251,8 @@ _upstreams: dict[tuple[str, str, str], Upstream] = {}
 def get_upstream() -> Upstream:
     """The configured upstream, one per (kind, base URL, key) per process (clients pool connections)."""
     kind = app_settings.upstream_kind
+    if kind not in UPSTREAM_KINDS:  # never a silent stand-in for a typo (system check E003)
+        raise ImproperlyConfigured(f"RESPCACHE_UPSTREAM is {kind!r}: use 'anthropic' or 'simulated'.")
     handle = (kind, os.environ.get("ANTHROPIC_BASE_URL", ""), os.environ.get("ANTHROPIC_API_KEY", ""))
     with _upstream_lock:
         found = _upstreams.get(handle)

@@ -293,3 +293,25 @@ def test_a_failed_write_still_counts_the_call_and_a_cache_error(
     assert call(workload, ask("stored")).status == "miss"
     totals = stats.totals("intents", "5m")
     assert (totals["miss"], totals["upstream_calls"], totals["cache_error"], totals["written"]) == (2, 2, 1, 1)
+
+
+def test_redis_down_a_refresh_is_counted_as_a_refresh(fake: Any, workload: Workload, settings: Any) -> None:
+    """Cache-Control: no-cache while Redis is down: answered from the upstream, counted as what
+    the caller asked for (refresh) with a cache error, not as a miss."""
+    live_caches = settings.CACHES
+    settings.CACHES = redis_down(live_caches)
+    result = call(workload, ask(), no_cache=True)
+    assert (result.status, result.outcome) == ("refresh", "refresh")
+    settings.CACHES = live_caches
+    call(workload, ask("another"))  # Redis is back: the kept counts reach it with this batch
+    totals = stats.totals("intents", "5m")
+    assert (totals["refresh"], totals["cache_error"], totals["miss"]) == (1, 1, 1)
+
+
+def test_a_failed_upstream_call_counts_its_time(fake: Any, workload: Workload) -> None:
+    """upstream_ms / upstream_calls is the mean latency: a failed call adds its time too."""
+    with pytest.raises(UpstreamError):
+        call(workload, ask("[[delay:0.05]] [[status:500]] slow and failing"))
+    totals = stats.totals("intents", "5m")
+    assert (totals["upstream_calls"], totals["upstream_error"]) == (1, 1)
+    assert totals["upstream_ms"] >= 40

@@ -184,3 +184,13 @@ def test_redis_down_a_stream_fails_open_from_the_upstream(fake: Any, workload: A
     settings.CACHES = live_caches
     b"".join(stream(ask("redis is back", stream=True)).stream)  # the kept counts reach Redis with this batch
     assert stats.totals("intents", "5m")["cache_error"] == 1
+
+
+def test_a_stream_that_fails_to_open_counts_its_time(fake: Any, workload: Any) -> None:
+    from respcache.exceptions import UpstreamError
+
+    with pytest.raises(UpstreamError):
+        stream(ask("[[delay:0.05]] [[status:529]] busy", stream=True))
+    totals = stats.totals("intents", "5m")
+    assert (totals["upstream_calls"], totals["upstream_error"]) == (1, 1)
+    assert totals["upstream_ms"] >= 40

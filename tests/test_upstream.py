@@ -73,3 +73,13 @@ def test_upstream_kind_defaults_to_anthropic_when_a_key_is_set(settings: Any, mo
     assert app_settings.upstream_kind == "anthropic"
     monkeypatch.delenv("ANTHROPIC_API_KEY")
     assert app_settings.upstream_kind == "simulated"
+
+
+def test_an_unknown_upstream_is_an_error_not_a_silent_simulation(settings: Any) -> None:
+    from django.core.exceptions import ImproperlyConfigured
+
+    settings.RESPCACHE = {**settings.RESPCACHE, "UPSTREAM": "anthropc"}  # a typo
+    upstream.reset_upstreams()
+    with pytest.raises(ImproperlyConfigured, match="anthropc"):
+        upstream.get_upstream()
+    upstream.reset_upstreams()
