@@ -162,3 +162,17 @@ def test_metrics_does_not_need_a_login_but_only_get(db: Any) -> None:
     assert Client().post("/metrics").status_code == 405
     Workload.objects.create(slug="x")
     assert Client().get("/metrics").status_code == 200
+
+
+def test_a_rate_with_nothing_to_divide_by_is_left_out(make_workload: Any, fake: Any) -> None:
+    """No calls: no hit rate; no entry expired yet: no dead-write rate (not a made-up 0)."""
+    make_workload("intents")
+    samples = scrape()
+    for name in ("respcache_hit_rate", "respcache_stampede_rate", "respcache_dead_write_rate"):
+        assert value(samples, name, workload="intents", window="1h") is None
+    call("intents")
+    call("intents")
+    samples = scrape()
+    assert value(samples, "respcache_hit_rate", workload="intents", window="1h") == 0.5
+    assert value(samples, "respcache_stampede_rate", workload="intents", window="1h") == 0
+    assert value(samples, "respcache_dead_write_rate", workload="intents", window="1h") is None
