@@ -305,14 +305,14 @@ class _Call:
         deadline = self.monotonic() + self.policy.wait_max
         with locks.Subscription(names.channel) as subscription:
             message: bytes | None = None
-            woke_at: float | None = None  # when the message that woke us was handed over
             while True:
                 if message is not None and message.startswith(b"error:"):
                     _count(self.slug, self.now, upstream_error=1)
                     raise _error_from_message(message)
-                # How long after the write this waiter woke: the stampede number that says
-                # whether waiters are woken at once (a histogram in the counters).
-                if woke_at is not None and message is not None:
+                # An "ok" woke us: when it was handed over, for how long after the write this
+                # waiter woke (the stampede number that says whether waiters wake at once).
+                woke_at = subscription.delivered_at if message is not None and message.startswith(b"ok") else None
+                if woke_at is not None:
                     delivered = store.record_of(message)
                     if delivered is not None:
                         # The writer sent the answer itself: count this read (one round
@@ -328,7 +328,6 @@ class _Call:
                     return self.answer(WAIT, found)
                 message = subscription.poll()
                 if message is not None:
-                    woke_at = subscription.delivered_at if message.startswith(b"ok") else None
                     continue  # "ok": read it; "abandoned": try for the lock; "error:": above
                 if locks.acquire(names.lock, token=token, ttl_seconds=lock_ttl):
                     # The lock was free: its holder may have just failed. Redis sent us its
@@ -340,14 +339,12 @@ class _Call:
                     if message is not None and message.startswith(b"ok"):
                         # Free because the answer was just written: we were woken, not left.
                         _release(names, token, b"ok")
-                        woke_at = subscription.delivered_at
                         continue
                     subscription.close()
                     return self.hold(names, token)
                 message = subscription.wait(deadline, clock=self.monotonic)
                 if message is None:
                     break
-                woke_at = subscription.delivered_at if message.startswith(b"ok") else None
         # wait_max passed: call the upstream ourselves, and store what we get.
         return self.fetch(MISS, FALLTHROUGH, names)
 
