@@ -145,6 +145,7 @@ def tag_span(record: CallRecord) -> None:
 _batch: deque[tuple[float, CallRecord]] = deque()
 _writer_pid: int | None = None
 _writer_lock = threading.Lock()
+_flush_lock = threading.Lock()
 
 
 def log_call(record: CallRecord) -> None:
@@ -162,16 +163,18 @@ def log_call(record: CallRecord) -> None:
 
 
 def flush() -> None:
-    """Write every queued line now (the writer thread, exits, and tests call it)."""
-    while True:
-        try:
-            at, record = _batch.popleft()
-        except IndexError:
-            return
-        try:
-            _write(at, record)
-        except Exception:  # one bad line must not stop the others
-            logging.getLogger(__name__).exception("respcache: could not write a call's log line")
+    """Write every queued line now (the writer thread, exits, and tests call it). A flush that
+    finds another one writing waits for it: when it returns, every line queued before is out."""
+    with _flush_lock:
+        while True:
+            try:
+                at, record = _batch.popleft()
+            except IndexError:
+                return
+            try:
+                _write(at, record)
+            except Exception:  # one bad line must not stop the others
+                logging.getLogger(__name__).exception("respcache: could not write a call's log line")
 
 
 def _write(at: float, record: CallRecord) -> None:

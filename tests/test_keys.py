@@ -271,3 +271,13 @@ def test_integral_float_scan_agrees_with_the_regexes_however_many_dots(dots_befo
     expected = bool(keys._INTEGRAL_FLOAT.search(data) or keys._INTEGRAL_FLOAT_EXP.search(data))
     assert keys._needs_walk(data) is expected
     assert expected is (tail in {"2.0]", "2.0}", "2.0,", "1e+16]", "0.0]"})
+
+
+def test_few_dots_are_checked_without_the_regex(monkeypatch: Any) -> None:
+    class NoRegex:
+        def search(self, *a: Any) -> Any:
+            raise AssertionError("the regex ran")
+    monkeypatch.setattr(keys, "_INTEGRAL_FLOAT", NoRegex())
+    assert keys._needs_walk(b'[1.5,"a. b."]') is False
+    assert keys._needs_walk(b'[2.0]') is True
+

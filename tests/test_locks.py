@@ -125,3 +125,17 @@ def test_a_failed_pubsub_connection_wakes_waiters_with_an_error(redis_db: Any) -
         assert sub.wait(time.monotonic() + 5) == b"ok"
     with pytest.raises(AssertionError):
         locks.Subscription(CHANNEL).wait(0)
+
+
+def test_delivered_at_is_when_the_listener_handed_the_message_over() -> None:
+    channel = "respcache:audit:delivered"
+    with locks.Subscription(channel) as sub:
+        deadline = time.monotonic() + 5
+        while locks.waiting(channel) < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        store.client().publish(channel, b"ok")
+        published = time.time()
+        time.sleep(0.3)
+        assert sub.wait(time.monotonic() + 5) == b"ok"
+        assert sub.delivered_at is not None and sub.delivered_at < published + 0.2
+

@@ -315,3 +315,49 @@ def test_a_failed_upstream_call_counts_its_time(fake: Any, workload: Workload) -
     totals = stats.totals("intents", "5m")
     assert (totals["upstream_calls"], totals["upstream_error"]) == (1, 1)
     assert totals["upstream_ms"] >= 40
+
+
+RECORDED_MESSAGE = b'{"type":"message","usage":{"input_tokens":3,"output_tokens":4}}'
+
+
+def test_takeover_of_a_lock_freed_by_the_write_answers_from_its_message(fake: Any, make_workload: Any, monkeypatch: Any) -> None:
+    workload = make_workload("wtake", wait_max=30)
+    body = ask("takeover")
+    n_ = names(workload, body)
+    assert locks.acquire(n_.lock, token="stand-in", ttl_seconds=30)
+    real_acquire = locks.acquire
+
+    def acquire_after_the_write(lock: str, **kw: Any) -> bool:
+        if lock == n_.lock and locks.waiting(n_.channel) >= 1 and store.client().get(n_.lock) == b"stand-in":
+            store.client().delete(n_.lock)  # the write: lock freed, answer published, no entry read back
+            record = store.encode_record(RECORDED_MESSAGE, stored_at=time.time(), model="m")
+            store.client().publish(n_.channel, store.ok_message(record))
+            time.sleep(0.2)  # the listener hands it to this waiter
+        return real_acquire(lock, **kw)
+
+    monkeypatch.setattr(locks, "acquire", acquire_after_the_write)
+    result = call(workload, body)
+    assert (result.status, result.body) == ("wait", RECORDED_MESSAGE)
+    assert fake.message_calls() == []
+    assert stats.totals("wtake", "5m")["wakes"] == 1
+
+
+
+def test_wake_time_is_the_listeners_handover_not_the_callers_clock(fake: Any, make_workload: Any, monkeypatch: Any) -> None:
+    workload = make_workload("wclock", wait_max=30)
+    body = ask("wake clock")
+    n_ = names(workload, body)
+    assert locks.acquire(n_.lock, token="stand-in", ttl_seconds=30)
+    seen: list[float] = []
+    real = stats.wake_fields
+    monkeypatch.setattr(stats, "wake_fields", lambda ms: seen.append(ms) or real(ms))
+    results: list[Any] = []
+    t = threading.Thread(target=lambda: results.append(call(workload, body, clock=lambda: time.time() + 5)))
+    t.start()
+    wait_for_subscribers(n_.channel, 1)
+    record = store.encode_record(RECORDED_MESSAGE, stored_at=time.time(), model="m")
+    store.client().publish(n_.channel, store.ok_message(record))
+    t.join(20)
+    assert results[0].status == "wait"
+    assert len(seen) == 1 and seen[0] < 1000  # the caller's clock is 5 s ahead: not used for the wake
+

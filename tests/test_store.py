@@ -201,3 +201,12 @@ def test_a_changed_key_prefix_or_retention_reaches_the_memoised_keys(settings: A
     ttl = stats.bucket_keys("w", now)[1][0]
     settings.RESPCACHE = {**settings.RESPCACHE, "MINUTE_BUCKET_RETENTION_SECONDS": 10}
     assert stats.bucket_keys("w", now)[1][0] < ttl
+
+
+def test_lz4_declared_size_over_the_limit_is_not_decoded(monkeypatch: Any) -> None:
+    def boom(*a: Any, **k: Any) -> bytes:
+        raise MemoryError("decoded a damaged size")
+    monkeypatch.setattr(store.lz4.block, "decompress", boom)
+    raw = b"RC\x01\x02" + (store.MAX_DECODED_BYTES + 1).to_bytes(4, "little") + b"x" * 8
+    assert store.decode_record(raw) is None
+

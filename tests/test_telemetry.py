@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -246,7 +250,6 @@ def test_lines_are_written_in_batches_by_the_workers_writer(
 ) -> None:
     """Lines queue and the process's writer thread writes them every CALL_LOG_BATCH_SECONDS,
     stamped with their call's time; 0 writes each during its call."""
-    import time
 
     settings.RESPCACHE = {**settings.RESPCACHE, "CALL_LOG_BATCH_SECONDS": 0.05}
     before = time.time()
@@ -261,3 +264,61 @@ def test_lines_are_written_in_batches_by_the_workers_writer(
     post(api_key, ask("batched"))
     assert len(call_log.records) == 2  # written during the call, nothing queued
     assert json.loads(call_log.records[1].getMessage())["outcome"] == "hit"
+
+
+def test_a_line_is_stamped_with_its_calls_time_not_the_batchs(call_log: Lines) -> None:  # noqa: F811
+    at = 1_795_000_000.25
+    telemetry._batch.append((at, telemetry.CallRecord(workload="w", status=200, outcome="hit", endpoint="messages")))
+    telemetry.flush()
+    (record,) = call_log.records
+    assert record.created == at
+    assert json.loads(record.getMessage())["ts"] == "2026-11-18T11:06:40.250+00:00"
+
+
+
+def test_one_bad_line_does_not_stop_the_others(call_log: Lines, monkeypatch: Any) -> None:  # noqa: F811
+    class Bad(telemetry.CallRecord):
+        def log_fields(self) -> dict[str, Any]:
+            raise RuntimeError("bad line")
+    good = telemetry.CallRecord(workload="w", status=200, outcome="hit", endpoint="messages")
+    telemetry._batch.extend([(time.time(), Bad(workload="w", status=200, outcome="hit", endpoint="messages")), (time.time(), good)])
+    telemetry.flush()  # must not raise
+    assert [json.loads(r.getMessage())["outcome"] for r in call_log.records] == ["hit"]
+
+
+
+def test_queued_lines_are_written_when_the_process_exits() -> None:
+    code = (
+        "import django, logging, sys; django.setup();"
+        "from django.test import override_settings;"
+        "override_settings(RESPCACHE={'CALL_LOG_BATCH_SECONDS': 60}).enable();"
+        "from respcache import telemetry;"
+        "log = logging.getLogger('respcache.calls'); log.addHandler(logging.StreamHandler(sys.stdout)); log.setLevel(logging.INFO);"
+        "telemetry.log_call(telemetry.CallRecord(workload='w', status=200, outcome='hit', endpoint='messages'))"
+    )
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert '"outcome":"hit"' in out.stdout, out.stderr
+
+
+
+def test_timestamp_is_utc_whatever_the_local_zone(monkeypatch: Any) -> None:
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    try:
+        telemetry._second = (-1, "")
+        assert telemetry.timestamp(1_795_000_000.5) == "2026-11-18T11:06:40.500+00:00"
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
+
+
+
+def test_a_hits_line_takes_tokens_from_the_accounting_not_the_message(call_log: Lines, workload: Any, api_key: str, monkeypatch: Any) -> None:  # noqa: F811
+    miss = post(api_key, ask("tokens from accounting"))
+    monkeypatch.setattr(telemetry, "usage_of", lambda body: (None, None))
+    hit = post(api_key, ask("tokens from accounting"))
+    assert hit["X-Respcache"] == "hit"
+    usage = miss.json()["usage"]
+    assert (call_log.fields[-1]["input_tokens"], call_log.fields[-1]["output_tokens"]) == (usage["input_tokens"], usage["output_tokens"])
+
