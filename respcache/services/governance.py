@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, cast
 
 from django.db import transaction
 from django.db.models import F
@@ -179,7 +179,8 @@ def api_key_create(
 ) -> tuple[ApiKey, str]:
     """Create a caller key; the raw key is returned once and stored only hashed."""
     with transaction.atomic():
-        api_key, raw = ApiKey.objects.create_key(name=name)
+        created, raw = ApiKey.objects.create_key(name=name)
+        api_key = cast(ApiKey, created)  # the manager is typed for the abstract base; it makes ours
         api_key.workloads.set(list(workloads))
         api_key.managed_workloads.set(list(managed_workloads))
     return api_key, raw

@@ -14,20 +14,22 @@ States and transitions (each state is one method of ``Stampede``, named after it
     POLL         a message already arrived ....................... HEARD
                  none ............................................ TAKE_OVER
     TAKE_OVER    lock still held ................................. PARK
-                 lock free, the holder's error arrives within
-                 TAKEOVER_DRAIN_SECONDS: release ours (abandoned)  HEARD
-                 lock free, an ``ok`` arrives: release ours (ok) . HEARD
-                 lock free, nothing else heard ................... HOLD
+                 lock free; within TAKEOVER_DRAIN_SECONDS we hear
+                 the holder's error: release ours (abandoned) .... HEARD
+                 an ``ok``: release ours (ok) .................... HEARD
+                 nothing, or ``abandoned`` ....................... HOLD
     PARK         a message ....................................... HEARD
                  wait_max passed ................................. FALL_THROUGH
     HEARD        ``error:<json>`` ................................ raise the holder's error
                  ``ok<record>`` .................................. answer ``wait`` from it
                  ``ok`` (no record), ``abandoned`` ............... READ
-    HOLD         the entry is there now: release (ok) ............ answer ``wait``
-                 (unsubscribed) otherwise ........................ answer ``miss``: ask the
-                 upstream once, store, release, wake the waiters
-    FALL_THROUGH (unsubscribed) .................................. answer ``miss``, counted
-                 ``fallthrough``: ask the upstream, store without the lock
+    HOLD         (leaves the channel first)
+                 the entry is there now: release (ok) ............ answer ``wait``
+                 otherwise: ask the upstream once, store, release
+                 and wake the waiters ............................ answer ``miss``
+    FALL_THROUGH (leaves the channel first)
+                 ask the upstream, store without the lock ........ answer ``miss``, counted
+                                                                   ``fallthrough``
 
 A waiter woken by an ``ok`` counts how long after the write it woke (the wake-up histogram).
 A Redis error (``CacheUnavailable``) in any state leaves the machine: the call's guard answers
