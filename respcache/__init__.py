@@ -37,7 +37,7 @@ if TYPE_CHECKING:  # pragma: no cover
         UpstreamUnavailable,
         WorkloadNotFound,
     )
-    from respcache.service import (
+    from respcache.services import (
         CachedResult,
         cached_count_tokens,
         cached_message_create,
@@ -49,9 +49,9 @@ def __getattr__(name: str) -> Any:
     # Lazy, so that importing the package (e.g. from INSTALLED_APPS) does not import models
     # before the app registry is ready.
     if name in {"CachedResult", "cached_count_tokens", "cached_message_create", "cached_message_stream"}:
-        from respcache import service
+        from respcache import services
 
-        return getattr(service, name)
+        return getattr(services, name)
     if name == "app_settings":
         from respcache.conf import app_settings
 

@@ -33,7 +33,8 @@ from django.utils.translation import gettext_lazy, ngettext
 from rest_framework_api_key.admin import APIKeyModelAdmin
 from rest_framework_api_key.models import APIKey
 
-from respcache import charts, selectors, service
+from respcache import charts, selectors
+from respcache import services as service
 from respcache.conf import app_settings
 from respcache.exceptions import CacheUnavailable
 from respcache.models import ApiKey, AuditEntry, Workload

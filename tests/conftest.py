@@ -12,7 +12,7 @@ from django_redis import get_redis_connection
 
 from respcache import selectors, stats, upstream
 from respcache.models import ApiKey, Workload
-from respcache.service import api_key_create
+from respcache.services import api_key_create
 from tests.fake_anthropic import FakeAnthropic
 
 

@@ -15,7 +15,8 @@ from django.contrib.auth.models import Permission, User
 from django.test import Client
 from django.urls import reverse
 
-from respcache import keys, selectors, service, stats, store
+from respcache import keys, selectors, stats, store
+from respcache import services as service
 from respcache.models import ApiKey, AuditEntry, Workload
 from tests.conftest import ask, redis_down
 
@@ -390,7 +391,7 @@ def test_policy_edit_is_audited_and_reaches_the_next_call(
     status(call(caller, api_key, "before"))
     page = html(admin_client.get(reverse("admin:respcache_workload_change", args=[workload.pk])))
     assert "within 60 seconds" in page and "on its very next call" in page
-    with caplog.at_level(logging.INFO, logger="respcache.service"):
+    with caplog.at_level(logging.INFO, logger="respcache.services.governance"):
         response = admin_client.post(
             reverse("admin:respcache_workload_change", args=[workload.pk]),
             _form(workload, ttl_seconds=120, key_version=9, slug="renamed"),

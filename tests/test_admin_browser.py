@@ -18,7 +18,8 @@ import orjson
 import pytest
 from django.conf import settings
 
-from respcache import selectors, service
+from respcache import selectors
+from respcache import services as service
 from respcache.models import Workload
 from tests.api.test_views import create
 from tests.conftest import ask

@@ -10,7 +10,8 @@ import orjson
 import pytest
 from django.core.management import CommandError, call_command
 
-from respcache import selectors, service, stats
+from respcache import selectors, stats
+from respcache import services as service
 from respcache.models import ApiKey, AuditEntry, Workload
 from tests.conftest import ask
 

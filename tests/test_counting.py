@@ -19,7 +19,8 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from redis.connection import AbstractConnection
 
-from respcache import selectors, service, stats
+from respcache import selectors, stats
+from respcache import services as service
 from respcache.models import Workload
 from tests.conftest import ask
 

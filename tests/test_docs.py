@@ -57,7 +57,7 @@ def test_alert_rules_pass_promtool() -> None:
 @pytest.mark.django_db(transaction=True)
 def test_the_readme_ci_bump_works(live_server: Any, make_workload: Any) -> None:
     """The README's one-line curl, run as a CI pipeline would, against a live server."""
-    from respcache.service import api_key_create
+    from respcache.services import api_key_create
 
     workload = make_workload("intents")
     _, key = api_key_create(name="ci-pipeline", workloads=(), managed_workloads=(workload,))

@@ -11,7 +11,8 @@ from django.conf import settings
 from django.test import Client, override_settings
 from prometheus_client.parser import text_string_to_metric_families
 
-from respcache import selectors, service, stats, store
+from respcache import selectors, stats, store
+from respcache import services as service
 from respcache.models import Workload
 from tests.conftest import ask, redis_down
 

@@ -23,7 +23,8 @@ from django.test import Client, override_settings
 from django_redis.pool import ConnectionFactory
 
 from project import embedded_redis
-from respcache import selectors, service, store
+from respcache import selectors, store
+from respcache import services as service
 from respcache.exceptions import CacheUnavailable
 from tests.conftest import ask
 

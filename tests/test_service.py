@@ -9,9 +9,10 @@ from typing import Any
 import orjson
 import pytest
 
-from respcache import keys, locks, selectors, service, stats, store
+from respcache import keys, locks, selectors, services, stats, store
 from respcache.exceptions import InvalidRequest, UpstreamError
 from respcache.models import Workload
+from respcache.services import calls, stampede
 from tests.conftest import ask, redis_down
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -24,12 +25,12 @@ def policy(workload: Workload) -> selectors.Policy:
     return found
 
 
-def call(workload: Workload, body: dict[str, Any], **kwargs: Any) -> service.CachedResult:
-    return service.cached_message_create(policy=policy(workload), body=body, raw_body=orjson.dumps(body), **kwargs)
+def call(workload: Workload, body: dict[str, Any], **kwargs: Any) -> services.CachedResult:
+    return services.cached_message_create(policy=policy(workload), body=body, raw_body=orjson.dumps(body), **kwargs)
 
 
-def names(workload: Workload, body: dict[str, Any]) -> service._Names:
-    return service._Names.build(workload.slug, workload.key_version, keys.request_fingerprint(body))
+def names(workload: Workload, body: dict[str, Any]) -> stampede.Names:
+    return stampede.Names.build(workload.slug, workload.key_version, keys.request_fingerprint(body))
 
 
 def wait_for_subscribers(channel: str, n: int, timeout: float = 10) -> None:
@@ -65,7 +66,7 @@ def test_too_deep_is_invalid_request(fake: Any, workload: Workload) -> None:
         deep = [deep]
     body = ask(x=deep)
     with pytest.raises(InvalidRequest):
-        service.cached_message_create(policy=policy(workload), body=body, raw_body=b"(not read)")
+        services.cached_message_create(policy=policy(workload), body=body, raw_body=b"(not read)")
     assert fake.message_calls() == []
 
 
@@ -73,7 +74,7 @@ def test_waiters_get_the_answer_when_it_is_written(fake: Any, make_workload: Any
     workload = make_workload("w1", wait_max=30)
     body = ask("slow")
     fake.pause.clear()
-    results: list[service.CachedResult] = []
+    results: list[services.CachedResult] = []
 
     def go() -> None:
         results.append(call(workload, body))
@@ -97,7 +98,9 @@ def test_waiters_get_the_answer_when_it_is_written(fake: Any, make_workload: Any
     assert stats.wake_percentile(totals.counts, 99) is not None
 
 
-def _hold_and_wait(workload: Workload, body: dict[str, Any], n: int) -> tuple[service._Names, list[Any], list[threading.Thread]]:
+def _hold_and_wait(
+    workload: Workload, body: dict[str, Any], n: int
+) -> tuple[stampede.Names, list[Any], list[threading.Thread]]:
     """Hold the key's lock as a stand-in holder and start ``n`` callers that must wait on it."""
     n_ = names(workload, body)
     assert locks.acquire(n_.lock, token="stand-in", ttl_seconds=30)
@@ -194,7 +197,7 @@ def test_abandoned_lock_lets_a_waiter_take_over(fake: Any, make_workload: Any) -
     body = ask("abandoned")
     n = names(workload, body)
     locks.acquire(n.lock, token="crashed", ttl_seconds=60)
-    results: list[service.CachedResult] = []
+    results: list[services.CachedResult] = []
     (waiter,) = run_threads(1, lambda: results.append(call(workload, body)))
     wait_for_subscribers(n.channel, 1)
     locks.release(n.lock, token="crashed", channel=n.channel, message=b"abandoned")
@@ -219,8 +222,8 @@ def test_refresh_with_no_store_does_not_store(fake: Any, workload: Workload) -> 
 def test_bump_makes_old_entries_unreachable_on_every_worker_at_once(fake: Any, workload: Workload) -> None:
     stale = policy(workload)  # another worker's local copy, taken before the bump
     call(workload, ask())
-    service.workload_bump(workload, actor="test")
-    result = service.cached_message_create(policy=stale, body=ask(), raw_body=orjson.dumps(ask()))
+    services.workload_bump(workload, actor="test")
+    result = services.cached_message_create(policy=stale, body=ask(), raw_body=orjson.dumps(ask()))
     assert result.status == "miss"  # the version in Redis wins over the stale copy
 
 
@@ -250,13 +253,13 @@ def test_is_cacheable_rules(workload: Workload) -> None:
     lax = policy(workload)
     strict = selectors.Policy(**{**lax.__dict__, "strict": True})
     off = selectors.Policy(**{**lax.__dict__, "enabled": False})
-    assert service.is_cacheable(lax, {}) and service.is_cacheable(lax, {"temperature": 0})
-    assert service.is_cacheable(lax, {"temperature": 0.0})
-    assert not service.is_cacheable(lax, {"temperature": 0.2})
-    assert not service.is_cacheable(lax, {"temperature": "0"})
-    assert not service.is_cacheable(strict, {})
-    assert service.is_cacheable(strict, {"temperature": 0})
-    assert not service.is_cacheable(off, {"temperature": 0})
+    assert calls.is_cacheable(lax, {}) and calls.is_cacheable(lax, {"temperature": 0})
+    assert calls.is_cacheable(lax, {"temperature": 0.0})
+    assert not calls.is_cacheable(lax, {"temperature": 0.2})
+    assert not calls.is_cacheable(lax, {"temperature": "0"})
+    assert not calls.is_cacheable(strict, {})
+    assert calls.is_cacheable(strict, {"temperature": 0})
+    assert not calls.is_cacheable(off, {"temperature": 0})
 
 
 def test_bumps_at_once_give_two_increments(workload: Workload) -> None:
@@ -266,7 +269,7 @@ def test_bumps_at_once_give_two_increments(workload: Workload) -> None:
     def bump() -> None:
         w = Workload.objects.get(pk=workload.pk)
         barrier.wait()
-        versions.append(service.workload_bump(w, actor="test"))
+        versions.append(services.workload_bump(w, actor="test"))
 
     for t in run_threads(2, bump):
         t.join(10)
@@ -320,7 +323,9 @@ def test_a_failed_upstream_call_counts_its_time(fake: Any, workload: Workload) -
 RECORDED_MESSAGE = b'{"type":"message","usage":{"input_tokens":3,"output_tokens":4}}'
 
 
-def test_takeover_of_a_lock_freed_by_the_write_answers_from_its_message(fake: Any, make_workload: Any, monkeypatch: Any) -> None:
+def test_takeover_of_a_lock_freed_by_the_write_answers_from_its_message(
+    fake: Any, make_workload: Any, monkeypatch: Any
+) -> None:
     workload = make_workload("wtake", wait_max=30)
     body = ask("takeover")
     n_ = names(workload, body)
@@ -342,8 +347,9 @@ def test_takeover_of_a_lock_freed_by_the_write_answers_from_its_message(fake: An
     assert stats.totals("wtake", "5m")["wakes"] == 1
 
 
-
-def test_wake_time_is_the_listeners_handover_not_the_callers_clock(fake: Any, make_workload: Any, monkeypatch: Any) -> None:
+def test_wake_time_is_the_listeners_handover_not_the_callers_clock(
+    fake: Any, make_workload: Any, monkeypatch: Any
+) -> None:
     workload = make_workload("wclock", wait_max=30)
     body = ask("wake clock")
     n_ = names(workload, body)
@@ -360,4 +366,3 @@ def test_wake_time_is_the_listeners_handover_not_the_callers_clock(fake: Any, ma
     t.join(20)
     assert results[0].status == "wait"
     assert len(seen) == 1 and seen[0] < 1000  # the caller's clock is 5 s ahead: not used for the wake
-

@@ -11,7 +11,9 @@ import pytest
 
 from respcache import keys, locks, selectors, sse, stats, store
 from respcache.exceptions import UpstreamUnavailable
-from respcache.service import MISS, _Names, cached_message_create, cached_message_stream
+from respcache.services import cached_message_create, cached_message_stream
+from respcache.services.calls import MISS
+from respcache.services.stampede import Names
 from respcache.upstream import SimulatedUpstream, UpstreamResponse, UpstreamStream, get_upstream
 from tests.conftest import ask, redis_down
 from tests.fake_anthropic import make_message
@@ -45,8 +47,8 @@ class ScriptedUpstream:
         raise AssertionError("not called")
 
 
-def names_for(body: dict[str, Any]) -> _Names:
-    return _Names.build("intents", 1, keys.request_fingerprint(body))
+def names_for(body: dict[str, Any]) -> Names:
+    return Names.build("intents", 1, keys.request_fingerprint(body))
 
 
 def events_of(message: dict[str, Any]) -> list[bytes]:

@@ -18,7 +18,7 @@ from rest_framework.request import Request
 
 from respcache import telemetry
 from respcache.selectors import Grant
-from respcache.service import CachedResult
+from respcache.services import CachedResult
 
 logger = logging.getLogger(__name__)
 

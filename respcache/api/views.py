@@ -33,7 +33,7 @@ from respcache.exceptions import (
     WorkloadNotFound,
     error_body,
 )
-from respcache.service import (
+from respcache.services import (
     CachedResult,
     cached_count_tokens,
     cached_message_create,

@@ -9,7 +9,8 @@ import httpx2 as httpx
 import orjson
 import pytest
 
-from respcache import keys, service, stats
+from respcache import keys, stats
+from respcache import services as service
 from respcache.models import Workload
 
 pytestmark = pytest.mark.django_db(transaction=True)

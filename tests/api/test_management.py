@@ -11,7 +11,8 @@ from django.contrib.auth.models import Permission, User
 from django.test import override_settings
 from rest_framework.test import APIClient
 
-from respcache import selectors, service, stats, store
+from respcache import selectors, stats, store
+from respcache import services as service
 from respcache.api.serializers import StatsSerializer
 from respcache.models import AuditEntry, Workload
 from tests.conftest import ask, redis_down
@@ -203,7 +204,7 @@ def test_a_bump_through_the_api_makes_old_entries_unreachable_and_is_audited(two
 
 
 def test_a_managing_key_bumps_with_one_post_and_is_audited_by_name(two: Any, make_key: Any) -> None:
-    from respcache.service import api_key_create
+    from respcache.services import api_key_create
 
     _, key = api_key_create(name="ci-pipeline", workloads=(), managed_workloads=(two[0],))
     response = keyed(key, bearer=True).post("/api/workloads/intents/bump/")

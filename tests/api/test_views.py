@@ -11,7 +11,7 @@ import httpx2 as httpx
 import orjson
 import pytest
 
-from respcache import service
+from respcache import services as service
 from respcache.models import Workload
 from tests.conftest import ask
 

@@ -6,7 +6,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from respcache import service
+from respcache import services as service
 from respcache.models import Workload
 
 

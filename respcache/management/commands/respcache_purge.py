@@ -6,7 +6,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from respcache import selectors, service
+from respcache import selectors
+from respcache import services as service
 from respcache.exceptions import CacheUnavailable
 
 

@@ -7,7 +7,7 @@ from typing import Any
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from respcache import service
+from respcache import services as service
 
 
 def describe(workload: Any) -> str:

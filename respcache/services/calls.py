@@ -1,0 +1,391 @@
+"""One cached call: decide, look up, ask the upstream, write, count.
+
+A call goes: decide whether it is cacheable → look the entry up (one Redis round trip, counted)
+→ on a miss, stampede.fill(): take the key's lock and ask the upstream once, or wait for the
+holder's answer, or after ``wait_max`` fall through and ask the upstream → store → count.
+``cached_count_tokens()`` serves ``count_tokens`` the same way, in its own key space;
+streaming.py answers ``"stream": true`` with the same steps.
+
+Redis failing is decided by the guard (guard.py): the call is served from the upstream
+(fail-open), a cache error is counted (kept in the process until Redis answers again) and
+logged; the caller never sees a Redis error. Upstream errors are never stored; the lock
+holder's error is handed to the callers waiting on it, who stop waiting at once.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from respcache import keys, stats, store
+from respcache.exceptions import InvalidRequest, UpstreamError
+from respcache.selectors import Policy
+from respcache.services import guard, stampede
+from respcache.services.counting import (
+    BYPASS,
+    FALLTHROUGH,
+    HIT,
+    MISS,
+    NO_COUNTS,
+    REFRESH,
+    WAIT,
+    Counts,
+)
+from respcache.services.stampede import Names
+from respcache.upstream import Upstream, UpstreamResponse, get_upstream
+
+__all__ = [
+    "BYPASS",
+    "FALLTHROUGH",
+    "HIT",
+    "MISS",
+    "REFRESH",
+    "WAIT",
+    "CachedResult",
+    "Call",
+    "CountTokensCall",
+    "cached_count_tokens",
+    "cached_message_create",
+    "is_cacheable",
+    "new_call",
+]
+
+
+@dataclass(frozen=True)
+class CachedResult:
+    """What a cached call answered. ``status`` is X-Respcache; ``outcome`` what was counted."""
+
+    status: str
+    body: bytes
+    fingerprint: str | None
+    outcome: str
+    age: int | None = None
+    #: A streamed answer's SSE bytes, to send in order (``cached_message_stream``); ``body`` is
+    #: then the stored Message on hit and wait, else empty.
+    stream: Iterator[bytes] | None = None
+    #: Latency of this call's own upstream call, when it made one (for logs and traces).
+    upstream_ms: float | None = None
+    #: The Message's usage tokens when already known (from the entry's accounting, or the
+    #: upstream's answer), so the call's log line need not parse the body; None if unknown.
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+
+
+def is_cacheable(policy: Policy, body: dict[str, Any]) -> bool:
+    """Temperature above 0 is never cached; without one, the workload's strictness decides."""
+    if not policy.enabled:
+        return False
+    temperature = body.get("temperature")
+    if temperature is None:
+        return not policy.strict
+    if isinstance(temperature, bool) or not isinstance(temperature, int | float):
+        return False
+    return temperature == 0
+
+
+def failed_call(outcome: str, started: float) -> Counts:
+    """The counts of an upstream call that failed after ``started``: its time counts in the
+    upstream latency like any call's (upstream_ms / upstream_calls is the mean)."""
+    elapsed_ms = (time.perf_counter() - started) * 1000
+    return Counts.outcome(outcome) + Counts.upstream_error() + Counts.upstream_call(elapsed_ms)
+
+
+class Call:
+    """One request's state and the steps of its call; a kind of call overrides a few of them."""
+
+    #: Whether answers carry a Message's usage (token counts do not).
+    reports_usage = True
+
+    def __init__(
+        self,
+        *,
+        policy: Policy,
+        body: dict[str, Any],
+        raw_body: bytes,
+        fingerprint: str,
+        headers: dict[str, str],
+        upstream: Upstream | None,
+        clock: Callable[[], float],
+        monotonic: Callable[[], float],
+    ) -> None:
+        self.policy = policy
+        self.slug = policy.slug
+        self.body = body
+        self.raw_body = raw_body
+        self.fingerprint = fingerprint
+        self.headers = headers
+        self._upstream = upstream
+        self.clock = clock
+        self.monotonic = monotonic
+        self.now = clock()
+        self.bucket_keys, self.bucket_ttls = stats.bucket_keys(self.slug, self.now)
+        self.upstream_ms: float | None = None
+
+    @property
+    def upstream(self) -> Upstream:
+        # Resolved on first use: a hit never needs it.
+        if self._upstream is None:
+            self._upstream = get_upstream()
+        return self._upstream
+
+    def run(self, *, no_cache: bool, no_store: bool) -> CachedResult:
+        """The whole call: bypass, or through the cache; if Redis fails, from the upstream."""
+        if not self.cacheable():
+            return self.answer_from_upstream(BYPASS, BYPASS)
+        # Counted as what the call was: refresh for a caller that skipped the lookup, else miss.
+        outcome = REFRESH if no_cache else MISS
+        return guard.fail_open(
+            guard.CALL,
+            lambda: self.through_cache(no_cache=no_cache, no_store=no_store),
+            lambda errors: self.answer_from_upstream(outcome, outcome, counts=errors),
+            workload=self.slug,
+        )
+
+    def through_cache(self, *, no_cache: bool, no_store: bool) -> CachedResult:
+        """Refresh, hit, or a miss filled once under the key's lock. Raises CacheUnavailable."""
+        if no_cache:
+            version = self.lookup("").version
+            names = None if no_store else Names.build(self.slug, version, self.fingerprint)
+            return self.answer_from_upstream(REFRESH, REFRESH, names)
+        found = self.lookup(HIT)
+        if found.entry is not None:
+            return self.answer(HIT, found)
+        if no_store:
+            return self.answer_from_upstream(MISS, MISS)
+        return stampede.fill(self, Names.build(self.slug, found.version, self.fingerprint))
+
+    def result(
+        self,
+        status: str,
+        body: bytes,
+        outcome: str,
+        stored_at: float | None = None,
+        stream: Iterator[bytes] | None = None,
+        tokens: tuple[int | None, int | None] = (None, None),
+    ) -> CachedResult:
+        age = None if stored_at is None else max(0, int(self.clock() - stored_at))
+        input_tokens, output_tokens = tokens if self.reports_usage else (None, None)
+        return CachedResult(
+            status=status,
+            body=body,
+            fingerprint=self.fingerprint,
+            outcome=outcome,
+            age=age,
+            stream=stream,
+            upstream_ms=self.upstream_ms,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+        )
+
+    # The steps a kind of call changes: what is cacheable, what the upstream is asked, how a
+    # stored entry is served, how an upstream answer is obtained and stored.
+
+    def cacheable(self) -> bool:
+        return is_cacheable(self.policy, self.body)
+
+    def request_upstream(self) -> UpstreamResponse:
+        return self.upstream.create(self.raw_body, self.body, headers=self.headers)
+
+    def answer(self, status: str, found: store.Lookup) -> CachedResult:
+        """Serve a stored entry (``hit`` or ``wait``)."""
+        entry = found.entry
+        assert entry is not None
+        return self.result(
+            status, entry.message, status, entry.stored_at, tokens=(found.input_tokens, found.output_tokens)
+        )
+
+    def answer_from_upstream(
+        self, status: str, outcome: str, names: Names | None = None, token: str = "", counts: Counts = NO_COUNTS
+    ) -> CachedResult:
+        """Ask the upstream and answer; store under ``names`` (releasing ``token``'s lock and
+        waking the waiters) unless ``names`` is None. A failure releases the lock at once.
+        ``counts`` are counted with the call (a cache error)."""
+        with stampede.released_on_failure(names, token, workload=self.slug):
+            # Stored: the call's counters ride in the write's round trip instead of their own.
+            response = self.ask_upstream(outcome, counted_now=names is None, counts=counts)
+        if names is not None:
+            self.write(names, response, token, counts=self.call_counts(outcome, response) + counts)
+        return self.result(status, response.body, outcome, tokens=(response.input_tokens, response.output_tokens))
+
+    # The Redis and upstream touches.
+
+    def lookup(self, outcome: str, *, read_entry: bool = True, counts: Counts = NO_COUNTS) -> store.Lookup:
+        """Resolve the key version and read the entry, counting ``outcome`` (and ``counts``) if
+        found; ``read_entry=False`` counts a read of an entry the caller already holds."""
+        return store.lookup(
+            workload=self.slug,
+            db_version=self.policy.key_version,
+            fingerprint=self.fingerprint,
+            outcome=outcome,
+            bucket_keys=self.bucket_keys,
+            bucket_ttls=self.bucket_ttls,
+            fetch=read_entry,
+            extra=dict(counts) or None,
+        )
+
+    def ask_upstream(self, outcome: str, *, counted_now: bool = True, counts: Counts = NO_COUNTS) -> UpstreamResponse:
+        """Call the upstream once and count ``outcome`` with its latency (unless ``counted_now``
+        is False: the caller counts it with the write) or its error, plus ``counts``."""
+        started = time.perf_counter()
+        try:
+            response = self.request_upstream()
+        except UpstreamError:
+            self.count(failed_call(outcome, started) + counts)
+            raise
+        self.upstream_ms = response.latency_ms
+        if counted_now:
+            self.count(self.call_counts(outcome, response) + counts)
+        return response
+
+    @staticmethod
+    def call_counts(outcome: str, response: UpstreamResponse) -> Counts:
+        return Counts.outcome(outcome) + Counts.upstream_call(response.latency_ms)
+
+    def count(self, counts: Counts) -> None:
+        """Add ``counts`` to the workload's counters now (kept for later if Redis is down)."""
+        guard.fail_open(
+            guard.COUNT, lambda: stats.count(self.slug, self.now, **counts), guard.nothing, workload=self.slug
+        )
+
+    def write(self, names: Names, response: UpstreamResponse, token: str = "", counts: Counts = NO_COUNTS) -> None:
+        """Store the answer (and release ``token``'s lock, wake waiters), adding ``counts`` to
+        the counters in the same round trip; if Redis fails, ``counts`` are counted on their own,
+        with a cache error."""
+        stored_at = self.clock()
+        exp_keys, exp_ttls = stats.expiry_bucket_keys(self.slug, stored_at, self.policy.ttl_seconds)
+        sent = stats.with_pending(self.slug, dict(counts))  # with those kept while Redis was down
+
+        def store_it() -> None:
+            store.write(
+                workload=self.slug,
+                key=names.entry,
+                meta=names.meta,
+                lock=names.lock,
+                channel=names.channel,
+                token=token,
+                record=store.encode_record(response.body, stored_at=stored_at, model=response.model),
+                ttl_seconds=self.policy.ttl_seconds,
+                input_tokens=response.input_tokens,
+                output_tokens=response.output_tokens,
+                stored_at=stored_at,
+                model=response.model,
+                bucket_keys=[*self.bucket_keys, *exp_keys],
+                bucket_ttls=[*self.bucket_ttls, *exp_ttls],
+                counts=sent,
+            )
+
+        guard.fail_open(guard.WRITE, store_it, lambda errors: self.count(Counts(sent) + errors), workload=self.slug)
+
+
+class CountTokensCall(Call):
+    """``count_tokens``: deterministic for a body, so cached whenever the workload is on."""
+
+    reports_usage = False
+
+    def cacheable(self) -> bool:
+        return self.policy.enabled
+
+    def request_upstream(self) -> UpstreamResponse:
+        return self.upstream.count_tokens(self.raw_body, self.body, headers=self.headers)
+
+
+CallKind = TypeVar("CallKind", bound=Call)
+
+
+def new_call(
+    kind: type[CallKind],
+    *,
+    policy: Policy,
+    body: dict[str, Any],
+    raw_body: bytes,
+    beta: str | Iterable[str] | None,
+    headers: dict[str, str] | None,
+    upstream: Upstream | None,
+    clock: Callable[[], float],
+    monotonic: Callable[[], float],
+    endpoint: str = keys.MESSAGES,
+) -> CallKind:
+    """A call of ``kind`` for this request; raises InvalidRequest for a body too deeply nested."""
+    try:
+        fingerprint = keys.request_fingerprint(body, beta=beta, endpoint=endpoint)
+    except keys.TooDeep as exc:
+        raise InvalidRequest(str(exc)) from exc
+    return kind(
+        policy=policy,
+        body=body,
+        raw_body=raw_body,
+        fingerprint=fingerprint,
+        headers=headers or {},
+        upstream=upstream,
+        clock=clock,
+        monotonic=monotonic,
+    )
+
+
+def cached_message_create(
+    *,
+    policy: Policy,
+    body: dict[str, Any],
+    raw_body: bytes,
+    beta: str | Iterable[str] | None = None,
+    headers: dict[str, str] | None = None,
+    no_cache: bool = False,
+    no_store: bool = False,
+    upstream: Upstream | None = None,
+    clock: Callable[[], float] = time.time,
+    monotonic: Callable[[], float] = time.monotonic,
+) -> CachedResult:
+    """Answer a Messages API request (non-streaming) through the workload's cache.
+
+    ``body`` is the parsed request and ``raw_body`` its bytes (forwarded as they are);
+    ``headers`` are the request headers forwarded upstream (``anthropic-beta`` …).
+    ``no_cache`` skips the lookup (``refresh``); ``no_store`` does not store the answer.
+    Raises InvalidRequest for a body too deeply nested and UpstreamError for upstream errors.
+    """
+    call = new_call(
+        Call,
+        policy=policy,
+        body=body,
+        raw_body=raw_body,
+        beta=beta,
+        headers=headers,
+        upstream=upstream,
+        clock=clock,
+        monotonic=monotonic,
+    )
+    return call.run(no_cache=no_cache, no_store=no_store)
+
+
+def cached_count_tokens(
+    *,
+    policy: Policy,
+    body: dict[str, Any],
+    raw_body: bytes,
+    beta: str | Iterable[str] | None = None,
+    headers: dict[str, str] | None = None,
+    no_cache: bool = False,
+    no_store: bool = False,
+    upstream: Upstream | None = None,
+    clock: Callable[[], float] = time.time,
+    monotonic: Callable[[], float] = time.monotonic,
+) -> CachedResult:
+    """Answer a ``/v1/messages/count_tokens`` request through the workload's cache.
+
+    Its entries live in their own key space (the endpoint is hashed into the key). A count is
+    deterministic, so it is cached whenever the workload is enabled, whatever the temperature.
+    """
+    call = new_call(
+        CountTokensCall,
+        policy=policy,
+        body=body,
+        raw_body=raw_body,
+        beta=beta,
+        headers=headers,
+        upstream=upstream,
+        clock=clock,
+        monotonic=monotonic,
+        endpoint=keys.COUNT_TOKENS,
+    )
+    return call.run(no_cache=no_cache, no_store=no_store)

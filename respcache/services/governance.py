@@ -1,0 +1,208 @@
+"""Governance: workloads, bump, purge, keys, entries, audit: the one path every surface uses.
+
+The admin, the management API and the commands change policies, key versions, keys and entries
+only through these functions; each records who did what in the audit trail (``AuditEntry``) and
+in the log, and drops this process's local copies of policies and grants.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any, cast
+
+from django.db import transaction
+from django.db.models import F
+
+from respcache import store
+from respcache.models import ApiKey, AuditEntry, Workload
+from respcache.selectors import clear_local_caches
+from respcache.services import guard
+
+__all__ = [
+    "POLICY_FIELDS",
+    "api_key_create",
+    "api_key_revoke",
+    "audit",
+    "entry_delete",
+    "record_policy_change",
+    "workload_bump",
+    "workload_purge",
+    "workload_set_enabled",
+    "workload_upsert",
+]
+
+logger = logging.getLogger(__name__)
+
+POLICY_FIELDS = ("enabled", "ttl_seconds", "key_version", "strict", "lock_ttl", "wait_max", "description")
+
+
+def _snapshot(workload: Workload) -> dict[str, Any]:
+    return {name: getattr(workload, name) for name in POLICY_FIELDS}
+
+
+def audit(
+    *,
+    actor: str,
+    action: str,
+    workload: Workload | None,
+    slug: str = "",
+    before: dict[str, Any] | None = None,
+    after: dict[str, Any] | None = None,
+    entries_purged: int | None = None,
+    user: Any = None,
+) -> AuditEntry:
+    """Record a governance action in the audit trail and in the log."""
+    entry = AuditEntry.objects.create(
+        actor=actor,
+        user=user if getattr(user, "is_authenticated", False) else None,
+        action=action,
+        workload=workload,
+        workload_slug=slug or (workload.slug if workload else ""),
+        before=before or {},
+        after=after or {},
+        entries_purged=entries_purged,
+    )
+    logger.info(
+        "respcache audit: %s %s %s before=%s after=%s purged=%s",
+        actor,
+        action,
+        entry.workload_slug,
+        entry.before,
+        entry.after,
+        entries_purged,
+    )
+    return entry
+
+
+def workload_upsert(*, slug: str, actor: str, user: Any = None, **fields: Any) -> tuple[Workload, bool]:
+    """Create the workload or update the given policy fields; audited."""
+    unknown = set(fields) - set(POLICY_FIELDS)
+    if unknown:
+        raise ValueError(f"unknown workload fields: {', '.join(sorted(unknown))}")
+    with transaction.atomic():
+        workload = Workload.objects.select_for_update().filter(slug=slug).first()
+        created = workload is None
+        if workload is None:
+            workload = Workload(slug=slug)
+        before = {} if created else _snapshot(workload)
+        for name, value in fields.items():
+            setattr(workload, name, value)
+        workload.full_clean()
+        workload.save()
+        after = _snapshot(workload)
+        if created:
+            audit(actor=actor, user=user, action=AuditEntry.Action.CREATE, workload=workload, after=after)
+        elif before != after:
+            record_policy_change(workload, before, actor=actor, user=user)
+    clear_local_caches()
+    return workload, created
+
+
+def record_policy_change(workload: Workload, before: dict[str, Any], *, actor: str, user: Any = None) -> None:
+    """Audit a saved policy change: enable/disable get their own action, the rest is an edit."""
+    after = _snapshot(workload)
+    changed = {k for k in after if after[k] != before.get(k)}
+    if not changed:
+        return
+    if changed == {"enabled"}:
+        action = AuditEntry.Action.ENABLE if workload.enabled else AuditEntry.Action.DISABLE
+    else:
+        action = AuditEntry.Action.EDIT
+    audit(
+        actor=actor,
+        user=user,
+        action=action,
+        workload=workload,
+        before={k: before.get(k) for k in sorted(changed)},
+        after={k: after[k] for k in sorted(changed)},
+    )
+    if "key_version" in changed:
+        _publish_version(workload)
+
+
+def _publish_version(workload: Workload) -> None:
+    guard.fail_open(
+        guard.PUBLISH,
+        lambda: store.set_version(workload.slug, workload.key_version),
+        guard.nothing,
+        workload=workload.slug,
+    )
+
+
+def workload_bump(workload: Workload, *, actor: str, user: Any = None) -> int:
+    """Increment the key version atomically (two bumps at once give two increments)."""
+    with transaction.atomic():
+        before = workload.key_version
+        Workload.objects.filter(pk=workload.pk).update(key_version=F("key_version") + 1)
+        workload.refresh_from_db(fields=["key_version", "updated_at"])
+        audit(
+            actor=actor,
+            user=user,
+            action=AuditEntry.Action.BUMP,
+            workload=workload,
+            before={"key_version": before},
+            after={"key_version": workload.key_version},
+        )
+    _publish_version(workload)
+    clear_local_caches()
+    return workload.key_version
+
+
+def workload_purge(workload: Workload, *, actor: str, user: Any = None) -> int:
+    """Delete every stored entry of the workload now; returns how many. Raises CacheUnavailable."""
+    purged = store.purge(workload.slug)
+    audit(
+        actor=actor,
+        user=user,
+        action=AuditEntry.Action.PURGE,
+        workload=workload,
+        entries_purged=purged,
+    )
+    return purged
+
+
+def workload_set_enabled(workload: Workload, enabled: bool, *, actor: str, user: Any = None) -> bool:
+    """Turn caching on or off; returns whether anything changed."""
+    if workload.enabled == enabled:
+        return False
+    before = _snapshot(workload)
+    workload.enabled = enabled
+    workload.save(update_fields=["enabled", "updated_at"])
+    record_policy_change(workload, before, actor=actor, user=user)
+    clear_local_caches()
+    return True
+
+
+def api_key_create(
+    *, name: str, workloads: Iterable[Workload], managed_workloads: Iterable[Workload] = ()
+) -> tuple[ApiKey, str]:
+    """Create a caller key; the raw key is returned once and stored only hashed."""
+    with transaction.atomic():
+        created, raw = ApiKey.objects.create_key(name=name)
+        api_key = cast(ApiKey, created)  # the manager is typed for the abstract base; it makes ours
+        api_key.workloads.set(list(workloads))
+        api_key.managed_workloads.set(list(managed_workloads))
+    return api_key, raw
+
+
+def entry_delete(workload: Workload, *, version: int, fingerprint: str, actor: str, user: Any = None) -> int:
+    """Delete one stored entry (and its meta) now; audited. Returns 1, or 0 if it was gone."""
+    deleted = store.entry_delete(workload.slug, version, fingerprint)
+    audit(
+        actor=actor,
+        user=user,
+        action=AuditEntry.Action.DELETE_ENTRY,
+        workload=workload,
+        before={"key_version": version, "fingerprint": fingerprint},
+        entries_purged=deleted,
+    )
+    return deleted
+
+
+def api_key_revoke(api_keys: Iterable[ApiKey]) -> int:
+    """Revoke keys: refused on this worker at once, on the others within LOCAL_CACHE_SECONDS."""
+    ids = [k.pk for k in api_keys]
+    revoked = ApiKey.objects.filter(pk__in=ids, revoked=False).update(revoked=True)
+    clear_local_caches()
+    return revoked
