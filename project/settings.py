@@ -232,6 +232,8 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    # The call endpoints are plain Django views: this hook adds their description.
+    "PREPROCESSING_HOOKS": ["respcache.api.schema.call_endpoints"],
 }
 
 RESPCACHE = {

@@ -10,12 +10,13 @@ from typing import Any
 import pytest
 import schemathesis
 import yaml
+from django import urls
 from django.contrib.auth.models import User
 from django.core.management import call_command
 from django.core.signals import request_finished, request_started
 from django.core.wsgi import get_wsgi_application
 from django.db import close_old_connections
-from django.test import Client
+from django.test import Client, override_settings
 from hypothesis import HealthCheck, Phase, given, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.core.failures import FailureGroup
@@ -64,6 +65,57 @@ def test_schema_covers_the_contract() -> None:
     request_headers = {p["name"] for p in messages["parameters"] if p["in"] == "header"}
     assert {"Cache-Control", "anthropic-beta"} <= request_headers
     assert {"ApiKeyHeader", "ApiKeyBearer", "basicAuth"} <= set(schema["components"]["securitySchemes"])
+
+
+CALL_OPERATIONS = {
+    "/w/{workload}/v1/messages": ("messages_create", "MessageParam"),
+    "/w/{workload}/v1/messages/count_tokens": ("messages_count_tokens", "CountTokensParam"),
+}
+
+
+def test_schema_describes_both_call_endpoints() -> None:
+    """The call endpoints are plain Django views: their description comes from
+    respcache.api.schema's hook, complete (body, errors, security), for POST alone."""
+    schema = Client().get("/api/schema/", {"format": "json"}).json()
+    for path, (operation_id, param) in CALL_OPERATIONS.items():
+        assert set(schema["paths"][path]) == {"post"}, path
+        operation = schema["paths"][path]["post"]
+        assert operation["operationId"] == operation_id
+        assert operation["tags"] == ["messages"]
+        body = operation["requestBody"]["content"]["application/json"]["schema"]
+        assert body == {"$ref": f"#/components/schemas/{param}"}
+        for status in ("400", "401", "403", "404", "413", "429", "500", "502", "529"):
+            error = operation["responses"][status]["content"]["application/json"]["schema"]
+            assert error == {"$ref": "#/components/schemas/Error"}, (path, status)
+        assert "200" in operation["responses"]
+        assert operation["security"] == [{"ApiKeyHeader": []}, {"ApiKeyBearer": []}]
+        (workload,) = [p for p in operation["parameters"] if p["in"] == "path"]
+        assert (workload["name"], workload["schema"]["pattern"]) == ("workload", "^[-a-zA-Z0-9_]+$")
+    assert {"MessageParam", "CountTokensParam", "TokenCount", "Error"} <= set(schema["components"]["schemas"])
+
+
+# A site that mounts respcache's URLs under a prefix (ROOT_URLCONF=__name__ in the test below).
+urlpatterns = [urls.path("llm/", urls.include("respcache.api.urls"))]
+
+
+@override_settings(ROOT_URLCONF=__name__)
+def test_call_endpoints_are_described_wherever_they_are_mounted() -> None:
+    from drf_spectacular.generators import SchemaGenerator
+
+    from respcache.api.schema import call_endpoints
+
+    paths = SchemaGenerator().get_schema(public=True)["paths"]
+    assert set(paths["/llm/w/{workload}/v1/messages"]) == {"post"}
+    assert set(paths["/llm/w/{workload}/v1/messages/count_tokens"]) == {"post"}
+    assert not [p for p in paths if p.startswith("/w/")]
+    # The hook adds to what drf-spectacular found, and only the call views' routes.
+    found = [("/x/", "x/", "GET", SchemaGenerator)]  # any callback: passed through as it came
+    added = call_endpoints(list(found))
+    assert added[0] == found[0]
+    assert sorted((p, method) for p, _, method, _ in added[1:]) == [
+        ("/llm/w/{workload}/v1/messages", "POST"),
+        ("/llm/w/{workload}/v1/messages/count_tokens", "POST"),
+    ]
 
 
 def test_docs_are_served_with_local_assets_only() -> None:

@@ -1,20 +1,18 @@
-"""A view mixin that records every call of the messages endpoint: log line and span attributes.
+"""A view mixin that records every call of the call endpoints: log line and span attributes.
 
 ``MessagesView`` sets ``self.call_result`` (the service's CachedResult) when it has one, and
 ``self.grant`` once the caller is known; errors and responses built elsewhere (a stream, a
-refusal) are recorded from the response itself. Its POST dispatch calls ``record_call``; the
-methods DRF dispatches are recorded through ``initial`` / ``finalize_response``.
+refusal) are recorded from the response itself. Its ``dispatch`` calls ``record_call`` once
+per request, whatever the method.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from typing import Any
 
 import orjson
-from django.http import HttpResponseBase, StreamingHttpResponse
-from rest_framework.request import Request
+from django.http import HttpRequest, HttpResponseBase, StreamingHttpResponse
 
 from respcache import telemetry
 from respcache.selectors import Grant
@@ -32,14 +30,6 @@ def _error_type(response: HttpResponseBase) -> str | None:
         return None
 
 
-def _grant(request: Any) -> Grant | None:
-    try:
-        auth = request.auth  # a DRF Request; Django's has none
-    except Exception:  # authentication itself failed: there is no caller to name
-        return None
-    return auth if isinstance(auth, Grant) else None
-
-
 def _log_call(record: telemetry.CallRecord) -> None:
     try:
         telemetry.log_call(record)
@@ -54,21 +44,13 @@ class CallTelemetryMixin:
     grant: Grant | None = None
     _call_started: float | None = None
 
-    def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
-        self._call_started = time.perf_counter()
-        super().initial(request, *args, **kwargs)  # type: ignore[misc]
+    def record_call(self, request: HttpRequest, response: HttpResponseBase) -> None:
+        """Tag the call's span now and write its log line once the server closes the response,
+        if anyone reads them; never raises.
 
-    def finalize_response(self, request: Request, response: Any, *args: Any, **kwargs: Any) -> Any:
-        response = super().finalize_response(request, response, *args, **kwargs)  # type: ignore[misc]
-        self.record_call(request, response)
-        return response
-
-    def record_call(self, request: Any, response: HttpResponseBase, *, after_close: bool = False) -> None:
-        """Tag the call's span and write its log line, if anyone reads them; never raises.
-
-        ``after_close`` writes the line when the server closes the response, i.e. once the
-        client has the answer (gunicorn writes its access log then too): the line's CPU is
-        not between a caller and its hit. What it says is measured now.
+        The line waits for the close, i.e. until the client has the answer (gunicorn writes its
+        access log then too): its CPU is not between a caller and its hit. What it says is
+        measured now.
         """
         if not telemetry.wanted():
             return
@@ -77,9 +59,6 @@ class CallTelemetryMixin:
             telemetry.tag_span(record)
         except Exception:  # telemetry must never fail a call
             logger.exception("respcache: could not record the call")
-            return
-        if not after_close:
-            _log_call(record)
             return
         close = response.close
 
@@ -91,10 +70,10 @@ class CallTelemetryMixin:
 
         response.close = close_then_log  # type: ignore[method-assign]
 
-    def call_record(self, request: Any, response: HttpResponseBase) -> telemetry.CallRecord:
+    def call_record(self, request: HttpRequest, response: HttpResponseBase) -> telemetry.CallRecord:
         result = self.call_result
         status = response.status_code
-        grant = self.grant or _grant(request)
+        grant = self.grant
         input_tokens = output_tokens = None
         if result is not None and status < 400:
             input_tokens, output_tokens = result.input_tokens, result.output_tokens

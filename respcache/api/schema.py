@@ -1,13 +1,33 @@
-"""drf-spectacular extensions: how the API-key authentication appears in the OpenAPI schema.
+"""The OpenAPI description of respcache's endpoints, for drf-spectacular: how the API-key
+authentication appears, and the call endpoints, which are plain Django views.
 
-Imported by ``RespcacheConfig.ready()`` when drf-spectacular is installed (it registers itself).
+drf-spectacular describes DRF views only, and the call endpoints are not DRF views (why: the
+docstring of ``respcache.api.views``). ``call_endpoints``, a preprocessing hook, finds them in
+the URLconf wherever they are mounted and hands drf-spectacular a description of each: a DRF
+view that is never routed and never serves, whose ``post`` carries the ``extend_schema`` below.
+A project serving the schema lists the hook in its settings::
+
+    SPECTACULAR_SETTINGS = {"PREPROCESSING_HOOKS": ["respcache.api.schema.call_endpoints"], ...}
+
+Imported by ``RespcacheConfig.ready()`` when drf-spectacular is installed (the authentication
+extensions register themselves).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
 
+from django.urls import URLPattern, URLResolver
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
+from drf_spectacular.generators import EndpointEnumerator
+from rest_framework.request import Request
+from rest_framework.views import APIView
+
+from respcache.api.authentication import ApiKeyAuthentication
+from respcache.api.views import CountTokensView, MessagesView
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _key_schemes(purpose: str) -> list[dict[str, Any]]:
@@ -108,8 +128,8 @@ def _error_responses() -> dict[Any, Any]:
     }
 
 
-def messages_create_schema() -> Any:
-    """``extend_schema`` for ``POST /w/<workload>/v1/messages`` (MessagesView.post)."""
+def messages_create_schema() -> Callable[[F], F]:
+    """``extend_schema`` for ``POST /w/<workload>/v1/messages`` (MessagesView)."""
     from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema
 
     from respcache.api.serializers import MessageParamSerializer, MessageSerializer, ServerSentEventSerializer
@@ -165,8 +185,8 @@ def messages_create_schema() -> Any:
     )
 
 
-def count_tokens_schema() -> Any:
-    """``extend_schema`` for ``POST /w/<workload>/v1/messages/count_tokens`` (CountTokensView.post)."""
+def count_tokens_schema() -> Callable[[F], F]:
+    """``extend_schema`` for ``POST /w/<workload>/v1/messages/count_tokens`` (CountTokensView)."""
     from drf_spectacular.utils import OpenApiResponse, extend_schema
 
     from respcache.api.serializers import CountTokensParamSerializer, TokenCountSerializer
@@ -186,3 +206,60 @@ def count_tokens_schema() -> Any:
             **_error_responses(),
         },
     )
+
+
+# --- the call endpoints ----------------------------------------------------------------------
+
+
+class _CallDescription(APIView):
+    """What drf-spectacular reads to describe a call endpoint (its security from the
+    authentication class); never routed, never serves."""
+
+    authentication_classes = [ApiKeyAuthentication]
+    permission_classes: list[Any] = []
+
+
+class MessagesDescription(_CallDescription):
+    @messages_create_schema()
+    def post(self, request: Request, workload: str) -> None:
+        raise NotImplementedError  # served by MessagesView
+
+
+class CountTokensDescription(_CallDescription):
+    @count_tokens_schema()
+    def post(self, request: Request, workload: str) -> None:
+        raise NotImplementedError  # served by CountTokensView
+
+
+#: Each call view with its description, subclasses first (CountTokensView is a MessagesView).
+DESCRIPTIONS: list[tuple[type[MessagesView], type[APIView]]] = [
+    (CountTokensView, CountTokensDescription),
+    (MessagesView, MessagesDescription),
+]
+
+#: What a preprocessing hook receives and returns: (path, path_regex, method, callback).
+Endpoint = tuple[str, str, str, Callable[..., Any]]
+
+
+def call_endpoints(endpoints: list[Endpoint]) -> list[Endpoint]:
+    """drf-spectacular preprocessing hook: ``endpoints`` (the DRF views) plus a POST for each
+    route of the root URLconf served by a call view, described by its description view."""
+    enumerator = EndpointEnumerator()  # the root URLconf, read as drf-spectacular reads it
+    added: list[Endpoint] = []
+    for route, view_class in _routes(enumerator.patterns):
+        for served_by, description in DESCRIPTIONS:
+            if isinstance(view_class, type) and issubclass(view_class, served_by):
+                path: str = enumerator.get_path_from_regex(route)  # type: ignore[no-untyped-call]  # unannotated there
+                added.append((path, route, "POST", description.as_view()))
+                break
+    return [*endpoints, *added]
+
+
+def _routes(patterns: Sequence[URLPattern | URLResolver] | None, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """Every route of a URLconf with the class of its view (None for a function view)."""
+    for pattern in patterns or ():
+        route = prefix + str(pattern.pattern)
+        if isinstance(pattern, URLResolver):
+            yield from _routes(pattern.url_patterns, route)
+        elif isinstance(pattern, URLPattern):
+            yield route, getattr(pattern.callback, "view_class", None)

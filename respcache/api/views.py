@@ -1,31 +1,35 @@
 """The Messages API compatible endpoints (messages, streamed or not, and count_tokens), and the
-handler that renders every error as Anthropic's."""
+handler that renders every error as Anthropic's.
+
+The call endpoints are plain Django views; the management API (``api/management.py``) is DRF.
+Why: a call is a hit most of the time, and a hit does little besides one Redis read, so DRF's
+request cycle (its Request wrapper, per-request authenticator, parser and renderer instances,
+content negotiation, response finalisation) is a large share of it. Measured in process (the
+WSGI app without a socket, as the CPU rows of ``python -m bench``; 60 rounds of 100 hits each,
+in shuffled order, median of the per-round ratios, two runs): the same call as a real DRF view
+cost 1.17-1.20x this view's CPU per hit with content negotiation fixed, 1.37-1.40x with DRF's
+own; a DRF view was acceptable under 1.03x. So DRF does not serve these endpoints and
+REST_FRAMEWORK settings do not apply to them: authentication, the body limit (413), the
+error format and the 405 are this module's. drf-spectacular still describes them in the OpenAPI
+schema, from ``respcache.api.schema`` (its preprocessing hook ``call_endpoints``).
+"""
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
-from django.http import (
-    Http404,
-    HttpRequest,
-    HttpResponse,
-    HttpResponseBase,
-    StreamingHttpResponse,
-    UnreadablePostError,
-)
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBase, StreamingHttpResponse
+from django.views import View
+from django.views.decorators.csrf import csrf_exempt
 from rest_framework import exceptions as drf_exceptions
-from rest_framework.renderers import BaseRenderer
-from rest_framework.request import Request
-from rest_framework.views import APIView
 
 from respcache import selectors
 from respcache.api.authentication import ApiKeyAuthentication
 from respcache.api.observability import CallTelemetryMixin
-from respcache.api.parsers import MessageBody, MessageBodyParser, parse_message_body, too_large
-from respcache.api.schema import count_tokens_schema, messages_create_schema
-from respcache.conf import app_settings
+from respcache.api.parsers import read_message_body
 from respcache.exceptions import (
     InvalidRequest,
     PermissionDenied,
@@ -81,16 +85,6 @@ def anthropic_exception_handler(exc: Exception, context: dict[str, Any]) -> Http
     return error_response(500, "api_error", "Internal server error.")
 
 
-class PassthroughRenderer(BaseRenderer):
-    """Views here return finished HttpResponses; any Accept header is fine."""
-
-    media_type = "*/*"
-    format = "json"
-
-    def render(self, data: Any, accepted_media_type: str | None = None, renderer_context: Any = None) -> bytes:
-        return data if isinstance(data, bytes) else b""
-
-
 def cache_directives(value: str) -> set[str]:
     return {part.split("=", 1)[0].strip().lower() for part in value.split(",") if part.strip()}
 
@@ -98,7 +92,9 @@ def cache_directives(value: str) -> set[str]:
 def validate_model_and_messages(data: dict[str, Any]) -> None:
     model = data.get("model")
     if not isinstance(model, str) or not model:
-        raise InvalidRequest("model: field required (a non-empty string)." if model is None else "model: must be a string.")
+        raise InvalidRequest(
+            "model: field required (a non-empty string)." if model is None else "model: must be a string."
+        )
     messages = data.get("messages")
     if not isinstance(messages, list):
         raise InvalidRequest("messages: field required (a list)." if messages is None else "messages: must be a list.")
@@ -130,55 +126,54 @@ def forwarded_headers(meta: dict[str, Any]) -> dict[str, str]:
 
 _AUTHENTICATION = ApiKeyAuthentication()
 
-
-class _FixedNegotiation:
-    """These views return finished bytes: DRF's content negotiation would only cost time."""
-
-    def select_parser(self, request: Request, parsers: list[Any]) -> Any:
-        return parsers[0] if parsers else None
-
-    def select_renderer(self, request: Request, renderers: list[Any], format_suffix: Any = None) -> Any:
-        return (renderers[0], renderers[0].media_type)
+#: What the call endpoints answer (OPTIONS lists them); sent with every answer to another method.
+ALLOWED_METHODS = "POST, OPTIONS"
 
 
-class MessagesView(CallTelemetryMixin, APIView):
+class MessagesView(CallTelemetryMixin, View):
     """``POST /w/<workload>/v1/messages``: the Messages API, answered through the cache.
 
-    POST, the hit path, is dispatched without DRF's request wrapping (see ``dispatch``); DRF
-    still describes it (schema, parser, authentication below) and answers every other method.
+    Every method is authenticated first (a caller without a valid key learns nothing, not even
+    which methods exist); then POST calls the service, OPTIONS answers the Allow header alone,
+    any other method is a 405. Errors are Anthropic error JSON; every call is recorded.
     """
-
-    authentication_classes = [ApiKeyAuthentication]
-    permission_classes: list[Any] = []
-    parser_classes = [MessageBodyParser]
-    renderer_classes = [PassthroughRenderer]
-    throttle_classes: list[Any] = []
-    content_negotiation_class = _FixedNegotiation
 
     #: The caller's grant, once authenticated (for check_workload and the call's log line).
     grant: selectors.Grant | None = None
 
-    def get_exception_handler(self) -> Any:
-        return anthropic_exception_handler
+    @classmethod
+    def as_view(cls, **initkwargs: Any) -> Callable[..., HttpResponseBase]:
+        # Callers present an API key, never a session cookie: there is no CSRF token to check.
+        return csrf_exempt(super().as_view(**initkwargs))
 
     def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
-        """POST runs the call directly on Django's request: authenticate, serve, render any error
-        in Anthropic's format, record the call. It is what APIView.dispatch would do for this
-        view, which has no permissions, throttles, versioning or content negotiation, minus the
-        Request wrapper and per-request class instantiation that cost a hit a tenth of its CPU
-        (bench/README: "hit ... CPU per request"). Other methods (405, OPTIONS) go through DRF.
-        """
-        if request.method != "POST":
-            return super().dispatch(request, *args, **kwargs)
-        self.args, self.kwargs, self.request = args, kwargs, request
+        """Authenticate, answer the method, render any error, record the call."""
         self._call_started = time.perf_counter()
+        method = request.method
+        response: HttpResponseBase
         try:
             self.grant = _AUTHENTICATION.authenticate_request(request)
-            response = self.post(request, **kwargs)
-        except Exception as exc:  # rendered like DRF's handler would: never a bare 500
+            if method == "POST":
+                response = self.post(request, **kwargs)
+            elif method == "OPTIONS":
+                response = self.options(request)
+            else:
+                response = self.http_method_not_allowed(request)
+        except Exception as exc:  # never a bare 500: every error in Anthropic's format
             response = anthropic_exception_handler(exc, {"view": self, "request": request})
-        self.record_call(request, response, after_close=True)
+        if method != "POST":  # even on a 401, as when DRF answered these methods
+            response["Allow"] = ALLOWED_METHODS
+        self.record_call(request, response)
         return response
+
+    def options(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        response = HttpResponse()
+        del response["Content-Type"]  # an empty answer: its Allow header says it all
+        return response
+
+    def http_method_not_allowed(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        # DRF's wording (MethodNotAllowed), which callers have seen from these endpoints.
+        return error_response(405, "invalid_request_error", f'Method "{request.method}" not allowed.')
 
     def check_workload(self, workload: str) -> selectors.Policy:
         policy = selectors.workload_policy(workload)
@@ -189,27 +184,10 @@ class MessagesView(CallTelemetryMixin, APIView):
             raise PermissionDenied(f"This API key may not call workload {workload!r}.")
         return policy
 
-    def read_body(self, request: HttpRequest) -> MessageBody:
-        limit = app_settings.MAX_BODY_BYTES
-        try:
-            declared = int(request.META.get("CONTENT_LENGTH") or 0)
-        except ValueError:
-            declared = 0
-        if declared > limit:
-            raise too_large()  # refuse before reading a byte
-        # request.read, not request.body: the limit here is MAX_BODY_BYTES, not Django's
-        # DATA_UPLOAD_MAX_MEMORY_SIZE (form uploads), and a body that lies about its length
-        # is cut at limit + 1 bytes.
-        try:
-            raw = request.read(limit + 1)
-        except (UnreadablePostError, OSError) as exc:  # the client went away mid-body
-            raise InvalidRequest(f"Request body could not be read: {exc}") from exc
-        return parse_message_body(raw)
-
     def serve(self, request: HttpRequest, workload: str, validate: Any, service: Any) -> HttpResponseBase:
         """Check, validate, call one service with the request's cache directives, respond."""
         policy = self.check_workload(workload)
-        body = self.read_body(request)
+        body = read_message_body(request)
         validate(body.data)
         if service is None:
             service = cached_message_stream if body.data.get("stream") is True else cached_message_create
@@ -227,7 +205,6 @@ class MessagesView(CallTelemetryMixin, APIView):
         self.call_result = result  # for the call's log line and span (CallTelemetryMixin)
         return message_response(result)
 
-    @messages_create_schema()
     def post(self, request: HttpRequest, workload: str) -> HttpResponseBase:
         return self.serve(request, workload, validate_message_fields, None)
 
@@ -235,7 +212,6 @@ class MessagesView(CallTelemetryMixin, APIView):
 class CountTokensView(MessagesView):
     """``POST /w/<workload>/v1/messages/count_tokens``: token counts, cached in their own key space."""
 
-    @count_tokens_schema()
     def post(self, request: HttpRequest, workload: str) -> HttpResponseBase:
         return self.serve(request, workload, validate_model_and_messages, cached_count_tokens)
 

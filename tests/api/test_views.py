@@ -302,6 +302,96 @@ def test_wrong_method_is_an_error_in_anthropic_format(live_server: Any, api_key:
     assert response.json()["type"] == "error"
 
 
+CALL_PATHS = ["/w/intents/v1/messages", "/w/intents/v1/messages/count_tokens"]
+
+
+@pytest.mark.parametrize("path", CALL_PATHS)
+@pytest.mark.parametrize("method", ["GET", "PUT", "PATCH", "DELETE"])
+def test_other_methods_are_405_in_anthropic_format_with_allow(
+    live_server: Any, api_key: str, path: str, method: str
+) -> None:
+    response = httpx.request(method, live_server.url + path, headers={"x-api-key": api_key}, content=b"{}")
+    assert response.status_code == 405
+    assert response.headers["allow"] == "POST, OPTIONS"
+    assert response.headers["content-type"] == "application/json"
+    assert response.json() == {
+        "type": "error",
+        "error": {"type": "invalid_request_error", "message": f'Method "{method}" not allowed.'},
+    }
+
+
+@pytest.mark.parametrize("path", CALL_PATHS)
+def test_options_lists_the_methods_with_an_empty_answer(live_server: Any, api_key: str, path: str) -> None:
+    response = httpx.options(live_server.url + path, headers={"x-api-key": api_key})
+    assert response.status_code == 200
+    assert response.headers["allow"] == "POST, OPTIONS"
+    assert response.content == b""
+    assert "content-type" not in response.headers
+
+
+@pytest.mark.parametrize("method", ["GET", "OPTIONS", "DELETE"])
+def test_a_caller_without_a_valid_key_gets_401_whatever_the_method(
+    live_server: Any, workload: Workload, method: str
+) -> None:
+    for headers in ({}, {"x-api-key": "sk-unknown"}):
+        response = httpx.request(method, f"{live_server.url}/w/intents/v1/messages", headers=headers)
+        assert response.status_code == 401
+        assert response.json()["error"]["type"] == "authentication_error"
+        assert response.headers["allow"] == "POST, OPTIONS"
+
+
+def test_post_answers_carry_no_allow_header(live_server: Any, api_key: str, fake: Any) -> None:
+    answered = post(live_server, "intents", api_key, orjson.dumps(ask()))
+    refused = post(live_server, "intents", api_key, b"[]")
+    assert (answered.status_code, refused.status_code) == (200, 400)
+    assert "allow" not in answered.headers and "allow" not in refused.headers
+
+
+def test_callers_need_no_csrf_token(api_key: str, fake: Any) -> None:
+    """Callers present an API key, not a session: Django's CSRF check must not stand in the way
+    (a 403 before the view) of a POST or of the 405 another method gets."""
+    from django.test import Client
+
+    client = Client(enforce_csrf_checks=True, HTTP_X_API_KEY=api_key)
+    body = orjson.dumps(ask())
+    assert client.post(CALL_PATHS[0], data=body, content_type="application/json").status_code == 200
+    assert client.put(CALL_PATHS[0], data=body, content_type="application/json").status_code == 405
+
+
+def test_every_method_writes_the_calls_log_line(api_key: str, settings: Any) -> None:
+    """The 405 is recorded like any call: its status, error type and caller. (The test client
+    closes the response before it returns, and the line is written at the close.)"""
+    import json
+    import logging
+
+    from django.test import Client
+
+    from respcache import telemetry
+
+    class Lines(logging.Handler):
+        def __init__(self) -> None:
+            super().__init__()
+            self.messages: list[str] = []
+
+        def emit(self, record: logging.LogRecord) -> None:
+            self.messages.append(record.getMessage())
+
+    settings.RESPCACHE = {**settings.RESPCACHE, "CALL_LOG_BATCH_SECONDS": 0}  # written at once
+    log = logging.getLogger("respcache.calls")
+    lines, level = Lines(), log.level
+    log.addHandler(lines)
+    log.setLevel(logging.INFO)
+    try:
+        Client(HTTP_X_API_KEY=api_key).get(CALL_PATHS[1])
+        telemetry.flush()
+    finally:
+        log.removeHandler(lines)
+        log.setLevel(level)
+    (line,) = [json.loads(message) for message in lines.messages]
+    assert (line["endpoint"], line["workload"], line["status"]) == ("count_tokens", "intents", 405)
+    assert (line["outcome"], line["error_type"], line["caller"]) == ("error", "invalid_request_error", "caller")
+
+
 # --- stampede --------------------------------------------------------------------------------------
 
 
