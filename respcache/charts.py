@@ -305,6 +305,7 @@ def lines(
                 ]
             )
             for run in runs
+            if run
         ]
         marks.append(SeriesMarks(s.name, str(s.label), s.color, segments=segments))
     return frame.chart(
