@@ -1,22 +1,25 @@
-"""Server-side SVG charts for the admin: stacked bars and lines over time. Pure; no JS, no network.
+"""Chart geometry for the admin's stats page: stacked bars and lines over time, numbers in and
+numbers out. No markup here.
 
-Each function takes plain numbers and labels and returns one ``<svg>`` element as a string, ready
-to put in a template (the caller marks it safe; every text in it is escaped here). The charts
-scale to their container (``viewBox``), carry a ``<title>`` for screen readers and a ``<title>``
-per bar or point for hover tooltips, and name their series in ``data-series`` attributes.
+``stacked_bars`` and ``lines`` take plain values and labels and return a :class:`Chart`: every
+bar, point, grid line and label already placed in SVG user units. The template
+``admin/respcache/workload/_chart.svg.html`` draws a Chart as one ``<svg>`` element, with Django's
+autoescaping on every text (titles, labels, tooltips). The drawing scales to its container
+(``viewBox``), carries a ``<title>`` for screen readers and one per bar or point for hover
+tooltips, and names its series in ``data-series`` attributes.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from html import escape
+from dataclasses import dataclass, field
 from itertools import count
 
 WIDTH, HEIGHT = 480, 210
 LEFT, RIGHT, TOP, BOTTOM = 50, 10, 30, 26
 X_LABELS = 6
+#: Each chart's ``<title>`` needs an id unique in the page (``aria-labelledby`` points at it).
 _ids = count(1)
 
 
@@ -27,6 +30,97 @@ class Series:
     name: str
     label: object  # a str, or a lazy translation: rendered with str()
     color: str
+
+
+@dataclass(frozen=True)
+class Text:
+    """A label placed at ``x``, ``y`` (its baseline)."""
+
+    x: float
+    y: float
+    text: str
+
+
+@dataclass(frozen=True)
+class GridLine:
+    """A horizontal line at ``y`` across the plot, labelled with its value on the left."""
+
+    y: float
+    label: str
+
+    @property
+    def label_y(self) -> float:
+        return self.y + 4  # the baseline that centres the digits on the line
+
+
+@dataclass(frozen=True)
+class Mark:
+    """A bar (``x``, ``y`` its top left, ``width`` × ``height``) or a point (``x``, ``y`` its
+    centre, ``r`` its radius), with its value and its hover text."""
+
+    x: float
+    y: float
+    value: float
+    tip: str
+    width: float = 0.0
+    height: float = 0.0
+    r: float = 0.0
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A run of points of one line with no gap; a run of one point is a dot only."""
+
+    points: list[Mark]
+
+    @property
+    def drawn(self) -> bool:
+        return len(self.points) > 1
+
+
+@dataclass(frozen=True)
+class SeriesMarks:
+    """One series as drawn: its bars (bar charts) or its line segments (line charts)."""
+
+    name: str
+    label: str
+    color: str
+    bars: list[Mark] = field(default_factory=list)
+    segments: list[Segment] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class LegendItem:
+    x: int  # the swatch; its label starts 14 units right of it
+    label: str
+    color: str
+
+    @property
+    def text_x(self) -> int:
+        return self.x + 14
+
+
+@dataclass(frozen=True)
+class Chart:
+    """One chart, fully placed. ``kind`` is ``bars`` or ``lines``."""
+
+    kind: str
+    id: str
+    title: str
+    width: int
+    height: int
+    plot_left: int
+    plot_right: int
+    plot_bottom: int  # the x axis
+    grid: list[GridLine]
+    x_labels: list[Text]  # one tick mark on the axis per label
+    series: list[SeriesMarks]
+    legend: list[LegendItem]
+    empty: Text | None  # the "no data" note, when nothing is drawn
+
+    @property
+    def grid_label_x(self) -> int:
+        return self.plot_left - 6
 
 
 def nice_ticks(top: float, n: int = 4) -> list[float]:
@@ -56,7 +150,7 @@ def format_percent(value: float) -> str:
 
 
 class _Frame:
-    """The plot area of one chart, its coordinates and the common parts (grid, axes, legend)."""
+    """The plot area of one chart and its coordinates; builds the parts every chart has."""
 
     def __init__(self, n: int, y_top: float, width: int, height: int) -> None:
         self.n = max(n, 1)
@@ -72,71 +166,51 @@ class _Frame:
     def y(self, value: float) -> float:
         return TOP + self.plot_h * (1 - min(value, self.y_top) / self.y_top)
 
-    def grid(self, ticks: Sequence[float], fmt: Callable[[float], str]) -> list[str]:
-        parts = ['<g class="rc-grid">']
-        for tick in ticks:
-            y = self.y(tick)
-            parts.append(
-                f'<line x1="{LEFT}" x2="{LEFT + self.plot_w}" y1="{y:.1f}" y2="{y:.1f}" '
-                'stroke="#ddd" stroke-width="1"/>'
-                f'<text x="{LEFT - 6}" y="{y + 4:.1f}" text-anchor="end">{escape(fmt(tick))}</text>'
-            )
-        parts.append("</g>")
-        return parts
-
-    def x_labels(self, labels: Sequence[str], centered: bool) -> list[str]:
-        parts = ['<g class="rc-x">']
-        if labels:
-            step = max(1, math.ceil(len(labels) / X_LABELS))
-            for i in range(0, len(labels), step):
-                x = self.x(i + (0.5 if centered else 0))
-                parts.append(
-                    f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{TOP + self.plot_h}" '
-                    f'y2="{TOP + self.plot_h + 4}" stroke="#999"/>'
-                    f'<text x="{x:.1f}" y="{self.height - 8}" text-anchor="middle">'
-                    f"{escape(labels[i])}</text>"
-                )
-        parts.append(
-            f'<line x1="{LEFT}" x2="{LEFT + self.plot_w}" y1="{TOP + self.plot_h}" '
-            f'y2="{TOP + self.plot_h}" stroke="#999"/></g>'
+    def chart(
+        self,
+        kind: str,
+        *,
+        title: str,
+        labels: Sequence[str],
+        ticks: Sequence[float],
+        y_format: Callable[[float], str],
+        series: Sequence[Series],
+        marks: list[SeriesMarks],
+        empty: str | None,
+    ) -> Chart:
+        """The whole chart around the series' marks; ``empty`` is the note shown, if any."""
+        grid = [GridLine(self.y(tick), y_format(tick)) for tick in ticks]
+        step = max(1, math.ceil(len(labels) / X_LABELS))  # at most about X_LABELS time labels
+        x_labels = [Text(self.x(i + 0.5), self.height - 8, labels[i]) for i in range(0, len(labels), step)]
+        return Chart(
+            kind=kind,
+            id=f"rc-chart-{next(_ids)}",
+            title=title,
+            width=self.width,
+            height=self.height,
+            plot_left=LEFT,
+            plot_right=LEFT + self.plot_w,
+            plot_bottom=TOP + self.plot_h,
+            grid=grid,
+            x_labels=x_labels,
+            series=marks,
+            legend=_legend(series),
+            empty=None if empty is None else Text(LEFT + self.plot_w / 2, TOP + self.plot_h / 2, empty),
         )
-        return parts
 
 
-def _legend(series: Sequence[Series]) -> list[str]:
-    parts = ['<g class="rc-legend">']
-    x = LEFT
+def _legend(series: Sequence[Series]) -> list[LegendItem]:
+    items, x = [], LEFT
     for s in series:
-        parts.append(
-            f'<rect x="{x}" y="8" width="10" height="10" fill="{escape(s.color)}"/>'
-            f'<text x="{x + 14}" y="17">{escape(str(s.label))}</text>'
-        )
-        x += 22 + 7 * len(str(s.label))
-    parts.append("</g>")
-    return parts
-
-
-def _open(title: str, width: int, height: int, kind: str) -> tuple[list[str], str]:
-    title_id = f"rc-chart-{next(_ids)}"
-    return [
-        f'<svg xmlns="http://www.w3.org/2000/svg" class="rc-chart rc-chart-{kind}" '
-        f'viewBox="0 0 {width} {height}" width="100%" role="img" aria-labelledby="{title_id}" '
-        'font-family="system-ui, sans-serif" font-size="11" fill="#333">'
-        f'<title id="{title_id}">{escape(title)}</title>'
-    ], title_id
+        label = str(s.label)
+        items.append(LegendItem(x, label, s.color))
+        x += 22 + 7 * len(label)  # about 7 units per character of an 11-unit font
+    return items
 
 
 def _tip(label: str, series: Series, value: str) -> str:
-    """The hover tooltip of one bar or point."""
-    return f"<title>{escape(label)}: {escape(str(series.label))} {escape(value)}</title>"
-
-
-def _empty_note(frame: _Frame, message: str) -> str:
-    return (
-        f'<text class="rc-empty" x="{LEFT + frame.plot_w / 2:.1f}" '
-        f'y="{TOP + frame.plot_h / 2:.1f}" '
-        f'text-anchor="middle" fill="#888">{escape(message)}</text>'
-    )
+    """The hover text of one bar or point."""
+    return f"{label}: {series.label} {value}"
 
 
 def stacked_bars(
@@ -149,35 +223,43 @@ def stacked_bars(
     empty: str = "No data in this window",
     width: int = WIDTH,
     height: int = HEIGHT,
-) -> str:
+) -> Chart:
     """One bar per slot (``labels[i]``, ``values[i]``), each series stacked in order."""
     totals = [sum(max(0.0, float(v.get(s.name, 0) or 0)) for s in series) for v in values]
     ticks = nice_ticks(max(totals, default=0))
     frame = _Frame(len(values), ticks[-1], width, height)
-    parts, _ = _open(title, width, height, "bars")
-    parts += frame.grid(ticks, y_format)
     gap = min(2.0, frame.slot * 0.2)
     below = [0.0] * len(values)  # the stack's height so far, per slot
+    marks = []
     for s in series:
-        parts.append(f'<g class="rc-series" data-series="{escape(s.name)}" fill="{escape(s.color)}">')
+        bars = []
         for i, v in enumerate(values):
             amount = max(0.0, float(v.get(s.name, 0) or 0))
             if not amount:
                 continue
             y0, y1 = frame.y(below[i]), frame.y(below[i] + amount)
             below[i] += amount
-            parts.append(
-                f'<rect x="{frame.x(i) + gap / 2:.1f}" y="{y1:.1f}" width="{frame.slot - gap:.1f}" '
-                f'height="{y0 - y1:.2f}" data-value="{amount:g}">'
-                f"{_tip(labels[i], s, y_format(amount))}</rect>"
+            bars.append(
+                Mark(
+                    x=frame.x(i) + gap / 2,
+                    y=y1,
+                    width=frame.slot - gap,
+                    height=y0 - y1,
+                    value=amount,
+                    tip=_tip(labels[i], s, y_format(amount)),
+                )
             )
-        parts.append("</g>")
-    if not any(totals):
-        parts.append(_empty_note(frame, empty))
-    parts += frame.x_labels(labels, centered=True)
-    parts += _legend(series)
-    parts.append("</svg>")
-    return "".join(parts)
+        marks.append(SeriesMarks(s.name, str(s.label), s.color, bars=bars))
+    return frame.chart(
+        "bars",
+        title=title,
+        labels=labels,
+        ticks=ticks,
+        y_format=y_format,
+        series=series,
+        marks=marks,
+        empty=None if any(totals) else empty,
+    )
 
 
 def lines(
@@ -191,7 +273,7 @@ def lines(
     empty: str = "No data in this window",
     width: int = WIDTH,
     height: int = HEIGHT,
-) -> str:
+) -> Chart:
     """One line per series through the slots' centres; a None value is a gap in the line.
 
     ``y_max`` fixes the scale (1.0 for rates); otherwise it fits the data.
@@ -199,33 +281,40 @@ def lines(
     present = [float(x) for v in values for s in series if (x := v.get(s.name)) is not None]
     ticks = nice_ticks(y_max if y_max is not None else max(present, default=0))
     frame = _Frame(len(values), ticks[-1], width, height)
-    parts, _ = _open(title, width, height, "lines")
-    parts += frame.grid(ticks, y_format)
+    marks = []
     for s in series:
-        parts.append(f'<g class="rc-series" data-series="{escape(s.name)}">')
-        segments: list[list[tuple[float, float, int]]] = [[]]
+        runs: list[list[tuple[int, float]]] = [[]]  # (slot, value) with no gap between them
         for i, v in enumerate(values):
             value = v.get(s.name)
             if value is None:
-                if segments[-1]:
-                    segments.append([])
+                if runs[-1]:
+                    runs.append([])
                 continue
-            segments[-1].append((frame.x(i + 0.5), frame.y(float(value)), i))
-        for segment in segments:
-            if len(segment) > 1:
-                path = " ".join(f"{'M' if j == 0 else 'L'}{x:.1f},{y:.1f}" for j, (x, y, _) in enumerate(segment))
-                parts.append(f'<path d="{path}" fill="none" stroke="{escape(s.color)}" stroke-width="2"/>')
-            for x, y, i in segment:
-                value = float(values[i][s.name])  # type: ignore[arg-type]
-                parts.append(
-                    f'<circle cx="{x:.1f}" cy="{y:.1f}" r="{2.5 if len(segment) > 1 else 3.5}" '
-                    f'fill="{escape(s.color)}" data-value="{value:g}">'
-                    f"{_tip(labels[i], s, y_format(value))}</circle>"
-                )
-        parts.append("</g>")
-    if not present:
-        parts.append(_empty_note(frame, empty))
-    parts += frame.x_labels(labels, centered=True)
-    parts += _legend(series)
-    parts.append("</svg>")
-    return "".join(parts)
+            runs[-1].append((i, float(value)))
+        segments = [
+            Segment(
+                [
+                    Mark(
+                        x=frame.x(i + 0.5),
+                        y=frame.y(value),
+                        r=2.5 if len(run) > 1 else 3.5,  # a lone dot is drawn larger
+                        value=value,
+                        tip=_tip(labels[i], s, y_format(value)),
+                    )
+                    for i, value in run
+                ]
+            )
+            for run in runs
+            if run
+        ]
+        marks.append(SeriesMarks(s.name, str(s.label), s.color, segments=segments))
+    return frame.chart(
+        "lines",
+        title=title,
+        labels=labels,
+        ticks=ticks,
+        y_format=y_format,
+        series=series,
+        marks=marks,
+        empty=None if present else empty,
+    )

@@ -16,7 +16,7 @@ from django.test import Client
 from django.urls import reverse
 
 from respcache import keys, selectors, stats, store
-from respcache import services as service
+from respcache import services
 from respcache.models import ApiKey, AuditEntry, Workload
 from tests.conftest import ask, redis_down
 
@@ -164,7 +164,7 @@ def test_dead_write_rate_is_measured_and_shown_with_the_redis_server(admin_clien
 
     def create(text: str) -> str:
         body = ask(text)
-        return service.cached_message_create(
+        return services.cached_message_create(
             policy=policy, body=body, raw_body=orjson.dumps(body), clock=lambda: written_at
         ).status
 
@@ -313,7 +313,7 @@ def test_purge_action_confirms_with_the_count_then_purges(
     key = make_key(intents, other)
     for text in ("a", "b", "c"):
         status(call(caller, key, text))
-    service.workload_bump(intents, actor="test")
+    services.workload_bump(intents, actor="test")
     status(call(caller, key, "a"))  # an entry of the new key version too: purge takes all
     status(call(caller, key, "z", slug="other"))
 
@@ -421,7 +421,7 @@ def test_policy_edit_without_changes_is_not_audited(admin_client: Client, worklo
 
 def test_policy_edit_does_not_undo_a_concurrent_bump(admin_client: Client, workload: Workload) -> None:
     stale_form = _form(workload, ttl_seconds=300)
-    service.workload_bump(workload, actor="someone-else")
+    services.workload_bump(workload, actor="someone-else")
     admin_client.post(reverse("admin:respcache_workload_change", args=[workload.pk]), stale_form)
     workload.refresh_from_db()
     assert (workload.key_version, workload.ttl_seconds) == (2, 300)
@@ -528,7 +528,7 @@ def test_entry_browser_lists_the_current_versions_entries(
     assert sorted(r.reads for r in rows.values()) == [0, 0, 1]
     assert all(r.ttl_ms and 86_000_000 < r.ttl_ms <= 86_400_000 and r.size and r.stored_at for r in rows.values())
 
-    service.workload_bump(workload, actor="test")
+    services.workload_bump(workload, actor="test")
     assert "No entries." in html(admin_client.get(url("entries", workload.pk)))
     fresh = call(caller, api_key, "a")["X-Respcache-Key"]
     assert set(re.findall(r'title="([0-9a-f]{64})"', html(admin_client.get(url("entries", workload.pk))))) == {fresh}
@@ -652,7 +652,7 @@ def test_entry_browser_pages_through_every_entry(admin_client: Client, workload:
 
 
 def test_audit_trail_is_read_only_and_lists_who_did_what(admin_client: Client, workload: Workload) -> None:
-    service.workload_bump(workload, actor="alice")
+    services.workload_bump(workload, actor="alice")
     entry = AuditEntry.objects.get()
     page = html(admin_client.get("/admin/respcache/auditentry/"))
     assert "alice" in page and "key_version: 1 → 2" in page
@@ -668,8 +668,8 @@ def test_audit_trail_is_read_only_and_lists_who_did_what(admin_client: Client, w
 
 def test_audit_trail_link_of_a_workload_lists_only_its_records(admin_client: Client, make_workload: Any) -> None:
     intents, other = make_workload("intents"), make_workload("other")
-    service.workload_bump(intents, actor="alice")
-    service.workload_bump(other, actor="bob")
+    services.workload_bump(intents, actor="alice")
+    services.workload_bump(other, actor="bob")
     stats_page = html(admin_client.get(url("stats", intents.pk)))
     link = re.search(r'href="(/admin/respcache/auditentry/\?[^"]+)"', stats_page)
     assert link is not None

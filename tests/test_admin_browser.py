@@ -19,7 +19,7 @@ import pytest
 from django.conf import settings
 
 from respcache import selectors
-from respcache import services as service
+from respcache import services
 from respcache.models import Workload
 from tests.api.test_views import create
 from tests.conftest import ask
@@ -65,7 +65,7 @@ def _backfill(workload: Workload, now: float) -> None:
         for n in range(2 + (58 - minute) // 10):
             text = f"intent #{(minute * 7 + n) % (4 + minute // 6)}"
             body = ask(text)
-            service.cached_message_create(
+            services.cached_message_create(
                 policy=policy,
                 body=body,
                 raw_body=orjson.dumps(body),
@@ -81,7 +81,7 @@ def test_admin_stats_chart_and_bump_in_chromium(
     django_user_model.objects.create_superuser("ops", "ops@example.com", password)
     # A 10-minute TTL: the entries written early in the hour have expired by now (by the
     # counters' clock), so the page has a measured dead-write rate to show.
-    workload, _ = service.workload_upsert(slug=workload.slug, ttl_seconds=600, actor="test")
+    workload, _ = services.workload_upsert(slug=workload.slug, ttl_seconds=600, actor="test")
     _backfill(workload, time.time())
     client = sdk()
     live = [create(client, ask(text)).headers["x-respcache"] for text in ("reset", "refund", "reset", "reset")]

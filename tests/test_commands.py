@@ -11,7 +11,7 @@ import pytest
 from django.core.management import CommandError, call_command
 
 from respcache import selectors, stats
-from respcache import services as service
+from respcache import services
 from respcache.models import ApiKey, AuditEntry, Workload
 from tests.conftest import ask
 
@@ -72,7 +72,7 @@ def test_purge_prints_how_many(fake: Any) -> None:
     workload = Workload.objects.create(slug="intents")
     policy = selectors.workload_policy("intents")
     for text in ("a", "b", "c"):
-        service.cached_message_create(policy=policy, body=ask(text), raw_body=orjson.dumps(ask(text)))
+        services.cached_message_create(policy=policy, body=ask(text), raw_body=orjson.dumps(ask(text)))
     assert run("respcache_purge", "intents") == "3\n"
     assert run("respcache_purge", "intents") == "0\n"
     assert AuditEntry.objects.filter(workload=workload, action="purge").first().entries_purged == 0

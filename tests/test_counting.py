@@ -20,7 +20,7 @@ from django.test.utils import CaptureQueriesContext
 from redis.connection import AbstractConnection
 
 from respcache import selectors, stats
-from respcache import services as service
+from respcache import services
 from respcache.models import Workload
 from tests.conftest import ask
 
@@ -136,7 +136,7 @@ def test_stampede_of_many_callers_makes_one_upstream_call(fake: Any, workload: W
     body = ask("a trending question")
     raw = orjson.dumps(body)
     fake.pause.clear()
-    results: list[service.CachedResult] = []
+    results: list[services.CachedResult] = []
     errors: list[BaseException] = []
     lock = threading.Lock()
     start = threading.Barrier(callers)
@@ -144,7 +144,7 @@ def test_stampede_of_many_callers_makes_one_upstream_call(fake: Any, workload: W
     def call() -> None:
         start.wait()
         try:
-            result = service.cached_message_create(policy=policy, body=body, raw_body=raw)
+            result = services.cached_message_create(policy=policy, body=body, raw_body=raw)
         except BaseException as exc:  # noqa: BLE001 - collected and asserted below
             with lock:
                 errors.append(exc)

@@ -12,18 +12,18 @@ from django.test import Client, override_settings
 from prometheus_client.parser import text_string_to_metric_families
 
 from respcache import selectors, stats, store
-from respcache import services as service
+from respcache import services
 from respcache.models import Workload
 from tests.conftest import ask, redis_down
 
 pytestmark = pytest.mark.django_db
 
 
-def call(slug: str, text: str = "password reset", **extra: Any) -> service.CachedResult:
+def call(slug: str, text: str = "password reset", **extra: Any) -> services.CachedResult:
     body = ask(text, **extra)
     policy = selectors.workload_policy(slug)
     assert policy is not None
-    return service.cached_message_create(policy=policy, body=body, raw_body=orjson.dumps(body))
+    return services.cached_message_create(policy=policy, body=body, raw_body=orjson.dumps(body))
 
 
 def scrape(client: Client | None = None, **headers: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:

@@ -24,7 +24,7 @@ from django_redis.pool import ConnectionFactory
 
 from project import embedded_redis
 from respcache import selectors, store
-from respcache import services as service
+from respcache import services
 from respcache.exceptions import CacheUnavailable
 from tests.conftest import ask
 
@@ -208,7 +208,7 @@ def served_through(cache: dict[str, Any]) -> list[str]:
         policy = selectors.workload_policy("intents")
         assert policy is not None
         body = ask("through this redis")
-        return [service.cached_message_create(policy=policy, body=body, raw_body=orjson.dumps(body)).status
+        return [services.cached_message_create(policy=policy, body=body, raw_body=orjson.dumps(body)).status
                 for _ in range(2)]
 
 

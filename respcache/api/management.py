@@ -25,7 +25,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from respcache import selectors, stats
-from respcache import services as service
+from respcache import services
 from respcache.api.authentication import OptionalApiKeyAuthentication
 from respcache.api.permissions import CanManageWorkloads, grant_of
 from respcache.api.serializers import ErrorSerializer, WorkloadSerializer, WorkloadStatsSerializer
@@ -177,7 +177,7 @@ class WorkloadBumpView(ManagementView):
     def post(self, request: Request, slug: str) -> Response:
         workload = self.get_workload(slug)
         actor, user = self.actor()
-        version = service.workload_bump(workload, actor=actor, user=user)
+        version = services.workload_bump(workload, actor=actor, user=user)
         return Response({"workload": workload.slug, "key_version": version})
 
 
@@ -201,5 +201,5 @@ class WorkloadPurgeView(ManagementView):
     def post(self, request: Request, slug: str) -> Response:
         workload = self.get_workload(slug)
         actor, user = self.actor()
-        purged = service.workload_purge(workload, actor=actor, user=user)
+        purged = services.workload_purge(workload, actor=actor, user=user)
         return Response({"workload": workload.slug, "purged": purged})

@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from respcache import keys, stats
-from respcache import services as service
+from respcache import services
 from respcache.models import Workload
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -69,7 +69,7 @@ def test_cache_control_and_a_disabled_workload(sdk: Any, fake: Any, workload: Wo
     assert count(client).headers["x-respcache"] == "miss"
     assert count(client, extra_headers={"cache-control": "no-cache"}).headers["x-respcache"] == "refresh"
     assert count(client).headers["x-respcache"] == "hit"
-    service.workload_set_enabled(workload, False, actor="test")
+    services.workload_set_enabled(workload, False, actor="test")
     assert count(client).headers["x-respcache"] == "bypass"
 
 

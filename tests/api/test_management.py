@@ -12,7 +12,7 @@ from django.test import override_settings
 from rest_framework.test import APIClient
 
 from respcache import selectors, stats, store
-from respcache import services as service
+from respcache import services
 from respcache.api.serializers import StatsSerializer
 from respcache.models import AuditEntry, Workload
 from tests.conftest import ask, redis_down
@@ -22,12 +22,12 @@ pytestmark = pytest.mark.django_db
 PASSWORD = "s3cret-pass"  # noqa: S105 - test users only
 
 
-def call(slug: str, text: str = "password reset", **extra: Any) -> service.CachedResult:
+def call(slug: str, text: str = "password reset", **extra: Any) -> services.CachedResult:
     """One call through the cache (simulated upstream), as the endpoint makes it."""
     body = ask(text, **extra)
     policy = selectors.workload_policy(slug)
     assert policy is not None
-    return service.cached_message_create(policy=policy, body=body, raw_body=orjson.dumps(body))
+    return services.cached_message_create(policy=policy, body=body, raw_body=orjson.dumps(body))
 
 
 def make_user(username: str, *, staff: bool = True, perms: tuple[str, ...] = (), superuser: bool = False) -> User:

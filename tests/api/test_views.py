@@ -11,7 +11,7 @@ import httpx2 as httpx
 import orjson
 import pytest
 
-from respcache import services as service
+from respcache import services
 from respcache.models import Workload
 from tests.conftest import ask
 
@@ -50,7 +50,7 @@ def test_miss_then_hit_then_bump_gives_miss(sdk: Any, fake: Any, workload: Workl
     assert "age" not in first.headers and int(second.headers["age"]) >= 0
     assert len(fake.message_calls()) == 1
 
-    service.workload_bump(workload, actor="test")
+    services.workload_bump(workload, actor="test")
     third = create(client, ask())
     assert third.headers["x-respcache"] == "miss"
     assert len(fake.message_calls()) == 2
@@ -120,7 +120,7 @@ def test_strict_workload_caches_only_temperature_zero(sdk: Any, fake: Any, make_
 
 
 def test_disabled_workload_bypasses(sdk: Any, fake: Any, workload: Workload) -> None:
-    service.workload_set_enabled(workload, False, actor="test")
+    services.workload_set_enabled(workload, False, actor="test")
     client = sdk()
     assert create(client, ask()).headers["x-respcache"] == "bypass"
     assert create(client, ask()).headers["x-respcache"] == "bypass"

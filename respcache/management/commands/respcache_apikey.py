@@ -6,7 +6,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from respcache import services as service
+from respcache import services
 from respcache.models import Workload
 
 
@@ -29,7 +29,7 @@ class Command(BaseCommand):
             raise CommandError(f"unknown workload(s): {', '.join(missing)} (create with respcache_workload)")
         if not options["name"].strip() or len(options["name"]) > 50:
             raise CommandError("NAME must be 1 to 50 characters")
-        api_key, raw = service.api_key_create(
+        api_key, raw = services.api_key_create(
             name=options["name"],
             workloads=[found[s] for s in slugs],
             managed_workloads=[found[s] for s in managed],

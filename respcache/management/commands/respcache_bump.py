@@ -7,7 +7,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from respcache import selectors
-from respcache import services as service
+from respcache import services
 
 
 class Command(BaseCommand):
@@ -20,4 +20,4 @@ class Command(BaseCommand):
         workload = selectors.workload_get(options["slug"])
         if workload is None:
             raise CommandError(f"unknown workload: {options['slug']}")
-        self.stdout.write(str(service.workload_bump(workload, actor="command")))
+        self.stdout.write(str(services.workload_bump(workload, actor="command")))

@@ -7,7 +7,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from respcache import selectors
-from respcache import services as service
+from respcache import services
 from respcache.exceptions import CacheUnavailable
 
 
@@ -22,7 +22,7 @@ class Command(BaseCommand):
         if workload is None:
             raise CommandError(f"unknown workload: {options['slug']}")
         try:
-            purged = service.workload_purge(workload, actor="command")
+            purged = services.workload_purge(workload, actor="command")
         except CacheUnavailable as exc:
             raise CommandError(f"Redis is unavailable: {exc}") from exc
         self.stdout.write(str(purged))

@@ -7,7 +7,7 @@ from typing import Any
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from respcache import services as service
+from respcache import services
 
 
 def describe(workload: Any) -> str:
@@ -47,7 +47,7 @@ class Command(BaseCommand):
         }
         fields = {k: v for k, v in fields.items() if v is not None}
         try:
-            workload, created = service.workload_upsert(slug=options["slug"], actor="command", **fields)
+            workload, created = services.workload_upsert(slug=options["slug"], actor="command", **fields)
         except ValidationError as exc:
             raise CommandError("; ".join(f"{k}: {' '.join(v)}" for k, v in exc.message_dict.items())) from exc
         self.stdout.write(("created " if created else "updated ") + describe(workload))
