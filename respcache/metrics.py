@@ -2,10 +2,11 @@
 
 Everything exported is read from Redis at scrape time (the all-time totals hash each call
 increments and the one-hour window of the minute buckets, of every workload in one round trip:
-``selectors.workloads_metrics``), never from this process's memory, so any worker on any machine answers a scrape with the same numbers and a
-restarted worker loses nothing. Counters (``*_total``) only grow; the three numbers of the contract
-are also exported as gauges over the last hour (``window="1h"``), the dead-write rate only there
-(an entry is known to be dead only once its TTL has passed, which a counter cannot say).
+``selectors.workloads_metrics``), never from this process's memory, so any worker on any machine
+answers a scrape with the same numbers and a restarted worker loses nothing. Counters (``*_total``)
+only grow; the three numbers of the contract are also exported as gauges over the last hour
+(``window="1h"``), the dead-write rate only there (an entry is known to be dead only once its TTL
+has passed, which a counter cannot say).
 
 Samples, each labelled ``workload``:
 
