@@ -18,9 +18,10 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from cachetools import TTLCache
+from django.core.signals import setting_changed
 
 from respcache import stats, store
 from respcache.conf import app_settings
@@ -82,8 +83,8 @@ class LocalCopies(Generic[_K, _V]):
     kept, every call reads). Values live in one bounded ``cachetools.TTLCache``, ``None`` answers
     in a smaller one beside it; both behind one lock (cachetools maps are not thread-safe).
 
-    The TTL is read on every call, so a changed setting applies at once (both maps start empty
-    then). ``timer`` is the TTLCaches' clock: tests inject theirs.
+    The setting is read once, and again after it changes (``setting_changed``): reading it costs
+    more than a held answer. ``timer`` is the TTLCaches' clock: tests inject theirs.
     """
 
     def __init__(
@@ -96,40 +97,50 @@ class LocalCopies(Generic[_K, _V]):
         self._maxsize, self._missing_maxsize, self._timer = maxsize, missing_maxsize, timer
         self._lock = threading.Lock()
         self._ttl = 0.0
+        self._stale = True  # the setting is to be read on the next call
         self._found: TTLCache[_K, _V] = TTLCache(maxsize, 0.0, timer)
         self._missing: TTLCache[_K, bool] = TTLCache(missing_maxsize, 0.0, timer)
-        #: Bumped by clear(): a load that started before a clear may have read what the clear
-        #: was for (a revoked key), so its answer is not kept.
+        #: Bumped by clear() and setting changes: a load that started before may have read what
+        #: the clear was for (a revoked key), so its answer is not kept.
         self._generation = 0
+        setting_changed.connect(self._setting_changed)  # weakly: a dropped instance goes away
 
     def get_or_load(self, key: _K, load: Callable[[], _V | None]) -> _V | None:
-        ttl = float(app_settings.LOCAL_CACHE_SECONDS)
-        if ttl <= 0:
-            return load()
         with self._lock:
-            self._use_ttl(ttl)
-            try:
-                return self._found[key]
-            except KeyError:
-                pass
-            if key in self._missing:
-                return None
+            if self._stale:
+                self._use_ttl(float(app_settings.LOCAL_CACHE_SECONDS))
+            keep = self._ttl > 0
+            if keep:
+                try:
+                    return self._found[key]
+                except KeyError:
+                    pass
+                if key in self._missing:
+                    return None
             generation = self._generation
         value = load()  # outside the lock: one slow read does not hold up every other hit
-        with self._lock:
-            if generation == self._generation and ttl == self._ttl:
-                if value is None:
-                    self._missing[key] = True
-                else:
-                    self._found[key] = value
+        if keep:
+            with self._lock:
+                if generation == self._generation:
+                    if value is None:
+                        self._missing[key] = True
+                    else:
+                        self._found[key] = value
         return value
 
     def _use_ttl(self, ttl: float) -> None:
-        """Start both maps afresh when the setting changed (a TTLCache's TTL is fixed)."""
+        """Start both maps afresh when the lifetime changed (a TTLCache's TTL is fixed)."""
         if ttl != self._ttl:
-            self._found = TTLCache(self._maxsize, ttl, self._timer)
-            self._missing = TTLCache(self._missing_maxsize, ttl, self._timer)
+            self._found = TTLCache(self._maxsize, max(ttl, 0.0), self._timer)
+            self._missing = TTLCache(self._missing_maxsize, max(ttl, 0.0), self._timer)
             self._ttl = ttl
+        self._stale = False
+
+    def _setting_changed(self, *, setting: str, **kwargs: Any) -> None:
+        if setting == "RESPCACHE":
+            with self._lock:
+                self._stale = True
+                self._generation += 1
 
     def __len__(self) -> int:
         """How many answers are kept now, found and missing (expired ones may still count)."""

@@ -819,30 +819,29 @@ def api_key_revoke(api_keys: Iterable[ApiKey]) -> int:
 # === API key use (issue 10: moved out of selectors._load_grant, so that selectors never write) ===
 # One self-contained block for the lead to move into services/ at merge: its imports are here so
 # that nothing above changes (hence the E402 waivers).
-import threading  # noqa: E402
-
-from cachetools import LRUCache  # noqa: E402
 from django.utils import timezone  # noqa: E402
 
-#: key id -> time.monotonic() of this process's last write of its last_used_at; bounded (a
-#: key pushed out is written again on its next use, which is harmless).
-_key_use_written: LRUCache[str, float] = LRUCache(maxsize=10_000)
-_key_use_lock = threading.Lock()
+from respcache.selectors import LocalCopies  # noqa: E402
+
+#: The keys whose use this process wrote, each kept LOCAL_CACHE_SECONDS like the grant copies
+#: (bounded; a key pushed out is written again on its next use, which is harmless).
+_key_use_written: LocalCopies[str, bool] = LocalCopies(missing_maxsize=1)
 
 
-def api_key_mark_used(key_id: str, *, now: float | None = None) -> bool:
+def api_key_mark_used(key_id: str) -> bool:
     """Record that the key was used now (``ApiKey.last_used_at``), at most once per
     ``LOCAL_CACHE_SECONDS`` per key in this process (every time when it is 0): as often as the
     grant is read from the database, so a hit costs no query in steady state. True if written."""
-    at = time.monotonic() if now is None else now
-    period = float(app_settings.LOCAL_CACHE_SECONDS)
-    with _key_use_lock:
-        last = _key_use_written.get(key_id)
-        if last is not None and at - last < period:
-            return False
-        _key_use_written[key_id] = at
-    ApiKey.objects.filter(pk=key_id).update(last_used_at=timezone.now())
-    return True
+    wrote = False
+
+    def write() -> bool:
+        nonlocal wrote
+        ApiKey.objects.filter(pk=key_id).update(last_used_at=timezone.now())
+        wrote = True
+        return True
+
+    _key_use_written.get_or_load(key_id, write)
+    return wrote
 
 
 # === end of the API key use block ==============================================================

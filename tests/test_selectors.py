@@ -175,22 +175,26 @@ def test_reading_a_grant_writes_nothing(make_key: Any, workload: Workload) -> No
 
 
 def test_a_key_use_is_written_at_most_once_per_local_cache_seconds(
-    seconds: Any, make_key: Any, workload: Workload
+    seconds: Any, make_key: Any, workload: Workload, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     seconds(5)
+    clock = Clock()
+    monkeypatch.setattr(service, "_key_use_written", selectors.LocalCopies(timer=clock))
     make_key(workload)
     key = ApiKey.objects.get()
-    assert service.api_key_mark_used(key.pk, now=100.0) is True
+    assert service.api_key_mark_used(key.pk) is True
     first = ApiKey.objects.get().last_used_at
     assert first is not None
+    clock.now += 4.9
     with CaptureQueriesContext(connection) as queries:
-        assert service.api_key_mark_used(key.pk, now=104.9) is False
+        assert service.api_key_mark_used(key.pk) is False
     assert queries.captured_queries == []
-    assert service.api_key_mark_used(key.pk, now=105.0) is True
+    clock.now += 0.1
+    assert service.api_key_mark_used(key.pk) is True
     assert ApiKey.objects.get().last_used_at >= first
     seconds(0)  # no local copy: every use is written, as every use reads the key
-    assert service.api_key_mark_used(key.pk, now=105.0) is True
-    assert service.api_key_mark_used(key.pk, now=105.0) is True
+    assert service.api_key_mark_used(key.pk) is True
+    assert service.api_key_mark_used(key.pk) is True
 
 
 def test_a_call_with_a_key_records_its_use(api_key: str, workload: Workload) -> None:
