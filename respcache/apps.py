@@ -1,4 +1,9 @@
-"""AppConfig: registers respcache's system checks."""
+"""AppConfig: registers respcache's system checks and its OpenAPI extensions.
+
+drf-spectacular is a dependency (pyproject.toml), not an option: the management API describes
+itself with it (respcache/api/management.py) and the call endpoints carry its schema
+(respcache/api/schema.py), both imported at module level.
+"""
 
 from django.apps import AppConfig
 from django.utils.translation import gettext_lazy as _
@@ -11,9 +16,4 @@ class RespcacheConfig(AppConfig):
 
     def ready(self) -> None:
         from respcache import checks  # noqa: F401  (registers the checks)
-
-        try:
-            import drf_spectacular  # noqa: F401
-        except ImportError:  # the schema is optional for apps that embed respcache
-            return
-        from respcache.api import schema  # noqa: F401  (registers the OpenAPI auth extension)
+        from respcache.api import schema  # noqa: F401  (registers the OpenAPI auth extensions)

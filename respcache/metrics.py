@@ -1,11 +1,12 @@
 """``/metrics``: the shared counters in Prometheus text format, the same from every worker.
 
 Everything exported is read from Redis at scrape time (the all-time totals hash each call
-increments, ``stats.all_time``, and the one-hour window of the minute buckets), never from this
-process's memory, so any worker on any machine answers a scrape with the same numbers and a
-restarted worker loses nothing. Counters (``*_total``) only grow; the three numbers of the contract
-are also exported as gauges over the last hour (``window="1h"``), the dead-write rate only there
-(an entry is known to be dead only once its TTL has passed, which a counter cannot say).
+increments and the one-hour window of the minute buckets, of every workload in one round trip:
+``selectors.workloads_metrics``), never from this process's memory, so any worker on any machine
+answers a scrape with the same numbers and a restarted worker loses nothing. Counters (``*_total``)
+only grow; the three numbers of the contract are also exported as gauges over the last hour
+(``window="1h"``), the dead-write rate only there (an entry is known to be dead only once its TTL
+has passed, which a counter cannot say).
 
 Samples, each labelled ``workload``:
 
@@ -55,8 +56,7 @@ class RespcacheCollector:
         workloads = selectors.workloads_list()
         slugs = [w.slug for w in workloads]
         try:
-            totals = stats.all_time(slugs)
-            windows = {slug: stats.totals(slug, GAUGE_WINDOW) for slug in slugs}
+            numbers = selectors.workloads_metrics(slugs, GAUGE_WINDOW)  # one Redis round trip
         except CacheUnavailable as exc:
             logger.warning("respcache: /metrics could not read Redis (%s)", exc)
             yield GaugeMetricFamily("respcache_redis_up", "Whether Redis answered this scrape.", value=0)
@@ -94,7 +94,7 @@ class RespcacheCollector:
             )
         }
         for slug in slugs:
-            counts = totals[slug]
+            counts = numbers.all_time[slug]
             for outcome in stats.OUTCOMES:
                 requests.add_metric([slug, outcome], counts[outcome])
             latency.add_metric([slug], count_value=counts["upstream_calls"], sum_value=counts["upstream_ms"] / 1000)
@@ -104,7 +104,7 @@ class RespcacheCollector:
             tokens_saved.add_metric([slug, "output"], counts["saved_out"])
             written.add_metric([slug], counts["written"])
             first_read.add_metric([slug], counts["first_read"])
-            window = windows[slug]
+            window = numbers.window[slug]
             for name, family in rates.items():
                 value = getattr(window, name)
                 if value is not None:

@@ -1,9 +1,14 @@
-"""Read-only queries: workload policies and API-key grants, behind a short per-process copy.
+"""Read-only queries: workload policies and API-key grants behind a short per-process copy; the
+workloads' numbers (one Redis round trip for all of them) and entries for every reader.
 
 The hit path must not touch the database, so each worker keeps what it read for
 ``LOCAL_CACHE_SECONDS`` (5 s by default): a policy edit or a revoked key takes effect on every
 worker within that time. Key versions do not wait for it: the current version lives in Redis
-too (store._LOOKUP), so a bump is seen by every worker on its next call.
+too (store._LOOKUP), so a bump is seen by every worker on its next call. The copies are bounded
+(``LocalCopies``): answers for unknown slugs and keys are kept apart, so a flood of random keys
+cannot push out the valid ones.
+
+Nothing here writes: a key's use is recorded by the caller (services.api_key_mark_used).
 """
 
 from __future__ import annotations
@@ -13,14 +18,18 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
-from django.utils import timezone
+from cachetools import TTLCache
+from django.core.signals import setting_changed
 
 from respcache import stats, store
 from respcache.conf import app_settings
 from respcache.models import ApiKey, Workload
 from respcache.stats import Totals
+
+_K = TypeVar("_K")
+_V = TypeVar("_V")
 
 
 @dataclass(frozen=True)
@@ -61,36 +70,92 @@ class Grant:
     managed_workloads: frozenset[str]
 
 
-class LocalTTLCache:
-    """A small thread-safe map whose values live ``ttl`` seconds by ``clock``."""
+#: How many workloads and granted keys a process keeps: far more than a deployment has, so a
+#: valid one is never pushed out by its peers; only memory is bounded.
+LOCAL_COPY_MAXSIZE = 10_000
+#: How many "no such thing" answers (an unknown slug, a wrong key) it keeps, apart and fewer: a
+#: flood of random keys pushes out other unknown keys only, never a valid grant.
+LOCAL_MISSING_MAXSIZE = 1_000
 
-    def __init__(self, ttl: Callable[[], float], clock: Callable[[], float] = time.monotonic) -> None:
-        self._ttl = ttl
-        self._clock = clock
-        self._data: dict[Any, tuple[float, Any]] = {}
+
+class LocalCopies(Generic[_K, _V]):
+    """What the database answered for a key, kept ``LOCAL_CACHE_SECONDS`` in this process (0: not
+    kept, every call reads). Values live in one bounded ``cachetools.TTLCache``, ``None`` answers
+    in a smaller one beside it; both behind one lock (cachetools maps are not thread-safe).
+
+    The setting is read once, and again after it changes (``setting_changed``): reading it costs
+    more than a held answer. ``timer`` is the TTLCaches' clock: tests inject theirs.
+    """
+
+    def __init__(
+        self,
+        *,
+        maxsize: int = LOCAL_COPY_MAXSIZE,
+        missing_maxsize: int = LOCAL_MISSING_MAXSIZE,
+        timer: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._maxsize, self._missing_maxsize, self._timer = maxsize, missing_maxsize, timer
         self._lock = threading.Lock()
+        self._ttl = 0.0
+        self._stale = True  # the setting is to be read on the next call
+        self._found: TTLCache[_K, _V] = TTLCache(maxsize, 0.0, timer)
+        self._missing: TTLCache[_K, bool] = TTLCache(missing_maxsize, 0.0, timer)
+        #: Bumped by clear() and setting changes: a load that started before may have read what
+        #: the clear was for (a revoked key), so its answer is not kept.
+        self._generation = 0
+        setting_changed.connect(self._setting_changed)  # weakly: a dropped instance goes away
 
-    def get_or_load(self, key: Any, load: Callable[[], Any]) -> Any:
-        now = self._clock()
-        found = self._data.get(key)
-        if found is not None and found[0] > now:
-            return found[1]
-        value = load()
-        ttl = self._ttl()
-        if ttl > 0:
+    def get_or_load(self, key: _K, load: Callable[[], _V | None]) -> _V | None:
+        with self._lock:
+            if self._stale:
+                self._use_ttl(float(app_settings.LOCAL_CACHE_SECONDS))
+            keep = self._ttl > 0
+            if keep:
+                try:
+                    return self._found[key]
+                except KeyError:
+                    pass
+                if key in self._missing:
+                    return None
+            generation = self._generation
+        value = load()  # outside the lock: one slow read does not hold up every other hit
+        if keep:
             with self._lock:
-                if len(self._data) > 10_000:  # bound memory against random keys
-                    self._data.clear()
-                self._data[key] = (now + ttl, value)
+                if generation == self._generation:
+                    if value is None:
+                        self._missing[key] = True
+                    else:
+                        self._found[key] = value
         return value
+
+    def _use_ttl(self, ttl: float) -> None:
+        """Start both maps afresh when the lifetime changed (a TTLCache's TTL is fixed)."""
+        if ttl != self._ttl:
+            self._found = TTLCache(self._maxsize, max(ttl, 0.0), self._timer)
+            self._missing = TTLCache(self._missing_maxsize, max(ttl, 0.0), self._timer)
+            self._ttl = ttl
+        self._stale = False
+
+    def _setting_changed(self, *, setting: str, **kwargs: Any) -> None:
+        if setting == "RESPCACHE":
+            with self._lock:
+                self._stale = True
+                self._generation += 1
+
+    def __len__(self) -> int:
+        """How many answers are kept now, found and missing (expired ones may still count)."""
+        with self._lock:
+            return len(self._found) + len(self._missing)
 
     def clear(self) -> None:
         with self._lock:
-            self._data.clear()
+            self._found.clear()
+            self._missing.clear()
+            self._generation += 1
 
 
-_policies = LocalTTLCache(lambda: float(app_settings.LOCAL_CACHE_SECONDS))
-_grants = LocalTTLCache(lambda: float(app_settings.LOCAL_CACHE_SECONDS))
+_policies: LocalCopies[str, Policy] = LocalCopies()
+_grants: LocalCopies[bytes, Grant] = LocalCopies()
 
 
 def clear_local_caches() -> None:
@@ -115,7 +180,7 @@ def _load_grant(raw_key: str) -> Grant | None:
         return None
     if api_key.has_expired:
         return None
-    ApiKey.objects.filter(pk=api_key.pk).update(last_used_at=timezone.now())
+    # No write here: the caller records the use (services.api_key_mark_used), throttled.
     return Grant(
         key_id=api_key.pk,
         name=api_key.name,
@@ -140,15 +205,36 @@ def workload_get(slug: str) -> Workload | None:
     return Workload.objects.filter(slug=slug).first()
 
 
-# --- numbers and entries, for the admin -------------------------------------------------------
-# Each of these raises CacheUnavailable when Redis does not answer.
+# --- numbers and entries, for the admin, /metrics, the management API and respcache_stats ------
+# Each of these raises CacheUnavailable when Redis does not answer. The numbers of every workload
+# come in one Redis round trip (one pipeline), however many workloads there are.
 
 
 def workloads_numbers(
     slugs: list[str], windows: tuple[str, ...] = ("1h", "24h")
 ) -> dict[str, dict[str, Totals]]:
-    """Counter totals of several workloads over several windows, in one Redis round trip."""
+    """Counter totals of several workloads over several windows, in one Redis round trip:
+    ``{slug: {window: Totals}}``. An unknown window raises ValueError."""
     return stats.window_totals(slugs, windows)
+
+
+def workload_totals(slug: str, window: str) -> Totals:
+    """One workload's counter totals over ``window``, in one Redis round trip."""
+    return stats.window_totals([slug], (window,))[slug][window]
+
+
+@dataclass(frozen=True)
+class MetricsNumbers:
+    """What /metrics exports per workload: all-time totals and one window's Totals."""
+
+    all_time: dict[str, dict[str, int]]
+    window: dict[str, Totals]
+
+
+def workloads_metrics(slugs: list[str], window: str) -> MetricsNumbers:
+    """Every workload's all-time totals and its Totals over ``window``, in one Redis round trip."""
+    all_time, totals = stats.all_time_and_window_totals(slugs, (window,))
+    return MetricsNumbers(all_time=all_time, window={slug: totals[slug][window] for slug in slugs})
 
 
 def workload_series(slug: str, window: str, *, points: int) -> list[tuple[int, dict[str, int]]]:

@@ -352,3 +352,54 @@ def window_totals(
         out[workload][window] = Totals(window=window, counts=counts)
         offset += len(keys)
     return out
+
+
+# --- every workload's numbers in one round trip, for the readers (selectors.workloads_metrics) -
+# all_time and window_totals each cost a round trip; /metrics needs both, so this queues both
+# reads on one pipeline: one round trip whatever the number of workloads or windows.
+
+
+def all_time_and_window_totals(
+    workloads: Sequence[str], windows: Sequence[str] = ("1h",), *, now: float | None = None
+) -> tuple[dict[str, dict[str, int]], dict[str, dict[str, Totals]]]:
+    """``all_time(workloads)`` and ``window_totals(workloads, windows)`` in one pipelined round
+    trip: ``({workload: all-time counts}, {workload: {window: Totals}})``."""
+    for window in windows:
+        if window not in WINDOWS:
+            raise ValueError(f"unknown window {window!r}; choose one of {', '.join(WINDOWS)}")
+    slugs = list(workloads)
+    t = int(time.time() if now is None else now)
+    plan = [(w, win, _edge_buckets(w, win, t)) for w in slugs for win in windows]
+    try:
+        pipe = store.client().pipeline(transaction=False)
+        for slug in slugs:
+            pipe.hgetall(store.totals_key(slug))
+        for _, _, keys in plan:
+            for key in keys:
+                pipe.hgetall(key)
+        hashes = pipe.execute()
+    except RedisError as exc:
+        raise CacheUnavailable(str(exc)) from exc
+    all_time_counts = {}
+    for slug, values in zip(slugs, hashes, strict=False):
+        counts = dict.fromkeys(TOTAL_FIELDS, 0)
+        counts.update(_sum([values]))
+        all_time_counts[slug] = counts
+    return all_time_counts, _plan_totals(slugs, plan, hashes[len(slugs) :])
+
+
+def _plan_totals(
+    workloads: Sequence[str], plan: list[tuple[str, str, list[str]]], hashes: list[dict[bytes, bytes]]
+) -> dict[str, dict[str, Totals]]:
+    """The Totals of each (workload, window) of ``plan`` from the hashes read for its buckets,
+    in plan order, as ``window_totals`` sums them."""
+    out: dict[str, dict[str, Totals]] = {w: {} for w in workloads}
+    offset = 0
+    for workload, window, keys in plan:
+        window_hashes = hashes[offset : offset + len(keys)]
+        # The current minute's bucket also holds the expiry accounting of entries that expire
+        # later this minute, still alive: they are no dead writes yet.
+        current = {k: v for k, v in window_hashes[-1].items() if k not in (b"exp_written", b"exp_read")}
+        out[workload][window] = Totals(window=window, counts=_sum([*window_hashes[:-1], current]))
+        offset += len(keys)
+    return out

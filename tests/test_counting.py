@@ -184,3 +184,75 @@ def wait_for_subscribers(expected: int, fake: Any, *, timeout: float) -> None:
             return
         time.sleep(0.01)
     raise AssertionError(f"only {locks.waiting(channel)} of {expected} callers subscribed within {timeout}s")
+
+
+# --- readers: every workload's numbers in one round trip ----------------------------------------
+
+
+def _workloads_with_numbers(how_many: int) -> list[str]:
+    """``how_many`` workloads, each with counts in its buckets and all-time totals (each its own)."""
+    slugs = [f"w{i:02d}" for i in range(how_many)]
+    now = time.time()
+    for i, slug in enumerate(slugs):
+        Workload.objects.create(slug=slug)
+        stats.count(slug, now, hit=i + 1, miss=1)
+    return slugs
+
+
+def _metrics(slugs: list[str]) -> None:
+    from django.test import Client
+    from prometheus_client.parser import text_string_to_metric_families
+
+    response = Client().get("/metrics")
+    assert response.status_code == 200
+    samples = {
+        (s.name, s.labels.get("workload"), s.labels.get("outcome"), s.labels.get("window")): s.value
+        for family in text_string_to_metric_families(response.content.decode())
+        for s in family.samples
+    }
+    assert samples[("respcache_redis_up", None, None, None)] == 1
+    for i, slug in enumerate(slugs):  # all-time totals and the window's gauges, each workload's own
+        assert samples[("respcache_requests_total", slug, "hit", None)] == i + 1
+        assert samples[("respcache_hit_rate", slug, None, "1h")] == (i + 1) / (i + 2)
+
+
+def _management_list(slugs: list[str]) -> None:
+    from django.contrib.auth.models import User
+    from rest_framework.test import APIClient
+
+    client = APIClient()
+    staff, _ = User.objects.get_or_create(username="staff", defaults={"is_staff": True})
+    client.force_authenticate(staff)
+    response = client.get("/api/workloads/?window=5m")
+    assert response.status_code == 200, response.content
+    assert {w["slug"]: w["stats"]["hit"] for w in response.json()} == {s: i + 1 for i, s in enumerate(slugs)}
+
+
+def _stats_command(slugs: list[str]) -> None:
+    import io
+    import json
+
+    from django.core.management import call_command
+
+    out = io.StringIO()
+    call_command("respcache_stats", "--json", "--window", "24h", stdout=out)
+    assert {row["workload"]: row["hit"] for row in json.loads(out.getvalue())} == {
+        s: i + 1 for i, s in enumerate(slugs)
+    }
+
+
+@pytest.mark.parametrize("reader", [_metrics, _management_list, _stats_command], ids=lambda r: r.__name__)
+def test_readers_read_every_workloads_numbers_in_one_round_trip(
+    reader: Any, monkeypatch: pytest.MonkeyPatch, redis_db: Any
+) -> None:
+    """/metrics, the management API's list and respcache_stats: one Redis round trip for 1
+    workload and for 20 (one pipeline), not one per workload."""
+    trips = {}
+    for how_many in (1, 20):
+        Workload.objects.all().delete()
+        redis_db.flushdb()
+        slugs = _workloads_with_numbers(how_many)
+        with redis_round_trips(monkeypatch) as counted:
+            reader(slugs)
+        trips[how_many] = counted.commands()
+    assert trips[1] == trips[20] == ["HGETALL"], trips

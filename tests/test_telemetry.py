@@ -155,9 +155,12 @@ def test_a_telemetry_failure_never_fails_the_call(
     def broken(record: Any) -> None:
         raise RuntimeError("exporter down")
 
-    monkeypatch.setattr(telemetry, "record_call", broken)
-    response = post(api_key, ask())
-    assert response.status_code == 200 and response["X-Respcache"] == "miss"
+    monkeypatch.setattr(telemetry, "tag_span", broken)
+    assert post(api_key, ask()).status_code == 200  # the span could not be tagged
+    monkeypatch.undo()
+    monkeypatch.setattr(telemetry, "log_call", broken)
+    response = post(api_key, ask())  # the line could not be written
+    assert response.status_code == 200 and response["X-Respcache"] == "hit"
 
 
 def test_streams_and_token_counts_get_their_line(call_log: Lines, workload: Workload, api_key: str, fake: Any) -> None:
@@ -268,7 +271,7 @@ def test_lines_are_written_in_batches_by_the_workers_writer(
 
 def test_a_line_is_stamped_with_its_calls_time_not_the_batchs(call_log: Lines) -> None:  # noqa: F811
     at = 1_795_000_000.25
-    telemetry._batch.append((at, telemetry.CallRecord(workload="w", status=200, outcome="hit", endpoint="messages")))
+    telemetry._queue_line(at, telemetry.CallRecord(workload="w", status=200, outcome="hit", endpoint="messages"))
     telemetry.flush()
     (record,) = call_log.records
     assert record.created == at
@@ -281,8 +284,9 @@ def test_one_bad_line_does_not_stop_the_others(call_log: Lines, monkeypatch: Any
         def log_fields(self) -> dict[str, Any]:
             raise RuntimeError("bad line")
     good = telemetry.CallRecord(workload="w", status=200, outcome="hit", endpoint="messages")
-    telemetry._batch.extend([(time.time(), Bad(workload="w", status=200, outcome="hit", endpoint="messages")), (time.time(), good)])
-    telemetry.flush()  # must not raise
+    telemetry._queue_line(time.time(), Bad(workload="w", status=200, outcome="hit", endpoint="messages"))
+    telemetry._queue_line(time.time(), good)
+    telemetry.flush()  # must not raise, nor stop the listener
     assert [json.loads(r.getMessage())["outcome"] for r in call_log.records] == ["hit"]
 
 
@@ -322,3 +326,87 @@ def test_a_hits_line_takes_tokens_from_the_accounting_not_the_message(call_log: 
     usage = miss.json()["usage"]
     assert (call_log.fields[-1]["input_tokens"], call_log.fields[-1]["output_tokens"]) == (usage["input_tokens"], usage["output_tokens"])
 
+
+
+def test_a_batch_is_written_together_once_its_wait_is_over(call_log: Lines, settings: Any) -> None:
+    """The listener takes the first line, waits CALL_LOG_BATCH_SECONDS for the rest of its batch,
+    then writes them all: nothing during the call, the batch in one go after."""
+    settings.RESPCACHE = {**settings.RESPCACHE, "CALL_LOG_BATCH_SECONDS": 0.5}
+    written: list[float] = []
+    real_emit = call_log.emit
+    call_log.emit = lambda record: (written.append(time.monotonic()), real_emit(record))  # type: ignore[method-assign]  # noqa: E501 - a spy on this test's handler
+    for outcome in ("miss", "hit", "wait"):
+        telemetry.log_call(telemetry.CallRecord(workload="w", status=200, outcome=outcome))
+    time.sleep(0.1)
+    assert call_log.records == []  # still gathering its batch
+    deadline = time.monotonic() + 10
+    while len(call_log.records) < 3 and time.monotonic() < deadline:  # no flush(): the listener's job
+        time.sleep(0.01)
+    assert [json.loads(r.getMessage())["outcome"] for r in call_log.records] == ["miss", "hit", "wait"]
+    assert max(written) - min(written) < 0.25  # one batch, not one line per wait
+
+
+def test_flush_does_not_wait_for_the_batch(call_log: Lines, settings: Any) -> None:
+    settings.RESPCACHE = {**settings.RESPCACHE, "CALL_LOG_BATCH_SECONDS": 60}
+    telemetry.log_call(telemetry.CallRecord(workload="w", status=200, outcome="hit"))
+    started = time.monotonic()
+    telemetry.flush()
+    assert time.monotonic() - started < 10  # not the batch's 60 s
+    assert [json.loads(r.getMessage())["outcome"] for r in call_log.records] == ["hit"]
+
+
+def _run(code: str) -> str:
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def test_under_gevent_the_listener_never_blocks_the_hub() -> None:
+    """gunicorn's gevent workers patch threading and queue: the listener is a greenlet waiting
+    on gevent's primitives, so other greenlets run while it waits (idle, or for its batch)."""
+    stdout = _run(
+        "from gevent import monkey; monkey.patch_all()\n"
+        "import django, logging, sys; django.setup()\n"
+        "import gevent\n"
+        "from django.test import override_settings\n"
+        "override_settings(RESPCACHE={'CALL_LOG_BATCH_SECONDS': 0.2}).enable()\n"
+        "from respcache import telemetry\n"
+        "lines = []\n"
+        "class Keep(logging.Handler):\n"
+        "    def emit(self, record): lines.append(record)\n"
+        "log = logging.getLogger('respcache.calls'); log.addHandler(Keep()); log.setLevel(logging.INFO)\n"
+        "ticks = [0]\n"
+        "def tick():\n"
+        "    while True:\n"
+        "        ticks[0] += 1; gevent.sleep(0.001)\n"
+        "gevent.spawn(tick)\n"
+        "telemetry.log_call(telemetry.CallRecord(workload='w', status=200, outcome='hit'))\n"
+        "gevent.sleep(0.5)\n"
+        "print(len(lines), ticks[0])\n"
+    )
+    lines, ticks = map(int, stdout.split())
+    assert lines == 1
+    assert ticks > 100  # the hub kept turning through the listener's 0.2 s wait and its idle wait
+
+
+def test_a_forked_worker_starts_its_own_listener() -> None:
+    """gunicorn forks its workers: a child writes its lines through its own listener; the
+    parent's queued line stays the parent's."""
+    stdout = _run(
+        "import django, logging, os, sys; django.setup()\n"
+        "from django.test import override_settings\n"
+        "override_settings(RESPCACHE={'CALL_LOG_BATCH_SECONDS': 60}).enable()\n"
+        "from respcache import telemetry\n"
+        "handler = logging.StreamHandler(sys.stdout); handler.setFormatter(logging.Formatter('%(message)s'))\n"
+        "log = logging.getLogger('respcache.calls'); log.addHandler(handler); log.setLevel(logging.INFO)\n"
+        "telemetry.log_call(telemetry.CallRecord(workload='parent', status=200, outcome='hit'))\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    telemetry.log_call(telemetry.CallRecord(workload='child', status=200, outcome='hit'))\n"
+        "    telemetry.flush(); sys.stdout.flush(); os._exit(0)\n"
+        "os.waitpid(pid, 0)\n"
+        "telemetry.flush()\n"
+    )
+    workloads = [json.loads(line)["workload"] for line in stdout.splitlines()]
+    assert sorted(workloads) == ["child", "parent"]

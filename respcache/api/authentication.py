@@ -8,7 +8,7 @@ from django.http import HttpRequest
 from rest_framework.authentication import BaseAuthentication
 from rest_framework.request import Request
 
-from respcache import selectors
+from respcache import selectors, services
 from respcache.exceptions import AuthenticationFailed
 
 
@@ -39,6 +39,7 @@ class ApiKeyAuthentication(BaseAuthentication):
         grant = selectors.api_key_grant(key)
         if grant is None:
             raise AuthenticationFailed("Invalid API key.")
+        services.api_key_mark_used(grant.key_id)  # throttled: no query on most calls
         return grant
 
     def authenticate_header(self, request: Request) -> str:

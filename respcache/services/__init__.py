@@ -16,6 +16,7 @@ from respcache.services.calls import CachedResult, cached_count_tokens, cached_m
 from respcache.services.governance import (
     POLICY_FIELDS,
     api_key_create,
+    api_key_mark_used,
     api_key_revoke,
     audit,
     entry_delete,
@@ -31,6 +32,7 @@ __all__ = [
     "POLICY_FIELDS",
     "CachedResult",
     "api_key_create",
+    "api_key_mark_used",
     "api_key_revoke",
     "audit",
     "cached_count_tokens",

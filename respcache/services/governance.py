@@ -13,10 +13,11 @@ from typing import Any, cast
 
 from django.db import transaction
 from django.db.models import F
+from django.utils import timezone
 
 from respcache import store
 from respcache.models import ApiKey, AuditEntry, Workload
-from respcache.selectors import clear_local_caches
+from respcache.selectors import LocalCopies, clear_local_caches
 from respcache.services import guard
 
 __all__ = [
@@ -206,3 +207,24 @@ def api_key_revoke(api_keys: Iterable[ApiKey]) -> int:
     revoked = ApiKey.objects.filter(pk__in=ids, revoked=False).update(revoked=True)
     clear_local_caches()
     return revoked
+
+
+#: The keys whose use this process recorded, each kept LOCAL_CACHE_SECONDS like the grant copies
+#: (bounded; a key pushed out is written again on its next use, which is harmless).
+_key_use_written: LocalCopies[str, bool] = LocalCopies(missing_maxsize=1)
+
+
+def api_key_mark_used(key_id: str) -> bool:
+    """Record that the key was used now (``ApiKey.last_used_at``), at most once per
+    ``LOCAL_CACHE_SECONDS`` per key in this process (every time when it is 0): as often as the
+    grant is read from the database, so a hit costs no query in steady state. True if written."""
+    wrote = False
+
+    def write() -> bool:
+        nonlocal wrote
+        ApiKey.objects.filter(pk=key_id).update(last_used_at=timezone.now())
+        wrote = True
+        return True
+
+    _key_use_written.get_or_load(key_id, write)
+    return wrote

@@ -32,7 +32,9 @@ class Command(BaseCommand):
         else:
             workloads = selectors.workloads_list()
         try:
-            rows = [(w, stats.totals(w.slug, options["window"])) for w in workloads]
+            window = options["window"]
+            numbers = selectors.workloads_numbers([w.slug for w in workloads], (window,))  # one round trip
+            rows = [(w, numbers[w.slug][window]) for w in workloads]
         except CacheUnavailable as exc:
             raise CommandError(f"Redis is unavailable: {exc}") from exc
         if options["json"]:
