@@ -374,3 +374,18 @@ def test_every_relative_link_points_at_a_file_that_exists() -> None:
                 assert anchor in anchors(path.read_text()), f"{doc.name} links to {target}: no such heading"
             checked += 1
     assert checked > 20, checked
+
+
+def test_what_the_docs_tell_embedders_to_import_exists() -> None:
+    """The Python paths the Embedding section names (URLconf, views, functions) import."""
+    from importlib import import_module
+
+    from django.utils.module_loading import import_string
+
+    named = set(re.findall(r"\b(respcache(?:\.\w+)+)", section(REFERENCE, "Embedding respcache in a Django project")))
+    assert "respcache.api.urls" in named, named
+    for dotted in named:
+        try:
+            import_module(dotted)
+        except ImportError:
+            import_string(dotted)  # raises ImportError when neither a module nor a name in one
