@@ -10,6 +10,7 @@ __all__ = [
     "AuthenticationFailed",
     "CacheUnavailable",
     "CachedResult",
+    "DatabaseUnavailable",
     "InvalidRequest",
     "PermissionDenied",
     "RequestTooLarge",
@@ -29,6 +30,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from respcache.exceptions import (
         AuthenticationFailed,
         CacheUnavailable,
+        DatabaseUnavailable,
         InvalidRequest,
         PermissionDenied,
         RequestTooLarge,

@@ -8,6 +8,8 @@
     ├── RequestTooLarge          413 request_too_large
     ├── UpstreamError            the upstream's own status and error body
     │   └── UpstreamUnavailable  502 api_error (the upstream could not be reached)
+    ├── DatabaseUnavailable      503 api_error (the database failed and nothing is known of the
+    │                            key or workload asked for; known ones keep their last policy)
     └── CacheUnavailable         Redis failed; callers fail open and never see it
 
 One exception handler (``respcache.api.views.anthropic_exception_handler``) renders all of them
@@ -87,6 +89,13 @@ class UpstreamError(RespcacheError):
 class UpstreamUnavailable(UpstreamError):
     def __init__(self, message: str) -> None:
         super().__init__(message, status_code=502, error_type="api_error")
+
+
+class DatabaseUnavailable(RespcacheError):
+    """The database failed while reading a policy or a key this process has never seen."""
+
+    status_code = 503
+    error_type = "api_error"
 
 
 class CacheUnavailable(RespcacheError):

@@ -9,24 +9,34 @@ too (store._LOOKUP), so a bump is seen by every worker on its next call. The cop
 cannot push out the valid ones.
 
 Nothing here writes: a key's use is recorded by the caller (services.api_key_mark_used).
+
+Stale if error: when the database fails, a workload or key this process has read before keeps
+its last known policy or grant (``LocalCopies`` keeps the last value it loaded for each key,
+apart from the expiring copy), so hits keep being served; one it has never read is refused with
+``DatabaseUnavailable`` (503), never a 500.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from cachetools import TTLCache
+from cachetools import LRUCache, TTLCache
 from django.core.signals import setting_changed
+from django.db import DatabaseError
 
 from respcache import stats, store
 from respcache.conf import app_settings
+from respcache.exceptions import DatabaseUnavailable
 from respcache.models import ApiKey, Workload
 from respcache.stats import Totals
+
+logger = logging.getLogger(__name__)
 
 _K = TypeVar("_K")
 _V = TypeVar("_V")
@@ -100,6 +110,9 @@ class LocalCopies(Generic[_K, _V]):
         self._stale = True  # the setting is to be read on the next call
         self._found: TTLCache[_K, _V] = TTLCache(maxsize, 0.0, timer)
         self._missing: TTLCache[_K, bool] = TTLCache(missing_maxsize, 0.0, timer)
+        #: The last value loaded for each key, whatever its age: served when the database fails
+        #: (stale if error). Not emptied by clear(): a revoked key is dropped when a load says so.
+        self._last_known: LRUCache[_K, _V] = LRUCache(maxsize)
         #: Bumped by clear() and setting changes: a load that started before may have read what
         #: the clear was for (a revoked key), so its answer is not kept.
         self._generation = 0
@@ -118,15 +131,29 @@ class LocalCopies(Generic[_K, _V]):
                 if key in self._missing:
                     return None
             generation = self._generation
-        value = load()  # outside the lock: one slow read does not hold up every other hit
-        if keep:
-            with self._lock:
-                if generation == self._generation:
-                    if value is None:
-                        self._missing[key] = True
-                    else:
-                        self._found[key] = value
+        try:
+            value = load()  # outside the lock: one slow read does not hold up every other hit
+        except DatabaseError as exc:
+            return self._last_known_or_raise(key, exc)
+        with self._lock:
+            if value is None:
+                self._last_known.pop(key, None)
+            else:
+                self._last_known[key] = value
+            if keep and generation == self._generation:
+                if value is None:
+                    self._missing[key] = True
+                else:
+                    self._found[key] = value
         return value
+
+    def _last_known_or_raise(self, key: _K, exc: DatabaseError) -> _V:
+        with self._lock:
+            found = self._last_known.get(key)
+        if found is None:
+            raise DatabaseUnavailable("The database is unavailable; try again shortly.") from exc
+        logger.warning("respcache: database unavailable (%s); serving the last known copy", exc)
+        return found
 
     def _use_ttl(self, ttl: float) -> None:
         """Start both maps afresh when the lifetime changed (a TTLCache's TTL is fixed)."""

@@ -11,7 +11,7 @@ import logging
 from collections.abc import Iterable
 from typing import Any, cast
 
-from django.db import transaction
+from django.db import DatabaseError, transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -222,7 +222,11 @@ def api_key_mark_used(key_id: str) -> bool:
 
     def write() -> bool:
         nonlocal wrote
-        ApiKey.objects.filter(pk=key_id).update(last_used_at=timezone.now())
+        try:
+            ApiKey.objects.filter(pk=key_id).update(last_used_at=timezone.now())
+        except DatabaseError as exc:  # a bookkeeping write never fails a call
+            logger.warning("respcache: last use of an API key not recorded (%s)", exc)
+            return True
         wrote = True
         return True
 
