@@ -28,12 +28,14 @@ class Workload(models.Model):
                     "Otherwise a request without temperature is cached too."),
     )
     lock_ttl = models.FloatField(
-        _("lock TTL (seconds)"), default=60.0, validators=[MinValueValidator(0.01)],
-        help_text=_("How long the stampede lock lives, so a dead holder cannot block a key."),
+        _("lock TTL (seconds)"), default=10.0, validators=[MinValueValidator(0.01)],
+        help_text=_("Liveness window of the stampede lock: its holder renews it while its upstream "
+                    "call runs; if the holder dies, a waiter takes over within this time."),
     )
     wait_max = models.FloatField(
-        _("wait max (seconds)"), default=30.0, validators=[MinValueValidator(0.0)],
-        help_text=_("How long a caller waits for another's answer before calling upstream itself."),
+        _("wait max (seconds)"), default=310.0, validators=[MinValueValidator(0.0)],
+        help_text=_("The longest a caller waits for a live holder's answer before calling upstream "
+                    "itself. The default covers the upstream timeout (300 s) plus one lock TTL."),
     )
     description = models.TextField(_("description"), blank=True)
     created_at = models.DateTimeField(_("created at"), auto_now_add=True)

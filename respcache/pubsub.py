@@ -1,0 +1,290 @@
+"""One Pub/Sub connection per process, owned by one thread; waiters talk to it through a queue.
+
+A connection per waiter would hold one pooled Redis connection for each caller waiting on a lock:
+a stampede of a few hundred callers would exhaust the pool exactly when the cache matters most.
+So one connection serves every waiter of the process. redis-py's ``PubSub`` must not be shared
+between threads, so exactly one thread (a greenlet under gevent), the owner, touches it: callers
+put ``subscribe``/``unsubscribe`` commands on a queue, and the owner applies them between reads,
+reads the messages and hands each to the queues of the waiters on its channel.
+
+When the connection is lost (Redis restarted, ``CLIENT KILL TYPE pubsub``, a network blip), the
+owner reconnects at once and resubscribes every channel that still has waiters or handlers; once
+Redis confirms, each waiter on those channels gets ``RESUBSCRIBED``: a message may have been
+published while nobody listened, so the waiter re-checks the entry and the lock instead of
+calling the upstream. Only when Redis cannot be reached again does the owner hand its waiters
+``BROKEN`` (they fail open), then keeps retrying with a back-off while anyone still listens.
+
+Permanent channels (``listen(channel, handler)``) carry process-wide signals, e.g. "policies
+changed: drop your local copies"; their handlers also run after every reconnection, since a
+signal may have been missed while the connection was down.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from redis.exceptions import RedisError
+
+logger = logging.getLogger(__name__)
+
+#: Handed to waiters: the connection was lost and is back; what was published meanwhile is lost.
+RESUBSCRIBED = b"\x00resubscribed"
+#: Handed to waiters: the connection was lost and Redis cannot be reached again.
+BROKEN = b"\x00broken"
+
+_ERRORS = (RedisError, OSError, ValueError, AttributeError)
+
+
+class Waiter:
+    """One caller's place on one channel: its messages, each with when it was handed over."""
+
+    def __init__(self, channel: str) -> None:
+        self.channel = channel
+        self.ready = threading.Event()
+        self.blocked = False  # blocked in a wait (for introspection and tests)
+        self.messages: queue.Queue[tuple[bytes, float]] = queue.Queue()
+
+    def deliver(self, data: bytes) -> None:
+        self.ready.set()
+        self.messages.put((data, time.time()))
+
+
+class Hub:
+    """The process's Pub/Sub owner. ``connect`` returns a new redis-py ``PubSub``; ``owner_id``
+    names the connection's identity (a fork or a settings change means a new hub)."""
+
+    def __init__(
+        self,
+        connect: Callable[[], Any],
+        *,
+        poll_seconds: float = 0.01,
+        retry_seconds: float = 0.5,
+        max_retry_seconds: float = 5.0,
+    ) -> None:
+        self._connect = connect
+        self.poll_seconds = poll_seconds
+        self.retry_seconds = retry_seconds
+        self.max_retry_seconds = max_retry_seconds
+        self._lock = threading.Lock()
+        self._commands: queue.SimpleQueue[tuple[str, str]] = queue.SimpleQueue()
+        self._waiters: dict[str, list[Waiter]] = {}
+        self._handlers: dict[str, Callable[[bytes], None]] = {}
+        self._confirmed: set[str] = set()
+        self._resubscribing: set[str] = set()  # channels to tell RESUBSCRIBED once confirmed
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        #: Set while the last connection attempt failed: a new waiter fails at once.
+        self.down = False
+        self.connected = threading.Event()
+        self.reconnections = 0  # for tests and the log
+
+    # --- what callers use (any thread) ---
+
+    def register(self, channel: str) -> Waiter:
+        waiter = Waiter(channel)
+        with self._lock:
+            self._start()
+            waiting = self._waiters.setdefault(channel, [])
+            waiting.append(waiter)
+            if channel in self._confirmed:
+                waiter.ready.set()
+            elif len(waiting) == 1 and channel not in self._handlers:
+                self._commands.put(("subscribe", channel))
+        return waiter
+
+    def unregister(self, waiter: Waiter) -> None:
+        with self._lock:
+            waiting = self._waiters.get(waiter.channel)
+            if not waiting or waiter not in waiting:
+                return
+            waiting.remove(waiter)
+            if waiting:
+                return
+            del self._waiters[waiter.channel]
+            if waiter.channel not in self._handlers:
+                self._confirmed.discard(waiter.channel)
+                self._commands.put(("unsubscribe", waiter.channel))
+
+    def listen(self, channel: str, handler: Callable[[bytes], None]) -> None:
+        """Keep ``channel`` subscribed for the life of the process; ``handler(data)`` runs in the
+        owner for each message, and with ``RESUBSCRIBED`` after each reconnection."""
+        with self._lock:
+            self._start()
+            if channel in self._handlers:
+                self._handlers[channel] = handler
+                return
+            self._handlers[channel] = handler
+            if channel not in self._waiters:
+                self._commands.put(("subscribe", channel))
+
+    def waiting(self, channel: str) -> int:
+        with self._lock:
+            return sum(1 for w in self._waiters.get(channel, ()) if w.ready.is_set())
+
+    def parked(self, channel: str) -> int:
+        with self._lock:
+            return sum(1 for w in self._waiters.get(channel, ()) if w.blocked)
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """Stop the owner and close its connection (waiting up to ``timeout`` for it)."""
+        self._stop.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+
+    # --- the owner thread ---
+
+    def _start(self) -> None:
+        """Start the owner if it is not running (under the lock)."""
+        if self._thread is None or not self._thread.is_alive():
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._run, daemon=True, name="respcache-pubsub")
+            self._thread.start()
+
+    def _wanted(self) -> set[str]:
+        with self._lock:
+            return set(self._waiters) | set(self._handlers)
+
+    def _run(self) -> None:
+        pubsub: Any = None
+        retry = self.retry_seconds
+        ever_connected = False
+        while not self._stop.is_set():
+            if pubsub is None:
+                pubsub = self._open(resubscribed=ever_connected)
+                if pubsub is None:
+                    self._break_waiters()
+                    self._stop.wait(retry)
+                    retry = min(retry * 2, self.max_retry_seconds)
+                    continue
+                ever_connected, retry = True, self.retry_seconds
+            try:
+                self._apply_commands(pubsub)
+                message = pubsub.get_message(timeout=self.poll_seconds)
+                if message:
+                    self._dispatch(message)
+            except _ERRORS as exc:
+                logger.warning("respcache: Pub/Sub connection lost (%s); reconnecting", exc)
+                self._close(pubsub)
+                pubsub = None
+                self.connected.clear()
+                with self._lock:
+                    self._resubscribing |= self._confirmed
+                    self._confirmed.clear()
+        self._close(pubsub)
+
+    def _break_waiters(self) -> None:
+        """Redis cannot be reached: every waiter stops waiting (they fail open)."""
+        self.down = True
+        with self._lock:
+            waiters = [w for ws in self._waiters.values() for w in ws]
+        for waiter in waiters:
+            waiter.deliver(BROKEN)
+
+    def _open(self, *, resubscribed: bool) -> Any:
+        """A new connection subscribed to every wanted channel, or None if Redis is not there."""
+        try:
+            pubsub = self._connect()
+            wanted = self._wanted()
+            if wanted:
+                pubsub.subscribe(*sorted(wanted))
+            else:
+                pubsub.ping()  # connect now, so a failure shows here
+        except _ERRORS as exc:
+            logger.warning("respcache: Pub/Sub connection failed (%s)", exc)
+            return None
+        self.down = False
+        if resubscribed:
+            self.reconnections += 1
+            with self._lock:
+                self._resubscribing |= wanted
+        self.connected.set()
+        return pubsub
+
+    def _apply_commands(self, pubsub: Any) -> None:
+        while True:
+            try:
+                command, channel = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            with self._lock:
+                wanted = channel in self._waiters or channel in self._handlers
+            if command == "subscribe" and wanted:
+                pubsub.subscribe(channel)
+            elif command == "unsubscribe" and not wanted:
+                pubsub.unsubscribe(channel)
+
+    def _dispatch(self, message: dict[str, Any]) -> None:
+        kind = message.get("type")
+        channel = message.get("channel")
+        channel = channel.decode() if isinstance(channel, bytes) else str(channel)
+        with self._lock:
+            waiters = list(self._waiters.get(channel, ()))
+            handler = self._handlers.get(channel)
+            resubscribed = False
+            if kind == "subscribe":
+                if waiters or handler is not None:
+                    self._confirmed.add(channel)
+                resubscribed = channel in self._resubscribing
+                self._resubscribing.discard(channel)
+        if kind == "subscribe":
+            for waiter in waiters:
+                if resubscribed:
+                    waiter.deliver(RESUBSCRIBED)
+                waiter.ready.set()
+            if resubscribed and handler is not None:
+                self._call(handler, RESUBSCRIBED)
+        elif kind == "message":
+            data = message["data"]
+            data = data if isinstance(data, bytes) else str(data).encode()
+            for waiter in waiters:
+                waiter.deliver(data)
+            if handler is not None:
+                self._call(handler, data)
+
+    @staticmethod
+    def _call(handler: Callable[[bytes], None], data: bytes) -> None:
+        try:
+            handler(data)
+        except Exception:  # a handler's bug must not stop the owner
+            logger.exception("respcache: Pub/Sub handler failed")
+
+    @staticmethod
+    def _close(pubsub: Any) -> None:
+        if pubsub is None:
+            return
+        try:
+            pubsub.close()
+        except _ERRORS:
+            pass
+
+
+class Hubs:
+    """The hub of this process and Redis location: a new one after a fork or a settings change."""
+
+    def __init__(self, connect: Callable[[], Any], identity: Callable[[], str]) -> None:
+        self._connect = connect
+        self._identity = identity
+        self._lock = threading.Lock()
+        self._hub: Hub | None = None
+        self._owner: tuple[int, str] | None = None
+
+    def get(self) -> Hub:
+        owner = (os.getpid(), self._identity())
+        hub = self._hub
+        if hub is not None and self._owner == owner:
+            return hub
+        with self._lock:
+            if self._hub is not None and self._owner == owner:
+                return self._hub
+            if self._hub is not None:
+                self._hub.stop()
+            self._hub = Hub(self._connect)
+            self._owner = owner
+            return self._hub
