@@ -257,23 +257,81 @@ def request_fingerprint(
     return digest.hexdigest()
 
 
+# --- Redis key and channel names --------------------------------------------------------------
+# Every name respcache gives a Redis key or channel is built here, raw: the store puts each
+# under the cache alias's own "prefix:version:" (Django's default key function). A workload
+# slug holds no ":" and no glob character (a SlugField), so "<kind>:<slug>:" never matches
+# another workload's names, even one whose slug starts with this one's.
+#
+#   respcache:v:<slug>                          the workload's key version (Redis's copy)
+#   respcache:e:<slug>:<version>:<fingerprint>  an entry (the record)
+#   respcache:m:<slug>:<version>:<fingerprint>  its accounting hash (same TTL)
+#   respcache:l:<slug>:<version>:<fingerprint>  its stampede lock
+#   respcache:c:<slug>:<version>:<fingerprint>  the channel that wakes its waiters
+#   respcache:s:<slug>:m:<start> / :h:<start>   a minute / hour counter bucket
+#   respcache:s:<slug>:total                    the all-time counters
+#
+# The lookup script appends "<version>:<fingerprint>" to ``entry_prefix`` and ``meta_prefix``
+# itself (the version is resolved inside Redis): ``entry_prefix(w) + f"{v}:{fp}"`` is
+# ``entry_key(workload=w, version=v, fingerprint=fp)``, and tests hold it so.
+
+_ENTRY, _META, _LOCK, _CHANNEL = "respcache:e:", "respcache:m:", "respcache:l:", "respcache:c:"
+#: The bucket kind in a counter bucket's name, by bucket width in seconds.
+_BUCKET_KINDS = {60: "m", 3600: "h"}
+
+
+def version_key(workload: str) -> str:
+    """The workload's current key version, as Redis holds it (a bump raises it)."""
+    return f"respcache:v:{workload}"
+
+
 def entry_key(*, workload: str, version: int, fingerprint: str) -> str:
-    return f"respcache:e:{workload}:{version}:{fingerprint}"
+    return f"{_ENTRY}{workload}:{version}:{fingerprint}"
+
+
+def entry_prefix(workload: str) -> str:
+    """What every entry key of ``workload`` starts with (any version)."""
+    return f"{_ENTRY}{workload}:"
 
 
 def entry_pattern(*, workload: str, version: int | None = None) -> str:
     """Glob matching a workload's entries (of one key version, or of all)."""
-    return f"respcache:e:{workload}:{'*' if version is None else version}:*"
+    return f"{_ENTRY}{workload}:{'*' if version is None else version}:*"
 
 
 def meta_key(key: str) -> str:
     """Read counter and accounting of one entry, kept beside it with the same TTL."""
-    return "respcache:m:" + key.removeprefix("respcache:e:")
+    return _META + key.removeprefix(_ENTRY)
+
+
+def meta_prefix(workload: str) -> str:
+    """What every meta key of ``workload`` starts with (any version)."""
+    return f"{_META}{workload}:"
+
+
+def meta_pattern(*, workload: str, version: int | None = None) -> str:
+    """Glob matching the meta hashes of a workload's entries (of one key version, or of all)."""
+    return f"{_META}{workload}:{'*' if version is None else version}:*"
 
 
 def lock_key(key: str) -> str:
-    return "respcache:l:" + key.removeprefix("respcache:e:")
+    return _LOCK + key.removeprefix(_ENTRY)
 
 
 def channel_name(key: str) -> str:
-    return "respcache:c:" + key.removeprefix("respcache:e:")
+    return _CHANNEL + key.removeprefix(_ENTRY)
+
+
+def bucket_key(*, workload: str, width_seconds: int, start: int) -> str:
+    """The counter bucket of ``workload`` that is ``width_seconds`` wide (60 or 3600) and
+    starts at ``start`` (Unix seconds)."""
+    try:
+        kind = _BUCKET_KINDS[width_seconds]
+    except KeyError:
+        raise ValueError(f"no counter bucket is {width_seconds} s wide") from None
+    return f"respcache:s:{workload}:{kind}:{start}"
+
+
+def totals_key(workload: str) -> str:
+    """The workload's all-time counters; never expire."""
+    return f"respcache:s:{workload}:total"

@@ -27,16 +27,6 @@ from redis.exceptions import RedisError
 from respcache import store
 from respcache.exceptions import CacheUnavailable
 
-_RELEASE = """
-local released = 0
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('DEL', KEYS[1])
-  released = 1
-end
-redis.call('PUBLISH', ARGV[2], ARGV[3])
-return released
-"""
-
 
 def new_token() -> str:
     return secrets.token_hex(16)
@@ -53,7 +43,7 @@ def acquire(lock: str, *, token: str, ttl_seconds: float) -> bool:
 def release(lock: str, *, token: str, channel: str, message: bytes) -> bool:
     """Delete the lock if ``token`` still holds it, and tell the waiters ``message``."""
     try:
-        return bool(store.script(_RELEASE)(keys=[lock], args=[token, channel, message]))
+        return bool(store.script("release")(keys=[lock], args=[token, channel, message]))
     except RedisError as exc:
         raise CacheUnavailable(str(exc)) from exc
 

@@ -35,6 +35,7 @@ from redis.exceptions import RedisError
 from respcache import store
 from respcache.conf import app_settings
 from respcache.exceptions import CacheUnavailable
+from respcache.keys import bucket_key
 
 OUTCOMES = ("hit", "wait", "miss", "fallthrough", "bypass", "refresh")
 FIELDS = OUTCOMES + (
@@ -58,8 +59,7 @@ _pending: dict[str, dict[str, int]] = {}
 
 
 def _bucket_key(workload: str, width: int, start: int) -> str:
-    kind = "m" if width == MINUTE else "h"
-    return store.full_key(f"respcache:s:{workload}:{kind}:{start}")
+    return store.full_key(bucket_key(workload=workload, width_seconds=width, start=start))
 
 
 def bucket_keys(workload: str, now: float) -> tuple[list[str], list[int]]:

@@ -3,13 +3,18 @@ then generalised into property tests."""
 
 from __future__ import annotations
 
+import ast
 import copy
+import fnmatch
 import hashlib
 import json
+import pathlib
+import re
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from respcache import keys
@@ -281,3 +286,163 @@ def test_few_dots_are_checked_without_the_regex(monkeypatch: Any) -> None:
     assert keys._needs_walk(b'[1.5,"a. b."]') is False
     assert keys._needs_walk(b'[2.0]') is True
 
+
+
+# --- Redis key and channel names ---------------------------------------------------------------
+
+FP = "ab" * 32
+ENTRY = f"respcache:e:intents:3:{FP}"
+
+
+@pytest.mark.parametrize(
+    ("built", "expected"),
+    [
+        (lambda: keys.version_key("intents"), "respcache:v:intents"),
+        (lambda: keys.entry_key(workload="intents", version=3, fingerprint=FP), ENTRY),
+        (lambda: keys.entry_prefix("intents"), "respcache:e:intents:"),
+        (lambda: keys.entry_pattern(workload="intents"), "respcache:e:intents:*:*"),
+        (lambda: keys.entry_pattern(workload="intents", version=3), "respcache:e:intents:3:*"),
+        (lambda: keys.meta_key(ENTRY), f"respcache:m:intents:3:{FP}"),
+        (lambda: keys.meta_prefix("intents"), "respcache:m:intents:"),
+        (lambda: keys.meta_pattern(workload="intents"), "respcache:m:intents:*:*"),
+        (lambda: keys.meta_pattern(workload="intents", version=3), "respcache:m:intents:3:*"),
+        (lambda: keys.lock_key(ENTRY), f"respcache:l:intents:3:{FP}"),
+        (lambda: keys.channel_name(ENTRY), f"respcache:c:intents:3:{FP}"),
+        (lambda: keys.bucket_key(workload="intents", width_seconds=60, start=1_800_000_000),
+         "respcache:s:intents:m:1800000000"),
+        (lambda: keys.bucket_key(workload="intents", width_seconds=3600, start=1_799_996_400),
+         "respcache:s:intents:h:1799996400"),
+        (lambda: keys.totals_key("intents"), "respcache:s:intents:total"),
+    ],
+    ids=lambda value: value if isinstance(value, str) else "",
+)
+def test_every_redis_name_has_its_exact_shape(built: Any, expected: str) -> None:
+    """The names are what older releases wrote and other workers read: a change is a migration."""
+    assert built() == expected
+
+
+def test_a_bucket_is_a_minute_or_an_hour_wide() -> None:
+    with pytest.raises(ValueError, match="120 s"):
+        keys.bucket_key(workload="intents", width_seconds=120, start=0)
+
+
+def test_the_lookup_scripts_prefixes_complete_to_the_entry_and_meta_keys() -> None:
+    """lookup.lua appends "<version>:<fingerprint>" to the prefixes: the same names as here."""
+    assert keys.entry_prefix("intents") + f"3:{FP}" == ENTRY
+    assert keys.meta_prefix("intents") + f"3:{FP}" == keys.meta_key(ENTRY)
+
+
+def names_of(slug: str, version: int) -> dict[str, str]:
+    entry = keys.entry_key(workload=slug, version=version, fingerprint=FP)
+    return {
+        "entry": entry,
+        "meta": keys.meta_key(entry),
+        "lock": keys.lock_key(entry),
+        "channel": keys.channel_name(entry),
+        "version": keys.version_key(slug),
+        "totals": keys.totals_key(slug),
+        "bucket": keys.bucket_key(workload=slug, width_seconds=60, start=version * 60),
+    }
+
+
+# "intents" is a prefix of two of the others' slugs; version 1 is a prefix of version 12.
+SLUGS = ("intents", "intents2", "intents-v2", "intent", "moderation")
+VERSIONS = (1, 2, 12)
+
+
+@pytest.mark.parametrize(
+    ("pattern", "kind", "versions"),
+    [
+        (keys.entry_pattern(workload="intents"), "entry", VERSIONS),
+        (keys.entry_pattern(workload="intents", version=1), "entry", (1,)),
+        (keys.meta_pattern(workload="intents"), "meta", VERSIONS),
+        (keys.meta_pattern(workload="intents", version=12), "meta", (12,)),
+    ],
+)
+def test_purge_and_scan_patterns_match_exactly_their_workloads_keys(
+    redis_db: Any, pattern: str, kind: str, versions: tuple[int, ...]
+) -> None:
+    """In a real Redis (SCAN MATCH is the glob that counts): every name of every workload and
+    version is there, and the pattern finds the ones it should, no other workload's."""
+    every = {name for slug in SLUGS for v in VERSIONS for name in names_of(slug, v).values()}
+    redis_db.mset(dict.fromkeys(every, b"1"))
+    found = {key.decode() for key in redis_db.scan_iter(match=pattern, count=1000)}
+    assert found == {names_of("intents", v)[kind] for v in versions}
+    assert {name for name in every if fnmatch.fnmatchcase(name, pattern)} == found
+
+
+slugs = st.from_regex(r"[-a-zA-Z0-9_]{1,64}", fullmatch=True)  # what a SlugField admits
+
+
+@given(a=slugs, b=slugs, version=st.integers(1, 10**6), other_version=st.integers(1, 10**6))
+@settings(max_examples=300)
+def test_a_workloads_patterns_never_reach_another_workloads_names(
+    a: str, b: str, version: int, other_version: int
+) -> None:
+    assume(a != b)
+    ours, theirs = names_of(a, version), names_of(b, other_version)
+    for kind, pattern in (
+        ("entry", keys.entry_pattern(workload=a)),
+        ("entry", keys.entry_pattern(workload=a, version=version)),
+        ("meta", keys.meta_pattern(workload=a)),
+        ("meta", keys.meta_pattern(workload=a, version=version)),
+    ):
+        assert fnmatch.fnmatchcase(ours[kind], pattern)
+        assert not [name for name in theirs.values() if fnmatch.fnmatchcase(name, pattern)]
+        assert [name for name in ours.values() if fnmatch.fnmatchcase(name, pattern)] == [ours[kind]]
+
+
+@given(slug=slugs, version=st.integers(1, 10**6), other_version=st.integers(1, 10**6))
+def test_a_versions_patterns_reach_no_other_version(slug: str, version: int, other_version: int) -> None:
+    assume(version != other_version)
+    other = names_of(slug, other_version)
+    for kind, all_versions, one_version in (
+        ("entry", keys.entry_pattern(workload=slug), keys.entry_pattern(workload=slug, version=version)),
+        ("meta", keys.meta_pattern(workload=slug), keys.meta_pattern(workload=slug, version=version)),
+    ):
+        assert fnmatch.fnmatchcase(other[kind], all_versions)
+        assert not fnmatch.fnmatchcase(other[kind], one_version)
+
+
+def string_constants(path: pathlib.Path) -> Iterator[str]:
+    """The string literals of a module (f-strings' literal parts too), docstrings left out."""
+    tree = ast.parse(path.read_text())
+    docstrings = {
+        id(node.body[0].value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+        and node.body
+        and isinstance(node.body[0], ast.Expr)
+        and isinstance(node.body[0].value, ast.Constant)
+    }
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+            yield node.value
+
+
+def test_no_module_but_keys_formats_a_redis_name() -> None:
+    """Names are built in keys.py alone; the rest of respcache asks it (the Lua scripts too:
+    they only append a version and a fingerprint to the prefixes they are handed)."""
+    package = pathlib.Path(keys.__file__).parent
+    name = re.compile(r"respcache:[a-z]+:")
+    offenders = {
+        f"{path.relative_to(package)}: {text!r}"
+        for path in package.rglob("*.py")
+        if path.name != "keys.py"
+        for text in string_constants(path)
+        if name.search(text)
+    }
+    offenders |= {
+        str(path.relative_to(package)) for path in package.rglob("*.lua") if name.search(path.read_text())
+    }
+    assert offenders == set()
+    assert "respcache:e:" in set(string_constants(pathlib.Path(keys.__file__)))  # the check sees literals
+
+
+def test_keys_imports_nothing_of_ours() -> None:
+    """Nor Django or Redis: every other module may import it, it imports none of them."""
+    tree = ast.parse(pathlib.Path(keys.__file__).read_text())
+    imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    imported |= {"." * node.level + (node.module or "") for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert "orjson" in imported  # the check sees the imports
+    assert not {name for name in imported if name.split(".")[0] in {"", "respcache", "django", "redis", "django_redis"}}

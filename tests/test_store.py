@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import fnmatch
 import os
+import pathlib
 import time
+import tomllib
 import zlib
 from typing import Any
 
@@ -12,6 +15,7 @@ import orjson
 import pytest
 
 from respcache import keys, stats, store
+from respcache.store import connection, fields, records
 
 
 def names(slug: str = "w", version: int = 1, fp: str = "f" * 64) -> dict[str, str]:
@@ -193,10 +197,10 @@ def test_a_changed_key_prefix_or_retention_reaches_the_memoised_keys(settings: A
     """The hit path's memos (a workload's keys, the second's bucket keys) follow CACHES and
     RESPCACHE changes, as the alias prefix does."""
     now = time.time()
-    assert store._workload_keys("w")[0].startswith("rctest:")
+    assert connection.workload_keys("w")[0].startswith("rctest:")
     assert stats.bucket_keys("w", now)[0][0].startswith("rctest:")
     settings.CACHES = {**settings.CACHES, "respcache": {**settings.CACHES["respcache"], "KEY_PREFIX": "moved"}}
-    assert all(key.startswith("moved:") for key in store._workload_keys("w"))
+    assert all(key.startswith("moved:") for key in connection.workload_keys("w"))
     assert all(key.startswith("moved:") for key in stats.bucket_keys("w", now)[0])
     ttl = stats.bucket_keys("w", now)[1][0]
     settings.RESPCACHE = {**settings.RESPCACHE, "MINUTE_BUCKET_RETENTION_SECONDS": 10}
@@ -206,7 +210,66 @@ def test_a_changed_key_prefix_or_retention_reaches_the_memoised_keys(settings: A
 def test_lz4_declared_size_over_the_limit_is_not_decoded(monkeypatch: Any) -> None:
     def boom(*a: Any, **k: Any) -> bytes:
         raise MemoryError("decoded a damaged size")
-    monkeypatch.setattr(store.lz4.block, "decompress", boom)
+    monkeypatch.setattr(records.lz4.block, "decompress", boom)
     raw = b"RC\x01\x02" + (store.MAX_DECODED_BYTES + 1).to_bytes(4, "little") + b"x" * 8
     assert store.decode_record(raw) is None
 
+
+
+# --- the Lua scripts: files loaded once, every field name passed in ---------------------------
+
+SCRIPTS = pathlib.Path(store.__file__).parent / "scripts"
+
+
+def test_scripts_are_the_lua_files_registered_once_and_dropped_on_a_settings_change(settings: Any) -> None:
+    lookup_script = store.script("lookup")
+    assert lookup_script.script == (SCRIPTS / "lookup.lua").read_text()
+    assert store.script("lookup") is lookup_script
+    settings.CACHES = {**settings.CACHES}  # a new client may come with it: register again
+    assert store.script("lookup") is not lookup_script
+    assert sorted(p.name for p in SCRIPTS.iterdir()) == ["lookup.lua", "release.lua", "set_version.lua", "write.lua"]
+
+
+def test_no_script_knows_a_field_name() -> None:
+    names = {value for name, value in vars(fields).items() if name.isupper() and isinstance(value, str)}
+    names |= set(stats.FIELDS) | set(stats.TOTAL_FIELDS)
+    assert {"reads", "first_read", "exp_read", "written", "saved_in", "in", "xm"} <= names  # the premise
+    for path in SCRIPTS.glob("*.lua"):
+        code = "\n".join(line.split("--")[0] for line in path.read_text().splitlines())  # comments may name them
+        assert [n for n in names if f"'{n}'" in code or f'"{n}"' in code] == [], path.name
+
+
+def test_the_counters_the_scripts_write_are_ones_stats_reads() -> None:
+    counters = {fields.WRITTEN, fields.SAVED_IN, fields.SAVED_OUT, fields.EXP_WRITTEN, fields.EXP_READ}
+    assert counters <= set(stats.FIELDS)
+    assert fields.FIRST_READ in stats.TOTAL_FIELDS
+    assert set(fields.META_FIELDS) <= set(fields.WRITE_FIELDS)
+
+
+def test_the_scripts_count_under_the_names_python_hands_them(redis_db: Any, monkeypatch: Any) -> None:
+    """Renamed in Python, a field is renamed in Redis: the scripts take every name from ARGV."""
+    renamed = {
+        name: f"x_{name}" for name in ("written", "exp_written", "saved_in", "saved_out", "first_read", "exp_read")
+    }
+    monkeypatch.setattr(fields, "WRITE_FIELDS", tuple(renamed.get(n, n) for n in fields.WRITE_FIELDS))
+    monkeypatch.setattr(fields, "LOOKUP_FIELDS", tuple(renamed.get(n, n) for n in fields.LOOKUP_FIELDS))
+    write()
+    assert lookup().entry is not None
+    now_minute = stats.bucket_keys("w", time.time())[0][0]
+    counts = redis_db.hgetall(now_minute)
+    assert counts[b"x_written"] == b"1" and counts[b"x_saved_in"] == b"11" and counts[b"x_saved_out"] == b"7"
+    assert not {b"written", b"saved_in", b"saved_out"} & set(counts)
+    totals = redis_db.hgetall(store.totals_key("w"))
+    assert (totals[b"x_first_read"], totals[b"x_written"], totals[b"x_saved_in"]) == (b"1", b"1", b"11")
+    assert not {b"first_read", b"written", b"saved_in"} & set(totals)
+    expiry = redis_db.hgetall(redis_db.hget(names()["meta"], "xm"))
+    assert expiry == {b"x_exp_written": b"1", b"x_exp_read": b"1"}
+
+
+def test_the_scripts_ship_in_the_package() -> None:
+    """pyproject's package-data lists them: a wheel without them would fail its first lookup."""
+    project = tomllib.loads((pathlib.Path(store.__file__).parents[2] / "pyproject.toml").read_text())
+    patterns = project["tool"]["setuptools"]["package-data"]["respcache"]
+    package = pathlib.Path(store.__file__).parents[1]
+    for path in SCRIPTS.glob("*.lua"):
+        assert any(fnmatch.fnmatch(str(path.relative_to(package)), p) for p in patterns), path.name

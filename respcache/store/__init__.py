@@ -1,0 +1,86 @@
+"""Versioned entry records in Redis through django-redis: lookup, write, purge, browse.
+
+- ``records``: the record codec (header, compression, the waiters' ``ok<record>`` message);
+  pure, no Redis.
+- ``fields``: the hash field names the scripts write (counters, an entry's accounting).
+- ``scripts/*.lua``: the Lua scripts, loaded once per process (``script``); they receive every
+  field name as ARGV.
+- ``connection``: the client, the scripts, the cache alias's prefix on every ``keys`` name.
+- ``entries``: the hit path's lookup, the write, key versions, purge, delete, ping.
+- ``browse``: what the admin reads (SCAN pages, one entry, server info).
+
+Callers use the names below, as ``from respcache import store; store.lookup(...)``.
+"""
+
+from respcache.store.browse import (
+    EntryInfo,
+    EntryPage,
+    ServerInfo,
+    count_entries,
+    entry_get,
+    iter_entry_keys,
+    scan_entries,
+    server_info,
+)
+from respcache.store.connection import client, full_key, location, script, totals_key, version_key
+from respcache.store.entries import (
+    Lookup,
+    current_version,
+    entry_delete,
+    lookup,
+    ping,
+    purge,
+    set_version,
+    write,
+)
+from respcache.store.fields import META_FIELDS
+from respcache.store.records import (
+    FLAG_LZ4,
+    FLAG_ZLIB,
+    MAGIC,
+    MAX_DECODED_BYTES,
+    PUBLISH_RECORD_MAX_BYTES,
+    SCHEMA_VERSION,
+    Entry,
+    decode_record,
+    encode_record,
+    ok_message,
+    record_of,
+)
+
+__all__ = [
+    "FLAG_LZ4",
+    "FLAG_ZLIB",
+    "MAGIC",
+    "MAX_DECODED_BYTES",
+    "META_FIELDS",
+    "PUBLISH_RECORD_MAX_BYTES",
+    "SCHEMA_VERSION",
+    "Entry",
+    "EntryInfo",
+    "EntryPage",
+    "Lookup",
+    "ServerInfo",
+    "client",
+    "count_entries",
+    "current_version",
+    "decode_record",
+    "encode_record",
+    "entry_delete",
+    "entry_get",
+    "full_key",
+    "iter_entry_keys",
+    "location",
+    "lookup",
+    "ok_message",
+    "ping",
+    "purge",
+    "record_of",
+    "scan_entries",
+    "script",
+    "server_info",
+    "set_version",
+    "totals_key",
+    "version_key",
+    "write",
+]

@@ -1,0 +1,189 @@
+"""What the admin reads from Redis: SCAN pages of a workload's entries, one entry, counts, and
+the server's memory and expiry numbers. Never the hit path."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from redis.exceptions import RedisError, ResponseError
+
+from respcache import keys
+from respcache.exceptions import CacheUnavailable
+from respcache.store.connection import cache, client, full_key
+from respcache.store.fields import META_FIELDS
+from respcache.store.records import Entry, decode_record
+
+
+@dataclass(frozen=True)
+class EntryInfo:
+    """One entry as the entry browser lists it: from its meta hash and PTTL, never its body."""
+
+    fingerprint: str
+    version: int
+    ttl_ms: int | None  # None: the entry is gone (or has no expiry)
+    reads: int | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    stored_at: float | None = None
+    size: int | None = None
+    model: str = ""
+
+
+@dataclass(frozen=True)
+class EntryPage:
+    entries: list[EntryInfo]
+    next_cursor: int  # 0: the scan is complete
+    scan_calls: int
+
+
+def iter_entry_keys(pattern: str, *, count: int = 1000) -> Iterator[str]:
+    """Raw (unprefixed) keys matching the raw glob ``pattern``, by SCAN through django-redis."""
+    try:
+        yield from cache().iter_keys(pattern, itersize=count)
+    except RedisError as exc:
+        raise CacheUnavailable(str(exc)) from exc
+
+
+def count_entries(workload: str) -> int:
+    """How many entries (all key versions) ``purge`` would delete now: one SCAN walk."""
+    return sum(1 for _ in iter_entry_keys(keys.entry_pattern(workload=workload)))
+
+
+def _to_int(value: Any) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _info(fingerprint: str, version: int, meta: Sequence[Any], pttl: Any) -> EntryInfo:
+    reads, tokens_in, tokens_out, stored_at, size, model = meta
+    ttl_ms = _to_int(pttl)
+    try:
+        stored = float(stored_at) if stored_at is not None else None
+    except ValueError:
+        stored = None
+    return EntryInfo(
+        fingerprint=fingerprint,
+        version=version,
+        ttl_ms=ttl_ms if ttl_ms is not None and ttl_ms >= 0 else None,
+        reads=_to_int(reads),
+        input_tokens=_to_int(tokens_in),
+        output_tokens=_to_int(tokens_out),
+        stored_at=stored,
+        size=_to_int(size),
+        model=model.decode(errors="replace") if isinstance(model, bytes) else (model or ""),
+    )
+
+
+def scan_entries(
+    workload: str, version: int, *, cursor: int = 0, page_size: int = 100, max_calls: int = 10
+) -> EntryPage:
+    """One page of the entries of ``workload`` at ``version``, from SCAN cursor ``cursor``.
+
+    SCAN (never KEYS) with COUNT ``page_size`` until a page is full, the scan completes or
+    ``max_calls`` calls were made; a stretch of the keyspace with no match makes COUNT grow, so a
+    workload that is a small part of a large database still pages quickly. Then one pipelined
+    round trip reads each entry's meta hash and PTTL (no bodies). Redis work per page is thus
+    bounded by ``max_calls`` SCANs and two commands per entry listed, whatever the entry count.
+    A page holds what those SCAN calls returned: about ``page_size`` entries, possibly more.
+    """
+    redis_client = client()
+    pattern = str(cache().client.make_pattern(keys.entry_pattern(workload=workload, version=version)))
+    found: list[bytes] = []
+    count, calls = page_size, 0
+    try:
+        while calls < max_calls:
+            cursor, batch = redis_client.scan(cursor=cursor, match=pattern, count=count)
+            calls += 1
+            found.extend(batch)
+            if cursor == 0 or len(found) >= page_size:
+                break
+            if not batch:
+                count = min(count * 2, 10_000)
+        fingerprints = sorted({k.decode().rsplit(":", 1)[1] for k in found})
+        pipe = redis_client.pipeline(transaction=False)
+        for fingerprint in fingerprints:
+            raw = keys.entry_key(workload=workload, version=version, fingerprint=fingerprint)
+            pipe.hmget(full_key(keys.meta_key(raw)), META_FIELDS)
+            pipe.pttl(full_key(raw))
+        replies = pipe.execute() if fingerprints else []
+    except RedisError as exc:
+        raise CacheUnavailable(str(exc)) from exc
+    entries = [_info(fp, version, replies[2 * i], replies[2 * i + 1]) for i, fp in enumerate(fingerprints)]
+    return EntryPage(entries=entries, next_cursor=int(cursor), scan_calls=calls)
+
+
+def entry_get(workload: str, version: int, fingerprint: str) -> tuple[EntryInfo, Entry | None] | None:
+    """An entry's accounting and its decoded record (None if unreadable); None when it is gone."""
+    raw_key = keys.entry_key(workload=workload, version=version, fingerprint=fingerprint)
+    key = full_key(raw_key)
+    try:
+        pipe = client().pipeline(transaction=False)
+        pipe.get(key)
+        pipe.hmget(full_key(keys.meta_key(raw_key)), META_FIELDS)
+        pipe.pttl(key)
+        raw, meta, pttl = pipe.execute()
+    except RedisError as exc:
+        raise CacheUnavailable(str(exc)) from exc
+    if raw is None:
+        return None
+    info = _info(fingerprint, version, meta, pttl)
+    if info.size is None:
+        info = replace(info, size=len(raw))
+    return info, decode_record(raw)
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    """The Redis server's memory and key-expiry numbers; None where the server would not say."""
+
+    used_memory: int | None = None
+    used_memory_human: str = ""
+    maxmemory: int | None = None  # 0: no limit
+    maxmemory_policy: str = ""
+    evicted_keys: int | None = None
+    expired_keys: int | None = None
+    refused: tuple[str, ...] = ()  # commands the server refused (managed Redis often does)
+
+
+def server_info(redis_client: Any = None) -> ServerInfo:
+    """INFO memory and INFO stats; CONFIG GET for maxmemory settings INFO did not give.
+
+    Managed Redis services may refuse INFO sections or CONFIG: what is refused is reported in
+    ``refused`` and left None, never raised.
+    """
+    redis_client = redis_client or client()
+    refused: list[str] = []
+    memory: dict[str, Any] = {}
+    counters: dict[str, Any] = {}
+    try:
+        try:
+            memory = redis_client.info("memory")
+        except ResponseError:
+            refused.append("INFO memory")
+        try:
+            counters = redis_client.info("stats")
+        except ResponseError:
+            refused.append("INFO stats")
+        if "maxmemory" not in memory or "maxmemory_policy" not in memory:
+            try:
+                config = redis_client.config_get("maxmemory*")
+                memory.setdefault("maxmemory", config.get("maxmemory"))
+                memory.setdefault("maxmemory_policy", config.get("maxmemory-policy"))
+            except ResponseError:
+                refused.append("CONFIG GET")
+    except RedisError as exc:
+        raise CacheUnavailable(str(exc)) from exc
+    policy = memory.get("maxmemory_policy") or ""
+    return ServerInfo(
+        used_memory=_to_int(memory.get("used_memory")),
+        used_memory_human=str(memory.get("used_memory_human") or ""),
+        maxmemory=_to_int(memory.get("maxmemory")),
+        maxmemory_policy=policy.decode() if isinstance(policy, bytes) else str(policy),
+        evicted_keys=_to_int(counters.get("evicted_keys")),
+        expired_keys=_to_int(counters.get("expired_keys")),
+        refused=tuple(refused),
+    )

@@ -1,0 +1,188 @@
+"""Entries in Redis: the hit path's lookup, the write, key versions, purge and delete.
+
+Beside each entry a small hash (``keys.meta_key``, same TTL) keeps its read count and
+accounting (tokens, size, model, stored at) so the hit path counts tokens saved and first reads
+without decoding the entry, and the admin lists entries without fetching them.
+
+The hit path is one round trip: scripts/lookup.lua resolves the workload's current key version
+(kept in Redis so a bump reaches every worker at once), GETs the entry and bumps its counters:
+the minute and hour buckets, and the workload's all-time totals (``totals_key``: never expire,
+so /metrics can export them as monotonic Prometheus counters). A write is one round trip too
+(scripts/write.lua). Scripts touch keys they derive from their arguments, so this needs a
+single Redis (or a Sentinel group), not Redis Cluster.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from redis.exceptions import RedisError
+
+from respcache import keys
+from respcache.exceptions import CacheUnavailable
+from respcache.store import fields
+from respcache.store.connection import cache, client, full_key, script, totals_key, version_key, workload_keys
+from respcache.store.records import Entry, decode_record, ok_message
+
+
+@dataclass(frozen=True)
+class Lookup:
+    version: int
+    entry: Entry | None
+    raw_size: int = 0
+    #: The entry's tokens from its accounting hash (what this read saved), when it was counted:
+    #: the call's log line takes them from here instead of parsing the Message.
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+
+
+def lookup(
+    *,
+    workload: str,
+    db_version: int,
+    fingerprint: str,
+    outcome: str,
+    bucket_keys: Sequence[str],
+    bucket_ttls: Sequence[int],
+    fetch: bool = True,
+    extra: dict[str, int] | None = None,
+) -> Lookup:
+    """Resolve the current key version and read the entry; count ``outcome`` if found.
+
+    An empty ``outcome`` only resolves the version: nothing is counted, no read is marked.
+    ``fetch=False`` counts a read of an entry the caller already holds (a waiter handed it by
+    the writer's message) without reading it again; ``extra`` counter fields are added with
+    the outcome, in the same round trip.
+    """
+    version_, totals, entries, metas = workload_keys(workload)
+    args: list[Any] = [
+        db_version,
+        entries,
+        metas,
+        fingerprint,
+        outcome,
+        *bucket_ttls,
+        "0" if fetch else "1",
+        *fields.LOOKUP_FIELDS,
+    ]
+    for name, value in (extra or {}).items():
+        args += (name, value)
+    try:
+        version, raw, *accounting = script("lookup")(keys=[version_, *bucket_keys, totals], args=args)
+    except RedisError as exc:
+        raise CacheUnavailable(str(exc)) from exc
+    input_tokens = output_tokens = None
+    if accounting and accounting[0]:
+        input_tokens, output_tokens = int(accounting[1]), int(accounting[2])
+    return Lookup(
+        version=int(version),
+        entry=decode_record(raw),
+        raw_size=len(raw or b""),
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+    )
+
+
+def write(
+    *,
+    workload: str,
+    key: str,
+    meta: str,
+    lock: str,
+    channel: str,
+    token: str,
+    record: bytes,
+    ttl_seconds: int,
+    input_tokens: int,
+    output_tokens: int,
+    stored_at: float,
+    model: str,
+    bucket_keys: Sequence[str],
+    bucket_ttls: Sequence[int],
+    counts: dict[str, int] | None = None,
+) -> bool:
+    """Store a record with its accounting, release ``token``'s lock, wake the waiters, and add
+    ``counts`` (non-zero values) to the current buckets and the totals.
+
+    Returns whether the lock was still ours. All keys are full (prefixed) keys.
+    """
+    extra: list[Any] = []
+    for name, value in (counts or {}).items():
+        if value:
+            extra += (name, value)
+    try:
+        released = script("write")(
+            keys=[key, meta, lock, *bucket_keys, totals_key(workload)],
+            args=[
+                record,
+                int(ttl_seconds * 1000),
+                token,
+                input_tokens,
+                output_tokens,
+                stored_at,
+                len(record),
+                model,
+                channel,
+                *bucket_ttls,
+                ok_message(record),
+                *fields.WRITE_FIELDS,
+                *extra,
+            ],
+        )
+    except RedisError as exc:
+        raise CacheUnavailable(str(exc)) from exc
+    return bool(released)
+
+
+def set_version(workload: str, version: int) -> None:
+    """Raise the workload's key version in Redis to ``version`` (never lower it)."""
+    try:
+        script("set_version")(keys=[version_key(workload)], args=[version])
+    except RedisError as exc:
+        raise CacheUnavailable(str(exc)) from exc
+
+
+def current_version(workload: str, db_version: int) -> int:
+    """The key version calls use now: the larger of Redis's and the database's, as the lookup
+    script decides (a bump writes the database first, then raises Redis's)."""
+    try:
+        found = client().get(version_key(workload))
+    except RedisError as exc:
+        raise CacheUnavailable(str(exc)) from exc
+    try:
+        return max(db_version, int(found)) if found is not None else db_version
+    except ValueError:
+        return db_version
+
+
+def purge(workload: str) -> int:
+    """Delete every entry (all key versions) of ``workload`` with their meta; return how many."""
+    redis_cache = cache()
+    try:
+        deleted = redis_cache.delete_pattern(keys.entry_pattern(workload=workload), itersize=1000)
+        redis_cache.delete_pattern(keys.meta_pattern(workload=workload), itersize=1000)
+    except RedisError as exc:
+        raise CacheUnavailable(str(exc)) from exc
+    return int(deleted or 0)
+
+
+def entry_delete(workload: str, version: int, fingerprint: str) -> int:
+    """Delete one entry and its meta hash; returns 1 if the entry existed, else 0."""
+    raw = keys.entry_key(workload=workload, version=version, fingerprint=fingerprint)
+    try:
+        pipe = client().pipeline(transaction=True)
+        pipe.delete(full_key(raw))
+        pipe.delete(full_key(keys.meta_key(raw)))
+        deleted, _ = pipe.execute()
+    except RedisError as exc:
+        raise CacheUnavailable(str(exc)) from exc
+    return int(deleted)
+
+
+def ping() -> None:
+    try:
+        client().ping()
+    except RedisError as exc:
+        raise CacheUnavailable(str(exc)) from exc

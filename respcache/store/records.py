@@ -1,0 +1,96 @@
+"""The entry record codec: a Message's bytes behind a small versioned header. Pure: no Redis.
+
+An entry is the upstream's Message JSON, byte for byte, behind a small header::
+
+    b"RC" | schema (1 byte) | flags (1 byte) | payload
+    payload = meta JSON | b"\\n" | Message JSON
+              (compressed: an LZ4 block with its size when FLAG_LZ4, zlib when FLAG_ZLIB)
+
+A record with an unknown schema or a damaged payload is a miss, never a crash: an older or
+newer release may have written it. The write also publishes the record to the waiters
+(``ok_message``), who take it from the message (``record_of``) instead of reading it back.
+"""
+
+from __future__ import annotations
+
+import logging
+import zlib
+from dataclasses import dataclass
+
+import lz4.block
+import orjson
+
+from respcache.conf import app_settings
+
+logger = logging.getLogger(__name__)
+
+MAGIC = b"RC"
+SCHEMA_VERSION = 1
+FLAG_ZLIB = 0x01
+FLAG_LZ4 = 0x02
+#: A compressed payload declaring more than this is damaged, not decoded (an LZ4 block names its
+#: own size: a flipped bit there must not become a huge allocation).
+MAX_DECODED_BYTES = 1 << 30
+#: Records up to this size ride in the message that wakes the waiters, so a waiter answers
+#: without reading the entry back; a larger one is announced as a bare ``ok`` (read it).
+PUBLISH_RECORD_MAX_BYTES = 256 * 1024
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A stored answer: the Message bytes as the upstream sent them, and when they were stored."""
+
+    message: bytes
+    stored_at: float
+    model: str = ""
+
+
+def _compress(payload: bytes) -> tuple[bytes, int]:
+    if app_settings.COMPRESSOR == "zlib":
+        return zlib.compress(payload, app_settings.COMPRESS_LEVEL), FLAG_ZLIB
+    return lz4.block.compress(payload, store_size=True), FLAG_LZ4
+
+
+def encode_record(message: bytes, *, stored_at: float, model: str) -> bytes:
+    payload = orjson.dumps({"stored_at": stored_at, "model": model}) + b"\n" + message
+    flags = 0
+    if len(payload) >= app_settings.COMPRESS_MIN_BYTES:
+        compressed, flag = _compress(payload)
+        if len(compressed) < len(payload):
+            payload, flags = compressed, flag
+    return MAGIC + bytes((SCHEMA_VERSION, flags)) + payload
+
+
+def decode_record(raw: bytes | None) -> Entry | None:
+    """The Entry in ``raw``; None for a missing, foreign, older/newer or damaged record."""
+    if not raw or raw[:2] != MAGIC or len(raw) < 4 or raw[2] != SCHEMA_VERSION:
+        return None
+    payload = raw[4:]
+    try:
+        flags = raw[3]
+        if flags & FLAG_LZ4:
+            if len(payload) < 4 or int.from_bytes(payload[:4], "little") > MAX_DECODED_BYTES:
+                raise ValueError("damaged LZ4 size")
+            payload = lz4.block.decompress(payload)
+        elif flags & FLAG_ZLIB:
+            payload = zlib.decompress(payload)
+        head, sep, message = payload.partition(b"\n")
+        if not sep:
+            return None
+        meta = orjson.loads(head)
+        return Entry(message=message, stored_at=float(meta["stored_at"]), model=str(meta.get("model", "")))
+    except (zlib.error, lz4.block.LZ4BlockError, orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        logger.warning("respcache: unreadable cache record treated as a miss")
+        return None
+
+
+def ok_message(record: bytes) -> bytes:
+    """What the write publishes: ``ok`` followed by the record when it is small enough."""
+    return b"ok" + record if len(record) <= PUBLISH_RECORD_MAX_BYTES else b"ok"
+
+
+def record_of(message: bytes) -> Entry | None:
+    """The Entry an ``ok`` message carries; None for a bare ``ok`` (or anything else)."""
+    if message[:2] != b"ok" or len(message) <= 2:
+        return None
+    return decode_record(message[2:])
