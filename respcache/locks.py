@@ -1,7 +1,7 @@
 """The stampede lock: owner-token lock, compare-and-delete release, waiters woken by Pub/Sub.
 
 One caller per key holds ``respcache:l:…`` (a fresh random token, ``SET NX PX lock_ttl``), calls
-the upstream and writes the entry; the write (store._WRITE) and a failed call (``release``) both
+the upstream and writes the entry; the write (store/scripts/write.lua) and a failed call (``release``) both
 PUBLISH on the key's channel, so waiters wake the moment there is something to read instead of
 polling. Only the holder's token deletes the lock; a dead holder's lock expires after
 ``lock_ttl``. Every wait is bounded by its deadline (the workload's ``wait_max``).

@@ -4,7 +4,7 @@ workloads' numbers (one Redis round trip for all of them) and entries for every 
 The hit path must not touch the database, so each worker keeps what it read for
 ``LOCAL_CACHE_SECONDS`` (5 s by default): a policy edit or a revoked key takes effect on every
 worker within that time. Key versions do not wait for it: the current version lives in Redis
-too (store._LOOKUP), so a bump is seen by every worker on its next call. The copies are bounded
+too (store/scripts/lookup.lua), so a bump is seen by every worker on its next call. The copies are bounded
 (``LocalCopies``): answers for unknown slugs and keys are kept apart, so a flood of random keys
 cannot push out the valid ones.
 
