@@ -268,6 +268,8 @@ def request_fingerprint(
 #   respcache:m:<slug>:<version>:<fingerprint>  its accounting hash (same TTL)
 #   respcache:l:<slug>:<version>:<fingerprint>  its stampede lock
 #   respcache:c:<slug>:<version>:<fingerprint>  the channel that wakes its waiters
+#   respcache:f:<slug>:<version>:<fingerprint>  its lock holder's failure, for a few seconds
+#   respcache:policies                          the channel that says "policies changed"
 #   respcache:s:<slug>:m:<start> / :h:<start>   a minute / hour counter bucket
 #   respcache:s:<slug>:total                    the all-time counters
 #
@@ -276,6 +278,7 @@ def request_fingerprint(
 # ``entry_key(workload=w, version=v, fingerprint=fp)``, and tests hold it so.
 
 _ENTRY, _META, _LOCK, _CHANNEL = "respcache:e:", "respcache:m:", "respcache:l:", "respcache:c:"
+_FAILURE = "respcache:f:"
 #: The bucket kind in a counter bucket's name, by bucket width in seconds.
 _BUCKET_KINDS = {60: "m", 3600: "h"}
 
@@ -320,6 +323,17 @@ def lock_key(key: str) -> str:
 
 def channel_name(key: str) -> str:
     return _CHANNEL + key.removeprefix(_ENTRY)
+
+
+def failure_key(key: str) -> str:
+    """Where a lock holder's upstream failure waits a few seconds for waiters that missed it."""
+    return _FAILURE + key.removeprefix(_ENTRY)
+
+
+def policies_channel() -> str:
+    """The channel on which a policy change, a bump or a key revocation is announced to every
+    process, so each drops its local copies at once."""
+    return "respcache:policies"
 
 
 def bucket_key(*, workload: str, width_seconds: int, start: int) -> str:

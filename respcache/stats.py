@@ -30,7 +30,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.core.signals import setting_changed
-from redis.exceptions import RedisError
 
 from respcache import store
 from respcache.conf import app_settings
@@ -131,20 +130,21 @@ def count(workload: str, now: float, **fields: int) -> None:
     fields = with_pending(workload, fields)
     keys, ttls = bucket_keys(workload, now)
     try:
-        pipe = store.client().pipeline(transaction=False)
-        for key, ttl in zip(keys, ttls, strict=True):
+        with store.guarded():
+            pipe = store.client().pipeline(transaction=False)
+            for key, ttl in zip(keys, ttls, strict=True):
+                for name, value in fields.items():
+                    if value:
+                        pipe.hincrby(key, name, value)
+                pipe.expire(key, ttl)
+            total = store.totals_key(workload)
             for name, value in fields.items():
                 if value:
-                    pipe.hincrby(key, name, value)
-            pipe.expire(key, ttl)
-        total = store.totals_key(workload)
-        for name, value in fields.items():
-            if value:
-                pipe.hincrby(total, name, value)
-        pipe.execute()
-    except RedisError as exc:
+                    pipe.hincrby(total, name, value)
+            pipe.execute()
+    except CacheUnavailable:
         keep_pending(workload, **fields)
-        raise CacheUnavailable(str(exc)) from exc
+        raise
 
 
 def with_pending(workload: str, fields: dict[str, int]) -> dict[str, int]:
@@ -256,13 +256,11 @@ def totals(workload: str, window: str = "1h", *, now: float | None = None) -> To
 def all_time(workloads: Iterable[str]) -> dict[str, dict[str, int]]:
     """Each workload's all-time totals (``TOTAL_FIELDS``, zeros included), in one round trip."""
     slugs = list(workloads)
-    try:
+    with store.guarded():
         pipe = store.client().pipeline(transaction=False)
         for slug in slugs:
             pipe.hgetall(store.totals_key(slug))
         hashes = pipe.execute()
-    except RedisError as exc:
-        raise CacheUnavailable(str(exc)) from exc
     out = {}
     for slug, values in zip(slugs, hashes, strict=True):
         counts = dict.fromkeys(TOTAL_FIELDS, 0)
@@ -277,13 +275,11 @@ def series(
     """The window's counters in ``points`` consecutive slices (start time, counts), for charts."""
     t = int(time.time() if now is None else now)
     keys = _window_buckets(workload, window, t)
-    try:
+    with store.guarded():
         pipe = store.client().pipeline(transaction=False)
         for key in keys:
             pipe.hgetall(key)
         hashes = pipe.execute()
-    except RedisError as exc:
-        raise CacheUnavailable(str(exc)) from exc
     starts = [int(k.rsplit(":", 1)[1]) for k in keys]
     slices = min(points, len(keys))
     bounds = [round(i * len(keys) / slices) for i in range(slices + 1)]
@@ -333,14 +329,12 @@ def window_totals(
             raise ValueError(f"unknown window {window!r}; choose one of {', '.join(WINDOWS)}")
     t = int(time.time() if now is None else now)
     plan = [(w, win, _edge_buckets(w, win, t)) for w in workloads for win in windows]
-    try:
+    with store.guarded():
         pipe = store.client().pipeline(transaction=False)
         for _, _, keys in plan:
             for key in keys:
                 pipe.hgetall(key)
         hashes = pipe.execute()
-    except RedisError as exc:
-        raise CacheUnavailable(str(exc)) from exc
     out: dict[str, dict[str, Totals]] = {w: {} for w in workloads}
     offset = 0
     for workload, window, keys in plan:
@@ -370,7 +364,7 @@ def all_time_and_window_totals(
     slugs = list(workloads)
     t = int(time.time() if now is None else now)
     plan = [(w, win, _edge_buckets(w, win, t)) for w in slugs for win in windows]
-    try:
+    with store.guarded():
         pipe = store.client().pipeline(transaction=False)
         for slug in slugs:
             pipe.hgetall(store.totals_key(slug))
@@ -378,8 +372,6 @@ def all_time_and_window_totals(
             for key in keys:
                 pipe.hgetall(key)
         hashes = pipe.execute()
-    except RedisError as exc:
-        raise CacheUnavailable(str(exc)) from exc
     all_time_counts = {}
     for slug, values in zip(slugs, hashes, strict=False):
         counts = dict.fromkeys(TOTAL_FIELDS, 0)

@@ -10,7 +10,7 @@ import anthropic
 import pytest
 from django_redis import get_redis_connection
 
-from respcache import selectors, stats, upstream
+from respcache import selectors, stats, store, upstream
 from respcache.models import ApiKey, Workload
 from respcache.services import api_key_create
 from tests.fake_anthropic import FakeAnthropic
@@ -21,6 +21,7 @@ def redis_db(settings: Any) -> Iterator[Any]:
     """The test Redis database, empty at the start of each test; local copies dropped too."""
     client = get_redis_connection("respcache")
     client.flushdb()
+    store.breaker.reset()
     selectors.clear_local_caches()
     stats._pending.clear()
     yield client

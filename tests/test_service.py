@@ -323,28 +323,32 @@ def test_a_failed_upstream_call_counts_its_time(fake: Any, workload: Workload) -
 RECORDED_MESSAGE = b'{"type":"message","usage":{"input_tokens":3,"output_tokens":4}}'
 
 
-def test_takeover_of_a_lock_freed_by_the_write_answers_from_its_message(
+def test_a_waiter_that_takes_a_lock_freed_with_the_answer_in_a_message_answers_from_it(
     fake: Any, make_workload: Any, monkeypatch: Any
 ) -> None:
+    """A holder that could not store its answer frees its lock and publishes the answer. A waiter
+    that took the lock in that instant (no entry to find) answers from the message, passes it on
+    to the other waiters, and asks nobody."""
     workload = make_workload("wtake", wait_max=30)
     body = ask("takeover")
     n_ = names(workload, body)
     assert locks.acquire(n_.lock, token="stand-in", ttl_seconds=30)
-    real_acquire = locks.acquire
+    real_take_over = locks.take_over
 
-    def acquire_after_the_write(lock: str, **kw: Any) -> bool:
-        if lock == n_.lock and locks.waiting(n_.channel) >= 1 and store.client().get(n_.lock) == b"stand-in":
-            store.client().delete(n_.lock)  # the write: lock freed, answer published, no entry read back
+    def take_over_after_the_handover(**kw: Any) -> tuple[str, bytes]:
+        if locks.waiting(n_.channel) >= 1 and store.client().get(n_.lock) == b"stand-in":
+            store.client().delete(n_.lock)  # the holder let go, the answer in its message only
             record = store.encode_record(RECORDED_MESSAGE, stored_at=time.time(), model="m")
             store.client().publish(n_.channel, store.ok_message(record))
             time.sleep(0.2)  # the listener hands it to this waiter
-        return real_acquire(lock, **kw)
+        return real_take_over(**kw)
 
-    monkeypatch.setattr(locks, "acquire", acquire_after_the_write)
+    monkeypatch.setattr(locks, "take_over", take_over_after_the_handover)
     result = call(workload, body)
     assert (result.status, result.body) == ("wait", RECORDED_MESSAGE)
     assert fake.message_calls() == []
     assert stats.totals("wtake", "5m")["wakes"] == 1
+    assert store.client().exists(n_.lock) == 0  # the lock it took, given back
 
 
 def test_wake_time_is_the_listeners_handover_not_the_callers_clock(

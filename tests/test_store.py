@@ -227,7 +227,15 @@ def test_scripts_are_the_lua_files_registered_once_and_dropped_on_a_settings_cha
     assert store.script("lookup") is lookup_script
     settings.CACHES = {**settings.CACHES}  # a new client may come with it: register again
     assert store.script("lookup") is not lookup_script
-    assert sorted(p.name for p in SCRIPTS.iterdir()) == ["lookup.lua", "release.lua", "set_version.lua", "write.lua"]
+    assert sorted(p.name for p in SCRIPTS.iterdir()) == [
+        "extend.lua",
+        "lookup.lua",
+        "lookup_ro.lua",
+        "release.lua",
+        "set_version.lua",
+        "takeover.lua",
+        "write.lua",
+    ]
 
 
 def test_no_script_knows_a_field_name() -> None:

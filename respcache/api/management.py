@@ -24,8 +24,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from respcache import selectors, stats
-from respcache import services
+from respcache import selectors, services, stats
 from respcache.api.authentication import OptionalApiKeyAuthentication
 from respcache.api.permissions import CanManageWorkloads, grant_of
 from respcache.api.serializers import ErrorSerializer, WorkloadSerializer, WorkloadStatsSerializer

@@ -8,8 +8,8 @@ both old defaults move to the new ones; a workload with either value set by hand
 
 from typing import Any
 
-from django.db import migrations, models
 import django.core.validators
+from django.db import migrations, models
 
 OLD = {"lock_ttl": 60.0, "wait_max": 30.0}
 NEW = {"lock_ttl": 10.0, "wait_max": 310.0}

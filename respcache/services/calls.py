@@ -34,6 +34,7 @@ from respcache.services.counting import (
     Counts,
 )
 from respcache.services.stampede import Names
+from respcache.singleflight import SingleFlight
 from respcache.upstream import Upstream, UpstreamResponse, get_upstream
 
 __all__ = [
@@ -83,6 +84,10 @@ def is_cacheable(policy: Policy, body: dict[str, Any]) -> bool:
     if isinstance(temperature, bool) or not isinstance(temperature, int | float):
         return False
     return temperature == 0
+
+
+#: Calls answered from the upstream while Redis fails, shared per key within this process.
+_without_cache: SingleFlight[CachedResult] = SingleFlight()
 
 
 def failed_call(outcome: str, started: float) -> Counts:
@@ -139,9 +144,18 @@ class Call:
         return guard.fail_open(
             guard.CALL,
             lambda: self.through_cache(no_cache=no_cache, no_store=no_store),
-            lambda errors: self.answer_from_upstream(outcome, outcome, counts=errors),
+            lambda errors: self.without_cache(outcome, errors),
             workload=self.slug,
         )
+
+    def without_cache(self, outcome: str, errors: Counts) -> CachedResult:
+        """Redis failed: answer from the upstream. Identical calls in this process share one
+        upstream call meanwhile (there is no Redis lock to share it across processes)."""
+        key = (type(self).__name__, self.slug, self.fingerprint, outcome)
+        result, shared = _without_cache.do(key, lambda: self.answer_from_upstream(outcome, outcome, counts=errors))
+        if shared:
+            self.count(Counts.outcome(outcome) + errors)
+        return result
 
     def through_cache(self, *, no_cache: bool, no_store: bool) -> CachedResult:
         """Refresh, hit, or a miss filled once under the key's lock. Raises CacheUnavailable."""
@@ -202,7 +216,7 @@ class Call:
         """Ask the upstream and answer; store under ``names`` (releasing ``token``'s lock and
         waking the waiters) unless ``names`` is None. A failure releases the lock at once.
         ``counts`` are counted with the call (a cache error)."""
-        with stampede.released_on_failure(names, token, workload=self.slug):
+        with stampede.holding(names, token, lock_ttl=self.policy.lock_ttl, workload=self.slug):
             # Stored: the call's counters ride in the write's round trip instead of their own.
             response = self.ask_upstream(outcome, counted_now=names is None, counts=counts)
         if names is not None:
@@ -214,7 +228,7 @@ class Call:
     def lookup(self, outcome: str, *, read_entry: bool = True, counts: Counts = NO_COUNTS) -> store.Lookup:
         """Resolve the key version and read the entry, counting ``outcome`` (and ``counts``) if
         found; ``read_entry=False`` counts a read of an entry the caller already holds."""
-        return store.lookup(
+        found = store.lookup(
             workload=self.slug,
             db_version=self.policy.key_version,
             fingerprint=self.fingerprint,
@@ -224,6 +238,16 @@ class Call:
             fetch=read_entry,
             extra=dict(counts) or None,
         )
+        if not outcome:
+            return found
+        if not found.counted and (found.entry is not None or not read_entry):
+            # Redis is full and refused the counting: count it on its own (kept for later).
+            self.count(Counts.outcome(outcome) + counts + Counts.cache_error())
+        elif read_entry and found.entry is None and found.raw_size:
+            # The script counted a read of a record that turned out damaged: it was a miss.
+            self.count(Counts.uncount(outcome, found.input_tokens, found.output_tokens) + counts.negated())
+            found = store.Lookup(version=found.version, entry=None)
+        return found
 
     def ask_upstream(self, outcome: str, *, counted_now: bool = True, counts: Counts = NO_COUNTS) -> UpstreamResponse:
         """Call the upstream once and count ``outcome`` with its latency (unless ``counted_now``
@@ -276,7 +300,13 @@ class Call:
                 counts=sent,
             )
 
-        guard.fail_open(guard.WRITE, store_it, lambda errors: self.count(Counts(sent) + errors), workload=self.slug)
+        def not_stored(errors: Counts) -> None:
+            self.count(Counts(sent) + errors)
+            if token:  # the waiters still get the answer, from the message, or are released
+                record = store.encode_record(response.body, stored_at=stored_at, model=response.model)
+                stampede.release(names, token, store.ok_message(record), workload=self.slug)
+
+        guard.fail_open(guard.WRITE, store_it, not_stored, workload=self.slug)
 
 
 class CountTokensCall(Call):

@@ -70,6 +70,20 @@ class Counts(Mapping[str, int]):
         """One waiter woken ``milliseconds`` after the answer was written (the wake-up histogram)."""
         return cls(stats.wake_fields(milliseconds))
 
+    @classmethod
+    def uncount(cls, word: str, input_tokens: int | None, output_tokens: int | None) -> Counts:
+        """Take back a read the lookup counted as ``word`` that turned out unreadable (a
+        damaged record): it was a miss, and saved nothing."""
+        fields = {word: -1}
+        if input_tokens:
+            fields["saved_in"] = -input_tokens
+        if output_tokens:
+            fields["saved_out"] = -output_tokens
+        return cls(fields)
+
+    def negated(self) -> Counts:
+        return Counts({name: -value for name, value in self._fields.items()})
+
     # Mapping, so that ``**counts`` and ``dict(counts)`` just work.
 
     def __getitem__(self, name: str) -> int:

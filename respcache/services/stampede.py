@@ -1,8 +1,10 @@
 """A miss under the key's lock: hold, wait, take over or fall through, as a small state machine.
 
-The first caller to miss a key takes its lock and asks the upstream once; the others subscribe
-to the key's channel and wait for the holder's word (locks.py lists the messages: ``ok``,
-``ok<record>``, ``error:<json>``, ``abandoned``), for at most the workload's ``wait_max``.
+The first caller to miss a key takes its lock and asks the upstream once, renewing the lock
+while it asks (locks.Renewal); the others subscribe to the key's channel and wait for the
+holder's word (locks.py lists the messages: ``ok``, ``ok<record>``, ``error:<json>``,
+``abandoned``), looking at the key every ``locks.liveness_interval(lock_ttl)`` in case the holder
+died, for at most the workload's ``wait_max``.
 
 States and transitions (each state is one method of ``Stampede``, named after it)::
 
@@ -12,29 +14,36 @@ States and transitions (each state is one method of ``Stampede``, named after it
                  (subscribed first, then read: no write is missed)
                  no entry ........................................ POLL
     POLL         a message already arrived ....................... HEARD
-                 none ............................................ TAKE_OVER
-    TAKE_OVER    lock still held ................................. PARK
-                 lock free; within TAKEOVER_DRAIN_SECONDS we hear
-                 the holder's error: release ours (abandoned) .... HEARD
-                 an ``ok``: release ours (ok) .................... HEARD
-                 nothing, or ``abandoned`` ....................... HOLD
+                 none ............................................ CHECK
+    CHECK        one atomic look at the key (locks.take_over):
+                 the entry is there .............................. READ
+                 the holder holds (it renews while it lives) ..... PARK
+                 the holder failed (its failure record) .......... HEARD (its error)
+                 the lock was free: now ours ..................... HOLD
     PARK         a message ....................................... HEARD
+                 a liveness interval passed ...................... CHECK
                  wait_max passed ................................. FALL_THROUGH
     HEARD        ``error:<json>`` ................................ raise the holder's error
                  ``ok<record>`` .................................. answer ``wait`` from it
-                 ``ok`` (no record), ``abandoned`` ............... READ
-    HOLD         (leaves the channel first)
+                 ``ok`` (no record), RESUBSCRIBED (the Pub/Sub
+                 connection was re-opened: re-check) ............. READ
+                 ``abandoned`` ................................... CHECK
+    HOLD         the holder's last word (its error, or an answer it
+                 could not store) just arrived: pass it on ....... HEARD
+                 (leaves the channel)
                  the entry is there now: release (ok) ............ answer ``wait``
-                 otherwise: ask the upstream once, store, release
-                 and wake the waiters ............................ answer ``miss``
+                 otherwise: ask the upstream once (renewing the
+                 lock), store, release and wake the waiters ...... answer ``miss``
     FALL_THROUGH (leaves the channel first)
                  ask the upstream, store without the lock ........ answer ``miss``, counted
                                                                    ``fallthrough``
 
-A waiter woken by an ``ok`` counts how long after the write it woke (the wake-up histogram).
-A Redis error (``CacheUnavailable``) in any state leaves the machine: the call's guard answers
-from the upstream (guard.CALL). To add a state: a ``State`` member, a method returning the next
-state (or ``_Done``), its line in ``Stampede.__init__``'s table, and its lines above.
+No state guesses at timing: a dead holder is noticed because its lock expired (it stopped
+renewing), a failed one because it left its failure before letting the lock go. A waiter woken
+by an ``ok`` counts how long after the write it woke (the wake-up histogram). A Redis error
+(``CacheUnavailable``) in any state leaves the machine: the call's guard answers from the
+upstream (guard.CALL). To add a state: a ``State`` member, a method returning the next state
+(or ``_Done``), its line in ``Stampede.__init__``'s table, and its lines above.
 """
 
 from __future__ import annotations
@@ -54,22 +63,20 @@ from respcache.selectors import Policy
 from respcache.services import guard
 from respcache.services.counting import FALLTHROUGH, MISS, NO_COUNTS, WAIT, Counts
 
-#: How long a waiter that takes over a free lock listens for the failure its holder may have
-#: just published, before calling the upstream itself.
-TAKEOVER_DRAIN_SECONDS = 0.05
-
 #: The holder's words on the key's channel (``ok<record>`` is store.ok_message's).
 OK, ABANDONED, ERROR = b"ok", b"abandoned", b"error:"
 
 
 @dataclass(frozen=True)
 class Names:
-    """One key's Redis names: its entry, its meta (accounting) hash, its lock, its channel."""
+    """One key's Redis names: its entry, its meta (accounting) hash, its lock, its channel, and
+    where its holder's failure waits for waiters that missed the message."""
 
     entry: str
     meta: str
     lock: str
     channel: str
+    failure: str
 
     @classmethod
     def build(cls, slug: str, version: int, fingerprint: str) -> Names:
@@ -79,6 +86,7 @@ class Names:
             meta=store.full_key(keys.meta_key(raw)),
             lock=store.full_key(keys.lock_key(raw)),
             channel=store.full_key(keys.channel_name(raw)),
+            failure=store.full_key(keys.failure_key(raw)),
         )
 
 
@@ -107,13 +115,35 @@ def error_from_message(message: bytes) -> UpstreamError:
 
 
 def release(names: Names, token: str, message: bytes, *, workload: str) -> None:
-    """Release ``token``'s lock and tell the waiters ``message``."""
+    """Release ``token``'s lock and tell the waiters ``message`` (an error is also left as the
+    key's failure record, for waiters that were between messages)."""
+    failure = names.failure if message.startswith(ERROR) else ""
     guard.fail_open(
         guard.RELEASE,
-        lambda: locks.release(names.lock, token=token, channel=names.channel, message=message),
+        lambda: locks.release(names.lock, token=token, channel=names.channel, message=message, failure=failure),
         guard.nothing,
         workload=workload,
     )
+
+
+def renewal(names: Names | None, token: str, lock_ttl: float) -> locks.Renewal | None:
+    """Keep ``token``'s lock alive while its holder works (None when there is no lock)."""
+    if not token or names is None:
+        return None
+    return locks.Renewal(names.lock, token=token, ttl_seconds=lock_ttl)
+
+
+@contextmanager
+def holding(names: Names | None, token: str, *, lock_ttl: float, workload: str) -> Iterator[None]:
+    """While the body runs, renew ``token``'s lock; if it fails, release the lock at once and
+    tell the waiters why (the upstream's error, or ``abandoned``)."""
+    renewing = renewal(names, token, lock_ttl)
+    try:
+        with released_on_failure(names, token, workload=workload):
+            yield
+    finally:
+        if renewing is not None:
+            renewing.stop()
 
 
 @contextmanager
@@ -167,7 +197,7 @@ class State(enum.Enum):
     START = "start"
     READ = "read"
     POLL = "poll"
-    TAKE_OVER = "take over"
+    CHECK = "check"
     PARK = "park"
     HEARD = "heard"
     HOLD = "hold"
@@ -199,7 +229,7 @@ class Stampede(Generic[R]):
             State.START: self.start,
             State.READ: self.read,
             State.POLL: self.poll,
-            State.TAKE_OVER: self.take_over,
+            State.CHECK: self.check,
             State.PARK: self.park,
             State.HEARD: self.heard,
             State.HOLD: self.hold,
@@ -239,56 +269,77 @@ class Stampede(Generic[R]):
     def poll(self) -> State:
         """A message that arrived while we read, without waiting."""
         message = self._subscribed().poll()
-        return State.TAKE_OVER if message is None else self._hear(message)
+        return State.CHECK if message is None else self._hear(message)
 
-    def take_over(self) -> State:
-        """Try for the lock; if it was free, first listen for the holder's last word."""
-        if not self._acquire():
+    def check(self) -> State:
+        """One atomic look at the key: answer there, holder alive, holder failed, or lock free
+        (then ours)."""
+        names, policy = self.names, self.call.policy
+        found, failure = locks.take_over(
+            entry=names.entry, lock=names.lock, failure=names.failure, token=self.token, ttl_seconds=policy.lock_ttl
+        )
+        if found == locks.ENTRY:
+            return State.READ
+        if found == locks.HELD:
             return State.PARK
-        # The lock was free: its holder may have just failed. Redis sent us its message before
-        # our lock reply, so it is (nearly) here: take it first.
-        monotonic = self.call.monotonic
-        message = self._subscribed().wait(monotonic() + TAKEOVER_DRAIN_SECONDS, clock=monotonic)
-        if message is not None and message.startswith(ERROR):
-            self._release(ABANDONED)
-            return self._hear(message)
-        if message is not None and message.startswith(OK):
-            self._release(OK)  # free because the answer was just written: we were woken, not left
-            return self._hear(message)
+        if found == locks.FAILED:
+            return self._hear(failure)
         return State.HOLD
 
     def park(self) -> State:
-        """Block until a message arrives or wait_max passes."""
-        message = self._subscribed().wait(self.deadline, clock=self.call.monotonic)
-        return State.FALL_THROUGH if message is None else self._hear(message)
+        """Block until a message arrives, the next look at the lock is due, or wait_max passes."""
+        monotonic = self.call.monotonic
+        due = min(self.deadline, monotonic() + locks.liveness_interval(self.call.policy.lock_ttl))
+        message = self._subscribed().wait(due, clock=monotonic)
+        if message is not None:
+            return self._hear(message)
+        return State.FALL_THROUGH if monotonic() >= self.deadline else State.CHECK
 
     def heard(self) -> State | _Done[R]:
-        """Act on the message heard: the holder's error, its answer, or a reason to read."""
+        """Act on the message heard: the holder's error, its answer, or a reason to look again."""
         message = self.message
         assert message is not None
         if message.startswith(ERROR):
             self.call.count(Counts.upstream_error())
             raise error_from_message(message)
+        if message == ABANDONED:
+            return State.CHECK  # the holder stopped without an answer: take over
         if not message.startswith(OK):
-            return State.READ  # "abandoned": read, then try for the lock
+            return State.READ  # RESUBSCRIBED: what was published meanwhile is lost; re-check
         woke_at = self.woke_at = self._subscribed().delivered_at
         delivered = store.record_of(message) if woke_at is not None else None
         if woke_at is None or delivered is None:
             return State.READ  # a bare "ok": the entry is written, read it
         # The writer sent the answer itself: count this read with the wake-up (one round trip)
-        # and answer, without reading the entry back.
+        # and answer, without reading the entry back. If Redis cannot count it (full, gone),
+        # the answer in hand is still served; the count is kept for later.
         wake = Counts.wake((woke_at - delivered.stored_at) * 1000)
-        counted = self.call.lookup(WAIT, read_entry=False, counts=wake)
+        counted = guard.fail_open(
+            guard.COUNT,
+            lambda: self.call.lookup(WAIT, read_entry=False, counts=wake),
+            lambda _: self._count_later(wake),
+            workload=self.call.slug,
+        )
         return _Done(self.call.answer(WAIT, replace(counted, entry=delivered)))
 
-    def hold(self) -> _Done[R]:
+    def hold(self) -> State | _Done[R]:
         """We hold the lock: re-check, ask the upstream once, store, wake the waiters."""
+        heard = self.subscription.poll() if self.subscription is not None else None
+        if heard is not None and (heard.startswith(ERROR) or store.record_of(heard) is not None):
+            # The lock was free because its holder just ended, with its error or with an answer
+            # it could not store: pass the word on to the other waiters, and act on it.
+            self._release(heard)
+            return self._hear(heard)
         self._unsubscribe()
         again = self.call.lookup(WAIT)
         if again.entry is not None:  # written between our lookup and our lock
             self._release(OK)
             return _Done(self.call.answer(WAIT, again))
         return _Done(self.call.answer_from_upstream(MISS, MISS, self.names, self.token))
+
+    def _count_later(self, counts: Counts) -> store.Lookup:
+        self.call.count(Counts.outcome(WAIT) + counts + Counts.cache_error())
+        return store.Lookup(version=self.call.policy.key_version, entry=None)
 
     def fall_through(self) -> _Done[R]:
         """wait_max passed: ask the upstream ourselves, and store what we get."""

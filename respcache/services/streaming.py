@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from respcache import sse, store
+from respcache import locks, sse, store
 from respcache.exceptions import UpstreamError, UpstreamUnavailable
 from respcache.selectors import Policy
 from respcache.services import stampede
@@ -50,15 +50,22 @@ class StreamCall(Call):
         """Open the upstream stream (an error before its first byte is raised, so it keeps its
         status); its events reach the caller through a ``Tee``."""
         started = time.perf_counter()
-        with stampede.released_on_failure(names, token, workload=self.slug):
-            try:
-                opened = self.upstream.stream(self.raw_body, self.body, headers=self.headers)
-            except UpstreamError:
-                self.count(failed_call(outcome, started) + counts)
-                raise
+        # The lock is renewed until the stream has settled (stored, failed, or left).
+        renewing = stampede.renewal(names, token, self.policy.lock_ttl)
+        try:
+            with stampede.released_on_failure(names, token, workload=self.slug):
+                try:
+                    opened = self.upstream.stream(self.raw_body, self.body, headers=self.headers)
+                except UpstreamError:
+                    self.count(failed_call(outcome, started) + counts)
+                    raise
+        except BaseException:
+            if renewing is not None:
+                renewing.stop()
+            raise
         # Its time is counted when it ends (Tee.close).
         self.count(Counts.outcome(outcome) + Counts.upstream_call() + counts)
-        return self.result(status, b"", outcome, stream=Tee(self, opened, names, token))
+        return self.result(status, b"", outcome, stream=Tee(self, opened, names, token, renewing))
 
     def store_stream(self, assembler: sse.MessageAssembler, opened: UpstreamStream, names: Names, token: str) -> None:
         """Store a complete stream's Message (releasing ``token``'s lock), if it can be rebuilt."""
@@ -82,8 +89,16 @@ class Tee:
     A class rather than a generator, so that closing it before its first chunk still settles.
     """
 
-    def __init__(self, call: StreamCall, opened: UpstreamStream, names: Names | None, token: str) -> None:
+    def __init__(
+        self,
+        call: StreamCall,
+        opened: UpstreamStream,
+        names: Names | None,
+        token: str,
+        renewing: locks.Renewal | None = None,
+    ) -> None:
         self.call = call
+        self.renewing = renewing
         self.opened = opened
         self.names = names
         self.token = token
@@ -121,8 +136,14 @@ class Tee:
             self.assembler.feed(event, data)
         if self.assembler.complete and not self.settled:
             self.settled = True
+            self.stop_renewing()
             assert self.names is not None
             self.call.store_stream(self.assembler, self.opened, self.names, self.token)
+
+    def stop_renewing(self) -> None:
+        if self.renewing is not None:
+            self.renewing.stop()
+            self.renewing = None
 
     def ended(self) -> bytes | None:
         """The upstream closed the stream: note a failure; the event that tells the caller, if
@@ -141,6 +162,7 @@ class Tee:
         self.closed = True
         self.opened.close()
         call = self.call
+        self.stop_renewing()
         if not self.settled:
             self.settled = True
             if self.token and self.names is not None:

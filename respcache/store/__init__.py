@@ -22,7 +22,7 @@ from respcache.store.browse import (
     scan_entries,
     server_info,
 )
-from respcache.store.connection import client, full_key, location, script, totals_key, version_key
+from respcache.store.connection import breaker, client, full_key, guarded, location, script, totals_key, version_key
 from respcache.store.entries import (
     Lookup,
     current_version,
@@ -61,6 +61,7 @@ __all__ = [
     "EntryPage",
     "Lookup",
     "ServerInfo",
+    "breaker",
     "client",
     "count_entries",
     "current_version",
@@ -69,6 +70,7 @@ __all__ = [
     "entry_delete",
     "entry_get",
     "full_key",
+    "guarded",
     "iter_entry_keys",
     "location",
     "lookup",

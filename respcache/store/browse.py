@@ -7,11 +7,10 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import ResponseError
 
 from respcache import keys
-from respcache.exceptions import CacheUnavailable
-from respcache.store.connection import cache, client, full_key
+from respcache.store.connection import cache, client, full_key, guarded
 from respcache.store.fields import META_FIELDS
 from respcache.store.records import Entry, decode_record
 
@@ -40,10 +39,8 @@ class EntryPage:
 
 def iter_entry_keys(pattern: str, *, count: int = 1000) -> Iterator[str]:
     """Raw (unprefixed) keys matching the raw glob ``pattern``, by SCAN through django-redis."""
-    try:
+    with guarded():
         yield from cache().iter_keys(pattern, itersize=count)
-    except RedisError as exc:
-        raise CacheUnavailable(str(exc)) from exc
 
 
 def count_entries(workload: str) -> int:
@@ -94,7 +91,7 @@ def scan_entries(
     pattern = str(cache().client.make_pattern(keys.entry_pattern(workload=workload, version=version)))
     found: list[bytes] = []
     count, calls = page_size, 0
-    try:
+    with guarded():
         while calls < max_calls:
             cursor, batch = redis_client.scan(cursor=cursor, match=pattern, count=count)
             calls += 1
@@ -110,8 +107,6 @@ def scan_entries(
             pipe.hmget(full_key(keys.meta_key(raw)), META_FIELDS)
             pipe.pttl(full_key(raw))
         replies = pipe.execute() if fingerprints else []
-    except RedisError as exc:
-        raise CacheUnavailable(str(exc)) from exc
     entries = [_info(fp, version, replies[2 * i], replies[2 * i + 1]) for i, fp in enumerate(fingerprints)]
     return EntryPage(entries=entries, next_cursor=int(cursor), scan_calls=calls)
 
@@ -120,14 +115,12 @@ def entry_get(workload: str, version: int, fingerprint: str) -> tuple[EntryInfo,
     """An entry's accounting and its decoded record (None if unreadable); None when it is gone."""
     raw_key = keys.entry_key(workload=workload, version=version, fingerprint=fingerprint)
     key = full_key(raw_key)
-    try:
+    with guarded():
         pipe = client().pipeline(transaction=False)
         pipe.get(key)
         pipe.hmget(full_key(keys.meta_key(raw_key)), META_FIELDS)
         pipe.pttl(key)
         raw, meta, pttl = pipe.execute()
-    except RedisError as exc:
-        raise CacheUnavailable(str(exc)) from exc
     if raw is None:
         return None
     info = _info(fingerprint, version, meta, pttl)
@@ -159,7 +152,7 @@ def server_info(redis_client: Any = None) -> ServerInfo:
     refused: list[str] = []
     memory: dict[str, Any] = {}
     counters: dict[str, Any] = {}
-    try:
+    with guarded():
         try:
             memory = redis_client.info("memory")
         except ResponseError:
@@ -175,8 +168,6 @@ def server_info(redis_client: Any = None) -> ServerInfo:
                 memory.setdefault("maxmemory_policy", config.get("maxmemory-policy"))
             except ResponseError:
                 refused.append("CONFIG GET")
-    except RedisError as exc:
-        raise CacheUnavailable(str(exc)) from exc
     policy = memory.get("maxmemory_policy") or ""
     return ServerInfo(
         used_memory=_to_int(memory.get("used_memory")),

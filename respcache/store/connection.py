@@ -7,6 +7,9 @@ read at first use and registered once per process.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib import resources
 from typing import Any
 
@@ -14,9 +17,40 @@ from django.conf import settings
 from django.core.cache import caches
 from django.core.signals import setting_changed
 from django_redis import get_redis_connection
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from respcache import keys
+from respcache.breaker import Breaker
 from respcache.conf import app_settings
+from respcache.exceptions import CacheUnavailable
+
+logger = logging.getLogger(__name__)
+
+#: This process's view of whether Redis answers (see respcache.breaker): after a connection
+#: failure or a timeout, calls skip Redis for a back-off instead of each paying the timeouts.
+breaker = Breaker()
+
+
+@contextmanager
+def guarded() -> Iterator[None]:
+    """Every Redis touch runs inside this: a Redis error becomes ``CacheUnavailable`` (callers
+    fail open), and the breaker learns whether Redis answers. While the breaker is open the
+    touch is refused at once, without a connection attempt."""
+    if not breaker.allow():
+        raise CacheUnavailable(f"Redis is marked down; next try in {breaker.retry_in():.1f} s")
+    try:
+        yield
+    except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+        if breaker.state == "closed":
+            logger.warning("respcache: Redis unreachable (%s); skipping it for a back-off", exc)
+        breaker.failure()
+        raise CacheUnavailable(str(exc) or type(exc).__name__) from exc
+    except RedisError as exc:  # Redis answered, with an error (full, a script refused …): it is up
+        breaker.success()
+        raise CacheUnavailable(str(exc)) from exc
+    breaker.success()
 
 
 def client() -> Any:
@@ -44,6 +78,7 @@ _scripts: dict[str, Any] = {}
 
 def _reset_memo(*, setting: str, **kwargs: Any) -> None:
     if setting in ("CACHES", "RESPCACHE"):
+        breaker.reset()  # another Redis: what we knew of the old one says nothing
         _prefix.clear()
         _workload_keys.clear()
         _scripts.clear()

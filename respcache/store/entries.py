@@ -18,13 +18,22 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from redis.exceptions import RedisError
+from redis.exceptions import ResponseError
 
 from respcache import keys
 from respcache.exceptions import CacheUnavailable
 from respcache.store import fields
-from respcache.store.connection import cache, client, full_key, script, totals_key, version_key, workload_keys
-from respcache.store.records import Entry, decode_record, ok_message
+from respcache.store.connection import (
+    cache,
+    client,
+    full_key,
+    guarded,
+    script,
+    totals_key,
+    version_key,
+    workload_keys,
+)
+from respcache.store.records import HEADER, Entry, decode_record, ok_message
 
 
 @dataclass(frozen=True)
@@ -36,6 +45,14 @@ class Lookup:
     #: the call's log line takes them from here instead of parsing the Message.
     input_tokens: int | None = None
     output_tokens: int | None = None
+    #: False when Redis refused the counting (it is full): the caller counts the read itself.
+    counted: bool = True
+
+
+def refused_for_memory(exc: CacheUnavailable) -> bool:
+    """Whether Redis refused a write because it is at ``maxmemory`` (it still serves reads)."""
+    cause = exc.__cause__
+    return isinstance(cause, ResponseError) and "OOM" in str(cause)
 
 
 def lookup(
@@ -66,13 +83,17 @@ def lookup(
         *bucket_ttls,
         "0" if fetch else "1",
         *fields.LOOKUP_FIELDS,
+        HEADER,
     ]
     for name, value in (extra or {}).items():
         args += (name, value)
     try:
-        version, raw, *accounting = script("lookup")(keys=[version_, *bucket_keys, totals], args=args)
-    except RedisError as exc:
-        raise CacheUnavailable(str(exc)) from exc
+        with guarded():
+            version, raw, *accounting = script("lookup")(keys=[version_, *bucket_keys, totals], args=args)
+    except CacheUnavailable as exc:
+        if not refused_for_memory(exc):
+            raise
+        return _read_only_lookup(version_, entries, db_version, fingerprint, read_entry=fetch)
     input_tokens = output_tokens = None
     if accounting and accounting[0]:
         input_tokens, output_tokens = int(accounting[1]), int(accounting[2])
@@ -83,6 +104,18 @@ def lookup(
         input_tokens=input_tokens,
         output_tokens=output_tokens,
     )
+
+
+def _read_only_lookup(
+    version_key: str, entries: str, db_version: int, fingerprint: str, *, read_entry: bool
+) -> Lookup:
+    """Redis is full and refused the lookup's counting: read without writing (one more round
+    trip, only while it is full). Nothing was counted; the caller counts it."""
+    with guarded():
+        version, raw = script("lookup_ro")(keys=[version_key], args=[db_version, entries, fingerprint, HEADER])
+    if not read_entry:
+        raw = None
+    return Lookup(version=int(version), entry=decode_record(raw), raw_size=len(raw or b""), counted=False)
 
 
 def write(
@@ -112,7 +145,7 @@ def write(
     for name, value in (counts or {}).items():
         if value:
             extra += (name, value)
-    try:
+    with guarded():
         released = script("write")(
             keys=[key, meta, lock, *bucket_keys, totals_key(workload)],
             args=[
@@ -131,26 +164,20 @@ def write(
                 *extra,
             ],
         )
-    except RedisError as exc:
-        raise CacheUnavailable(str(exc)) from exc
     return bool(released)
 
 
 def set_version(workload: str, version: int) -> None:
     """Raise the workload's key version in Redis to ``version`` (never lower it)."""
-    try:
+    with guarded():
         script("set_version")(keys=[version_key(workload)], args=[version])
-    except RedisError as exc:
-        raise CacheUnavailable(str(exc)) from exc
 
 
 def current_version(workload: str, db_version: int) -> int:
     """The key version calls use now: the larger of Redis's and the database's, as the lookup
     script decides (a bump writes the database first, then raises Redis's)."""
-    try:
+    with guarded():
         found = client().get(version_key(workload))
-    except RedisError as exc:
-        raise CacheUnavailable(str(exc)) from exc
     try:
         return max(db_version, int(found)) if found is not None else db_version
     except ValueError:
@@ -160,29 +187,23 @@ def current_version(workload: str, db_version: int) -> int:
 def purge(workload: str) -> int:
     """Delete every entry (all key versions) of ``workload`` with their meta; return how many."""
     redis_cache = cache()
-    try:
+    with guarded():
         deleted = redis_cache.delete_pattern(keys.entry_pattern(workload=workload), itersize=1000)
         redis_cache.delete_pattern(keys.meta_pattern(workload=workload), itersize=1000)
-    except RedisError as exc:
-        raise CacheUnavailable(str(exc)) from exc
     return int(deleted or 0)
 
 
 def entry_delete(workload: str, version: int, fingerprint: str) -> int:
     """Delete one entry and its meta hash; returns 1 if the entry existed, else 0."""
     raw = keys.entry_key(workload=workload, version=version, fingerprint=fingerprint)
-    try:
+    with guarded():
         pipe = client().pipeline(transaction=True)
         pipe.delete(full_key(raw))
         pipe.delete(full_key(keys.meta_key(raw)))
         deleted, _ = pipe.execute()
-    except RedisError as exc:
-        raise CacheUnavailable(str(exc)) from exc
     return int(deleted)
 
 
 def ping() -> None:
-    try:
+    with guarded():
         client().ping()
-    except RedisError as exc:
-        raise CacheUnavailable(str(exc)) from exc

@@ -26,6 +26,8 @@ logger = logging.getLogger(__name__)
 
 MAGIC = b"RC"
 SCHEMA_VERSION = 1
+#: What every record this release can read starts with (the lookup script checks it too).
+HEADER = MAGIC + bytes((SCHEMA_VERSION,))
 FLAG_ZLIB = 0x01
 FLAG_LZ4 = 0x02
 #: A compressed payload declaring more than this is damaged, not decoded (an LZ4 block names its

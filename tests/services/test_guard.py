@@ -55,7 +55,7 @@ def test_other_errors_pass_through() -> None:
 
 
 def test_with_redis_down_a_release_neither_raises_nor_counts(settings: Any, redis_db: Any) -> None:
-    names = Names(entry="rctest:e", meta="rctest:m", lock="rctest:l", channel="rctest:c")
+    names = Names(entry="rctest:e", meta="rctest:m", lock="rctest:l", channel="rctest:c", failure="rctest:f")
     assert locks.acquire(names.lock, token="t", ttl_seconds=30)
     live = settings.CACHES
     settings.CACHES = redis_down(live)

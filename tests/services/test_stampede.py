@@ -30,7 +30,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 MESSAGE = b'{"type":"message","usage":{"input_tokens":3,"output_tokens":4}}'
 
 # The path of a waiter up to blocking on the channel, while another caller holds the lock.
-PARKED = [State.START, State.READ, State.POLL, State.TAKE_OVER, State.PARK]
+PARKED = [State.START, State.READ, State.POLL, State.CHECK, State.PARK]
 
 
 def miss(workload: Workload, body: dict[str, Any]) -> Stampede[CachedResult]:
@@ -178,7 +178,7 @@ def test_an_abandoned_lock_is_taken_over(fake: Any, workload: Workload) -> None:
     parked(machine.names)
     locks.release(machine.names.lock, token="stand-in", channel=machine.names.channel, message=b"abandoned")
     waiter.join()
-    taken_over = [State.HEARD, State.READ, State.POLL, State.TAKE_OVER, State.HOLD]
+    taken_over = [State.HEARD, State.CHECK, State.HOLD]
     assert machine.visited == [*PARKED, *taken_over]
     assert waiter.result is not None and (waiter.result.status, waiter.result.outcome) == ("miss", "miss")
     assert len(fake.message_calls()) == 1
@@ -203,49 +203,52 @@ def test_after_wait_max_the_waiter_falls_through_and_stores(fake: Any, make_work
     assert store.client().get(machine.names.lock) == b"dead-holder"
 
 
-def at_takeover(machine: Stampede[CachedResult], before: Callable[[], None], monkeypatch: Any) -> None:
-    """Run ``before`` when the waiter tries for the lock in TAKE_OVER (its second try)."""
-    real_acquire = locks.acquire
+def at_check(machine: Stampede[CachedResult], before: Callable[[], None], monkeypatch: Any) -> None:
+    """Run ``before`` when the waiter looks at the key in CHECK (just before the script runs)."""
+    real_take_over = locks.take_over
 
-    def acquire(lock: str, **kwargs: Any) -> bool:
-        if machine.visited[-1] is State.TAKE_OVER:
+    def take_over(**kwargs: Any) -> tuple[str, bytes]:
+        if machine.visited[-1] is State.CHECK:
             before()
-        return real_acquire(lock, **kwargs)
+        return real_take_over(**kwargs)
 
-    monkeypatch.setattr(locks, "acquire", acquire)
+    monkeypatch.setattr(locks, "take_over", take_over)
 
 
-def test_a_lock_freed_by_a_failure_just_before_the_takeover_hears_it(
+def test_a_lock_freed_by_a_failure_before_the_check_gives_the_waiter_that_failure(
     fake: Any, workload: Workload, monkeypatch: Any
 ) -> None:
-    """The lock is free at TAKE_OVER because its holder just failed: the waiter hears the error
-    in the drain window, gives its own lock back (``abandoned``) and raises, asking nobody."""
+    """The lock is free at CHECK because its holder just failed: the failure record says so in
+    the same atomic step, so the waiter raises the holder's error and asks nobody. No timing
+    window: the waiter never heard the message (it arrives after the check)."""
     machine = miss(workload, ask("failed just now"))
     names = machine.names
     hold(names)
     failure = UpstreamError("rate limited", status_code=429, error_type="rate_limit_error", body=b"{}")
 
     def fail() -> None:
-        locks.release(names.lock, token="stand-in", channel=names.channel, message=stampede.error_message(failure))
-        time.sleep(0.2)  # the process's listener hands it to the waiter before it takes the lock
+        locks.release(
+            names.lock,
+            token="stand-in",
+            channel=names.channel,
+            message=stampede.error_message(failure),
+            failure=names.failure,
+        )
 
-    at_takeover(machine, fail, monkeypatch)
-    with locks.Subscription(names.channel) as listener:
-        with pytest.raises(UpstreamError) as raised:
-            machine.run()
-        heard = [listener.wait(time.monotonic() + 5), listener.wait(time.monotonic() + 5)]
+    at_check(machine, fail, monkeypatch)
+    with pytest.raises(UpstreamError) as raised:
+        machine.run()
     assert raised.value.status_code == 429
-    assert machine.visited == [State.START, State.READ, State.POLL, State.TAKE_OVER, State.HEARD]
-    assert store.client().exists(names.lock) == 0  # the lock it took, given back
-    assert heard[0] is not None and heard[0].startswith(b"error:") and heard[1] == b"abandoned"
+    assert machine.visited == [State.START, State.READ, State.POLL, State.CHECK, State.HEARD]
+    assert store.client().exists(names.lock) == 0  # nobody took it
     assert fake.message_calls() == []
 
 
-def test_a_lock_freed_silently_is_taken_over_after_the_drain(fake: Any, workload: Workload, monkeypatch: Any) -> None:
-    """The holder's lock expired without a word: nothing arrives in the drain window, HOLD."""
+def test_a_lock_freed_silently_is_taken_at_once(fake: Any, workload: Workload, monkeypatch: Any) -> None:
+    """The holder's lock expired without a word: CHECK takes it in the same step, HOLD."""
     machine = miss(workload, ask("expired holder"))
     hold(machine.names)
-    at_takeover(machine, lambda: store.client().delete(machine.names.lock), monkeypatch)
+    at_check(machine, lambda: store.client().delete(machine.names.lock), monkeypatch)
     fake.pause.clear()
     waiter = Running(machine)
     while not fake.message_calls():
@@ -253,9 +256,64 @@ def test_a_lock_freed_silently_is_taken_over_after_the_drain(fake: Any, workload
     assert locks.waiting(machine.names.channel) == 0  # a holder now: it left the channel first
     fake.pause.set()
     result = waiter.join().result
-    assert machine.visited == [State.START, State.READ, State.POLL, State.TAKE_OVER, State.HOLD]
+    assert machine.visited == [State.START, State.READ, State.POLL, State.CHECK, State.HOLD]
     assert result is not None and (result.status, result.outcome) == ("miss", "miss")
     assert len(fake.message_calls()) == 1
+
+
+def test_a_dead_holder_is_noticed_when_its_lock_expires_and_one_waiter_takes_over(
+    fake: Any, make_workload: Any
+) -> None:
+    """A holder that died says nothing and stops renewing: its lock expires after lock_ttl and
+    the waiter, looking every liveness interval, takes over."""
+    workload = make_workload("dead", lock_ttl=0.4)
+    machine = miss(workload, ask("dead holder"))
+    assert locks.acquire(machine.names.lock, token="dead-holder", ttl_seconds=0.4)  # never renewed
+    started = time.monotonic()
+    result = Running(machine).join().result
+    assert result is not None and (result.status, result.outcome) == ("miss", "miss")
+    assert time.monotonic() - started < 0.4 + 5  # generous: within lock_ttl and a few looks
+    assert machine.visited[:5] == PARKED
+    assert machine.visited[-2:] == [State.CHECK, State.HOLD]
+    assert len(fake.message_calls()) == 1
+
+
+def test_a_live_holder_keeps_its_lock_however_long_the_upstream_takes(fake: Any, make_workload: Any) -> None:
+    """lock_ttl is a liveness window: the holder renews it while the upstream is slow, so the
+    waiters keep waiting for its answer instead of taking over (one upstream call)."""
+    workload = make_workload("slow", lock_ttl=0.3)
+    holder_machine, waiter_machine = miss(workload, ask("slow upstream")), miss(workload, ask("slow upstream"))
+    fake.pause.clear()
+    holder = Running(holder_machine)
+    while not fake.message_calls():
+        time.sleep(0.01)
+    waiter = Running(waiter_machine)
+    parked(waiter_machine.names)
+    time.sleep(1.5)  # five lock TTLs: without renewal the lock would have expired long ago
+    assert store.client().get(holder_machine.names.lock) == holder_machine.token.encode()
+    fake.pause.set()
+    assert holder.join().result is not None and waiter.join().result is not None
+    assert (holder.result.status, waiter.result.status) == ("miss", "wait")  # type: ignore[union-attr]
+    assert State.HOLD not in waiter_machine.visited
+    assert len(fake.message_calls()) == 1
+    assert store.client().exists(holder_machine.names.lock) == 0
+
+
+def test_a_waiter_whose_pubsub_connection_is_killed_rechecks_instead_of_asking(
+    fake: Any, workload: Workload, redis_db: Any
+) -> None:
+    """The answer was written while the waiter's connection was down (its ``ok`` lost): once
+    the process re-subscribes, the waiter re-reads and answers it; nobody asks the upstream."""
+    machine = miss(workload, ask("killed pubsub"))
+    hold(machine.names)
+    waiter = Running(machine)
+    parked(machine.names)
+    store.client().set(machine.names.entry, record(), px=60_000)  # written, its "ok" never sent
+    assert int(redis_db.execute_command("CLIENT", "KILL", "TYPE", "pubsub")) >= 1
+    result = waiter.join().result
+    assert result is not None and (result.status, result.outcome) == ("wait", "wait")
+    assert State.HEARD in machine.visited and machine.visited[-1] is State.READ
+    assert fake.message_calls() == []
 
 
 def test_a_redis_error_leaves_the_machine_and_its_channel(fake: Any, workload: Workload, monkeypatch: Any) -> None:
@@ -275,5 +333,5 @@ def test_a_redis_error_leaves_the_machine_and_its_channel(fake: Any, workload: W
 
 def test_every_state_has_a_step() -> None:
     """A state added without its method would stop the machine with a KeyError at run time."""
-    machine: Stampede[Any] = Stampede(cast(Any, None), Names("e", "m", "l", "c"))  # no call needed to build it
+    machine: Stampede[Any] = Stampede(cast(Any, None), Names("e", "m", "l", "c", "f"))  # no call needed to build it
     assert set(machine._steps) == set(State)

@@ -6,8 +6,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from respcache import selectors
-from respcache import services
+from respcache import selectors, services
 
 
 class Command(BaseCommand):

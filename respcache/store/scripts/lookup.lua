@@ -6,8 +6,9 @@
 --       7 hour bucket ttl, 8 '1' to count only (the caller holds the entry already: it is
 --       not read), 9-17 field names (store/fields.py LOOKUP_FIELDS: the meta hash's in, out,
 --       expiry minute and hour bucket keys and read counter; the exp_read, first_read,
---       saved_in and saved_out counters), then extra counter fields and values to add with
---       the outcome
+--       saved_in and saved_out counters), 18 the header every readable record starts with
+--       (store/records.py: magic and schema), then extra counter fields and values to add
+--       with the outcome
 -- Returns {version, entry or false, meta hash found (0/1), saved input, saved output tokens}
 --
 -- A bucket's EXPIRE is set when a field is new in it: every script that creates a bucket does
@@ -23,6 +24,8 @@ local suffix = ver .. ':' .. ARGV[4]
 local value = false
 if ARGV[8] ~= '1' then
   value = redis.call('GET', ARGV[2] .. suffix)
+  -- A record of another schema (an older or newer release wrote it) is a miss, not counted.
+  if value and string.sub(value, 1, #ARGV[18]) ~= ARGV[18] then value = false end
   if (not value) or ARGV[5] == '' then return {ver, value} end
 end
 local f_in, f_out, f_xm, f_xh, f_reads, f_exp_read, f_first_read, f_saved_in, f_saved_out =
@@ -46,7 +49,7 @@ for i = 2, 4 do
   end
   if saved_in ~= 0 then redis.call('HINCRBY', KEYS[i], f_saved_in, saved_in) end
   if saved_out ~= 0 then redis.call('HINCRBY', KEYS[i], f_saved_out, saved_out) end
-  for j = 18, #ARGV, 2 do
+  for j = 19, #ARGV, 2 do
     redis.call('HINCRBY', KEYS[i], ARGV[j], ARGV[j + 1])
   end
 end
