@@ -12,7 +12,7 @@ from collections import Counter
 from redis.exceptions import OutOfMemoryError
 
 from faults.callers import Load, stampede
-from faults.report import Result, describe
+from faults.report import Result, describe, n_upstream
 from faults.rig import Rig, Workload
 
 #: How soon after Redis answers again the cache must hit again ("within seconds").
@@ -41,8 +41,8 @@ def redis_killed(rig: Rig) -> Result:
     """a. Redis SIGKILLed under load, restarted empty 4 s later."""
     result = Result(
         "a",
-        "Redis SIGKILLed under load, restarted empty 4 s later",
-        f"0 errors; hits again ≤ {BACK_WITHIN:g} s after restart",
+        "Redis SIGKILLed under load, back empty after 4 s",
+        f"0 errors; hits ≤ {BACK_WITHIN:g} s after the restart",
     )
     workload = rig.workload("faults-kill")
     asked = prompts("kill", 4)
@@ -93,8 +93,8 @@ def redis_full(rig: Rig) -> Result:
     """b. Redis at maxmemory with noeviction: the stored answers are still hits."""
     result = Result(
         "b",
-        "Redis at maxmemory (noeviction): 10 stored answers, 1 new",
-        "10 hits, 0 upstream for them; the new one answered (200)",
+        "Redis full (maxmemory, noeviction): 10 stored, 1 new",
+        "10 hits, no upstream for them; the new one 200",
     )
     workload = rig.workload("faults-full")
     asked = prompts("full", 10)
@@ -118,7 +118,7 @@ def redis_full(rig: Rig) -> Result:
     stored_statuses = Counter(f"{o.status} {o.cache or '-'}" for o in result.outcomes[:10])
     result.observed = (
         f"stored answers: {describe(stored_statuses)}, "
-        f"{hits_upstream} upstream calls for them; the new prompt: {new.status} {new.cache}"
+        f"{n_upstream(hits_upstream)} for them; the new prompt: {new.status} {new.cache}"
     )
     return result
 
@@ -127,8 +127,8 @@ def redis_frozen(rig: Rig) -> Result:
     """c. Redis frozen (SIGSTOP) for 6 s under load, then SIGCONT."""
     result = Result(
         "c",
-        "Redis frozen (SIGSTOP) 6 s under load, then SIGCONT",
-        f"0 errors; ≤ {KNOWN_DOWN_MAX:g} s a call once known down; hits again ≤ {BACK_WITHIN:g} s",
+        "Redis frozen (SIGSTOP) 6 s under load",
+        f"0 errors; ≤ {KNOWN_DOWN_MAX:g} s a call once known down; hits ≤ {BACK_WITHIN:g} s after",
     )
     workload = rig.workload("faults-freeze")
     asked = prompts("freeze", 4)
@@ -166,8 +166,8 @@ def redis_down_single_flight(rig: Rig) -> Result:
     """j. Redis down: identical concurrent calls in one worker share one upstream call."""
     result = Result(
         "j",
-        "Redis down: 20 identical concurrent calls, upstream 1 s",
-        "20 answered; ≤ 1 upstream call per worker (≤ 2)",
+        "Redis down: 20 identical concurrent calls",
+        "≤ 1 upstream call per worker; 20 answered",
     )
     workload = rig.workload("faults-down")
     prompt = prompts("down", 1)[0]
@@ -180,5 +180,5 @@ def redis_down_single_flight(rig: Rig) -> Result:
     finally:
         rig.start_redis()
     result.ok = result.failed == 0 and result.calls == 20 and result.upstream <= 2
-    result.observed = f"{describe(result.statuses)}; {result.upstream} upstream calls"
+    result.observed = f"{describe(result.statuses)}; {n_upstream(result.upstream)}"
     return result

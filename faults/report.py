@@ -48,6 +48,10 @@ def describe(statuses: Counter[str]) -> str:
     return ", ".join(f"{n}× {what}" for what, n in sorted(statuses.items(), key=lambda kv: -kv[1]))
 
 
+def n_upstream(count: int) -> str:
+    return f"{count} upstream call" + ("" if count == 1 else "s")
+
+
 def failures(outcomes: Iterable[Outcome]) -> str:
     """The distinct errors of the calls that failed, for the notes: "" when none did."""
     errors = Counter(f"{o.status or 'lost'}: {o.error[:120]}" for o in outcomes if not o.ok)

@@ -18,8 +18,8 @@ def database_gone(rig: Rig) -> Result:
     """g. The SQLite file moved away after the workload and key were used, with a cached prompt."""
     result = Result(
         "g",
-        "database unavailable (SQLite file moved away); known key, cached prompt",
-        "every call 200 hit (last known policy), not 500",
+        "database gone (SQLite file moved), cached prompt",
+        "200 hit on every worker (last known policy)",
     )
     workload = rig.workload("faults-db")
     prompt = f"database {uuid.uuid4().hex[:8]}"
@@ -65,7 +65,7 @@ def policy_edit(rig: Rig, attempts: int = 3) -> Result:
 def _policy_edit_once(rig: Rig) -> Result:
     result = Result(
         "i",
-        "policy edit (respcache_workload --disable) while both workers hold it",
+        "respcache_workload --disable, both workers warm",
         "the next call on every worker: bypass",
     )
     workload = rig.workload("faults-edit")

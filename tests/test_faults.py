@@ -33,7 +33,8 @@ def missing(what: str) -> pytest.MarkDecorator:
 
 @pytest.fixture(scope="module")
 def scenario() -> Iterator[Results]:
-    """``scenario(id)``: the scenario's Result, run on first use."""
+    """``scenario(id)``: the scenario's Result, run on first use. At the end, the rig must have
+    stopped every process it started (gunicorn's workers too) and removed its folder."""
     with Rig() as rig:
         rig.start()
         done: dict[str, Result] = {}
@@ -44,6 +45,17 @@ def scenario() -> Iterator[Results]:
             return done[scenario_id]
 
         yield result
+        started = [p.popen.pid for p in rig.processes] + list(rig.workers_seen)
+    assert not [pid for pid in started if alive(pid)], "the rig left processes running"
+    assert not rig.dir.exists()
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def test_redis_full_new_calls_still_answered(scenario: Results) -> None:
@@ -122,8 +134,8 @@ def test_database_down_unknown_key_is_503(scenario: Results) -> None:
 def test_holder_killed_survivors_answered_nothing_partial_stored(scenario: Results) -> None:
     e = scenario("e")
     assert e.facts["on_other"] >= 1
-    assert e.facts["answered"] == e.facts["on_other"]  # every caller of the surviving worker
-    assert e.facts["lost"] == e.facts["on_holder"]  # the killed worker's own clients only
+    assert e.facts["lost"] <= e.facts["on_holder"]  # only the killed worker's own clients
+    assert e.facts["answered"] == e.calls - e.facts["lost"]  # everyone else
     assert e.facts["stored"]  # a whole answer, by whoever made the call
 
 
@@ -170,15 +182,3 @@ def test_slow_generation_default_policy_one_upstream_call(scenario: Results) -> 
     d = scenario("d")
     assert d.calls == 12 and d.failed == 0
     assert d.upstream == 1
-
-
-def test_rig_stops_what_it_started() -> None:
-    """Every process the rig started is gone after it closes, and so is its folder."""
-    with Rig() as rig:
-        rig.start()
-        pids = [p.popen.pid for p in rig.processes] + rig.workers()
-        folder = rig.dir
-    for pid in pids:
-        with pytest.raises(ProcessLookupError):
-            os.kill(pid, 0)
-    assert not folder.exists()
