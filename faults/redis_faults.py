@@ -11,7 +11,7 @@ from collections import Counter
 
 from redis.exceptions import OutOfMemoryError
 
-from faults.callers import Load, stampede
+from faults.callers import Crowd, Load, stampede
 from faults.report import Result, describe, n_upstream
 from faults.rig import Rig, Workload
 
@@ -77,16 +77,33 @@ def redis_killed(rig: Rig) -> Result:
 
 def fill_to_maxmemory(rig: Rig) -> int:
     """Set maxmemory just above what Redis uses (noeviction) and fill the rest with keys of our
-    own until Redis refuses a write; how many filler keys it took."""
+    own until Redis refuses a write; how many filler keys it took. The limit then goes 1 MB
+    under what Redis uses: otherwise the buffers Redis frees on its own (an idle client's query
+    buffer, after 2 s) let some later writes through, and the scenario would measure that luck."""
     client = rig.redis()
     client.config_set("maxmemory-policy", "noeviction")
     client.config_set("maxmemory", int(client.info("memory")["used_memory"]) + 256 * 1024)
-    for n in range(100_000):
+    for n in range(1_000_000):
         try:
-            client.set(f"faults:filler:{n}", b"x" * 16_384)
+            client.set(f"faults:filler:{n}", b"x" * 1024)
         except OutOfMemoryError:
-            return n
-    raise RuntimeError("Redis never refused a write: is maxmemory set?")
+            break
+    else:
+        raise RuntimeError("Redis never refused a write: is maxmemory set?")
+    client.config_set("maxmemory", int(client.info("memory")["used_memory"]) - 1024 * 1024)
+    try:
+        client.set("faults:probe", b"x")
+    except OutOfMemoryError:
+        return n
+    raise RuntimeError("Redis at maxmemory still took a small write")
+
+
+def empty(rig: Rig, fillers: int) -> None:
+    """Undo fill_to_maxmemory: no limit, no filler keys."""
+    client = rig.redis()
+    client.config_set("maxmemory", 0)
+    for n in range(0, fillers + 1, 1000):
+        client.delete(*(f"faults:filler:{i}" for i in range(n, min(n + 1000, fillers + 1))))
 
 
 def redis_full(rig: Rig) -> Result:
@@ -107,10 +124,7 @@ def redis_full(rig: Rig) -> Result:
         result.outcomes.append(rig.ask(workload, prompts("full new", 1)[0]))
         result.upstream = rig.upstream.count() - before
     finally:
-        client = rig.redis()
-        client.config_set("maxmemory", 0)
-        for n in range(0, fillers + 1, 1000):
-            client.delete(*(f"faults:filler:{i}" for i in range(n, min(n + 1000, fillers + 1))))
+        empty(rig, fillers)
     hits = sum(o.status == 200 and o.cache == "hit" for o in result.outcomes[:10])
     new = result.outcomes[10]
     result.facts = {"hits": hits, "upstream_for_stored": hits_upstream, "new_status": new.status}
@@ -181,4 +195,37 @@ def redis_down_single_flight(rig: Rig) -> Result:
         rig.start_redis()
     result.ok = result.failed == 0 and result.calls == 20 and result.upstream <= 2
     result.observed = f"{describe(result.statuses)}; {n_upstream(result.upstream)}"
+    return result
+
+
+def redis_full_mid_stampede(rig: Rig) -> Result:
+    """k. Redis fills up while a lock holder's upstream call runs: it cannot store its answer."""
+    delay, wait_max = 3.0, 8.0
+    result = Result(
+        "k",
+        f"Redis full during a 10-caller stampede (upstream {delay:g} s)",
+        "all answered ≤ 2 s after the holder's answer",
+    )
+    workload = rig.workload("faults-fullwait", "--wait-max", f"{wait_max:g}")
+    prompt = prompts("full stampede", 1)[0]
+    rig.upstream.configure(delay=0.2, plan=[delay])  # the holder's call is the slow one
+    crowd = Crowd(lambda: rig.caller(workload, timeout=60))
+    crowd.send(prompt, 10)
+    fillers = 0
+    try:
+        first = float(rig.upstream.wait_calls(prompt)[0]["at"])
+        time.sleep(max(0.0, first + 1.0 - time.time()))  # the others wait on the holder by now
+        fillers = fill_to_maxmemory(rig)
+        result.outcomes = crowd.join(wait_max + 30)
+    finally:
+        empty(rig, fillers)
+    result.upstream = len(rig.upstream.calls(prompt))
+    holder_answered = first + delay
+    result.worst = max((o.ended for o in result.outcomes), default=holder_answered) - holder_answered
+    result.facts = {"after_holder": result.worst, "wait_max": wait_max}
+    result.ok = result.calls == 10 and result.failed == 0 and result.worst <= 2.0
+    result.observed = (
+        f"{describe(result.statuses)}; the last answered {result.worst:.2f} s after the holder had its answer "
+        f"(wait_max {wait_max:g} s); {n_upstream(result.upstream)}"
+    )
     return result

@@ -27,9 +27,10 @@ SCENARIOS: dict[str, Scenario] = {
     "h2": stampede_faults.upstream_529,
     "i": service_faults.policy_edit,
     "j": redis_faults.redis_down_single_flight,
+    "k": redis_faults.redis_full_mid_stampede,
 }
 
-ORDER = ("b", "h", "h2", "i", "d2", "f", "g", "e", "j", "a", "c", "d")
+ORDER = ("b", "h", "h2", "i", "d2", "f", "k", "g", "e", "j", "a", "c", "d")
 
 
 def run(rig: Rig, scenario_id: str) -> Result:

@@ -8,7 +8,6 @@ import os
 import signal
 import time
 import uuid
-from typing import Any
 
 from faults import procs
 from faults.callers import Crowd, stampede
@@ -18,20 +17,6 @@ from faults.rig import Rig, Workload
 
 def new_prompt(label: str) -> str:
     return f"{label} {uuid.uuid4().hex[:8]}"
-
-
-def upstream_calls(rig: Rig, prompt: str) -> list[dict[str, Any]]:
-    return [c for c in rig.upstream.calls() if c["prompt"] == prompt]
-
-
-def wait_upstream(rig: Rig, prompt: str, count: int = 1, timeout: float = 10.0) -> list[dict[str, Any]]:
-    """Until the upstream has seen ``count`` calls of ``prompt``; those calls."""
-    deadline = time.monotonic() + timeout
-    while len(calls := upstream_calls(rig, prompt)) < count:
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"the upstream saw {len(calls)} calls of {prompt!r}, expected {count}")
-        time.sleep(0.02)
-    return calls
 
 
 def follow_up(rig: Rig, workload: Workload, prompt: str, result: Result) -> None:
@@ -48,7 +33,7 @@ def slow_generation(rig: Rig) -> Result:
     prompt = new_prompt("slow")
     rig.upstream.configure(delay=0.2, plan=[35.0])  # only the first call is slow
     result.outcomes = stampede(lambda: rig.caller(workload, timeout=90), prompt, 12, timeout=120)
-    result.upstream = len(upstream_calls(rig, prompt))
+    result.upstream = len(rig.upstream.calls(prompt))
     follow_up(rig, workload, prompt, result)
     result.ok = result.upstream == 1 and result.failed == 0 and result.calls == 12
     result.observed = f"{describe(result.statuses)}; {n_upstream(result.upstream)}; ({workload.described})"
@@ -72,7 +57,7 @@ def lock_outlived(rig: Rig) -> Result:
     time.sleep(1.0)  # all before the first answer (4 s): every one of them must wait for it
     crowd.send(prompt, 4)
     result.outcomes = crowd.join(60)
-    result.upstream = len(upstream_calls(rig, prompt))
+    result.upstream = len(rig.upstream.calls(prompt))
     rig.upstream.configure()
     follow_up(rig, workload, prompt, result)
     result.ok = result.upstream == 1 and result.failed == 0 and result.calls == 12
@@ -86,7 +71,7 @@ def upstream_error(rig: Rig, status: int, result: Result) -> Result:
     prompt = new_prompt(f"status {status}")
     rig.upstream.configure(delay=2.0, status=status)
     result.outcomes = stampede(lambda: rig.caller(workload, timeout=30), prompt, 20)
-    result.upstream = len(upstream_calls(rig, prompt))
+    result.upstream = len(rig.upstream.calls(prompt))
     rig.upstream.configure()
     follow_up(rig, workload, prompt, result)  # errors are never stored: this one goes upstream
     same = sum(o.status == status for o in result.outcomes)
@@ -121,13 +106,13 @@ def pubsub_killed(rig: Rig) -> Result:
     rig.upstream.configure(delay=3.0)
     crowd = Crowd(lambda: rig.caller(workload, timeout=60))
     crowd.send(prompt, 40)
-    first = wait_upstream(rig, prompt)[0]
+    first = rig.upstream.wait_calls(prompt)[0]
     time.sleep(max(0.0, first["at"] + 1.5 - time.time()))  # every waiter subscribed by now
     client = rig.redis()
     subscribed = [c for c in client.client_list(_type="pubsub") if int(c.get("sub", 0)) > 0]
     killed = client.client_kill_filter(_type="pubsub")
     result.outcomes = crowd.join(60)
-    result.upstream = len(upstream_calls(rig, prompt))
+    result.upstream = len(rig.upstream.calls(prompt))
     rig.upstream.configure()
     follow_up(rig, workload, prompt, result)
     result.facts.update(pubsub_connections=len(subscribed), killed=killed, upstream_before_kill=1)
@@ -154,7 +139,7 @@ def holder_killed(rig: Rig) -> Result:
     crowd.send(prompt, 1)
     workers = rig.workers()
     upstream_port = int(rig.upstream.url.rsplit(":", 1)[1])
-    holder = procs.owner_of_connection(wait_upstream(rig, prompt)[0]["port"], upstream_port, workers)
+    holder = procs.owner_of_connection(rig.upstream.wait_calls(prompt)[0]["port"], upstream_port, workers)
     if holder is None:
         raise RuntimeError("no worker holds the holder's upstream connection")
     other = next(pid for pid in workers if pid != holder)
@@ -168,7 +153,7 @@ def holder_killed(rig: Rig) -> Result:
     os.kill(holder, signal.SIGKILL)
     killed = time.time()
     result.outcomes = crowd.join(wait_max + lock_ttl + 30)
-    calls = upstream_calls(rig, prompt)
+    calls = rig.upstream.calls(prompt)
     result.upstream = len(calls)
     rig.upstream.configure()
     follow_up(rig, workload, prompt, result)

@@ -134,9 +134,22 @@ class Upstream:
         ``status``, or normally when it is None."""
         self._request("POST", {"delay": delay, "status": status, "plan": list(plan or [])})
 
-    def calls(self) -> list[dict[str, Any]]:
-        """Every /v1/messages call so far (see the module docstring)."""
-        return [c for c in self._request("GET")["calls"] if c["path"] == "/v1/messages"]
+    def calls(self, prompt: str | None = None) -> list[dict[str, Any]]:
+        """Every /v1/messages call so far (see the module docstring), or those of ``prompt``."""
+        return [
+            c
+            for c in self._request("GET")["calls"]
+            if c["path"] == "/v1/messages" and (prompt is None or c["prompt"] == prompt)
+        ]
+
+    def wait_calls(self, prompt: str, count: int = 1, timeout: float = 10.0) -> list[dict[str, Any]]:
+        """Block until ``count`` calls of ``prompt`` have arrived; the calls so far."""
+        deadline = time.monotonic() + timeout
+        while len(calls := self.calls(prompt)) < count:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the upstream saw {len(calls)} calls of {prompt!r}, expected {count}")
+            time.sleep(0.02)
+        return calls
 
     def count(self) -> int:
         return len(self.calls())

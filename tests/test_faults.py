@@ -113,6 +113,16 @@ def test_pubsub_killed_at_most_two_upstream_calls(scenario: Results) -> None:
     assert scenario("f").upstream <= 2
 
 
+def test_redis_full_mid_stampede_callers_answered(scenario: Results) -> None:
+    k = scenario("k")
+    assert k.calls == 10 and k.failed == 0
+
+
+@missing("a holder that cannot store its answer neither hands it over nor releases its waiters")
+def test_redis_full_mid_stampede_waiters_released_at_once(scenario: Results) -> None:
+    assert scenario("k").facts["after_holder"] <= 2.0
+
+
 def test_database_down_healthz_names_it(scenario: Results) -> None:
     g = scenario("g")
     assert g.facts["healthz_status"] == 503
