@@ -285,8 +285,7 @@ class Rig(Harness):
 
     def served_by(self, tag: str) -> int | None:
         """The pid of the worker that answered the call tagged ``tag`` (from the access log)."""
-        log = self.master_log()
-        with open(log, "rb") as f:
+        with open(self.master.log, "rb") as f:
             f.seek(self._access_offset)
             chunk = f.read()
         end = chunk.rfind(b"\n") + 1
@@ -296,9 +295,6 @@ class Rig(Harness):
             if len(parts) == 6 and parts[0].startswith("<") and parts[0].endswith(">"):
                 self._access[parts[4]] = int(parts[0][1:-1])
         return self._access.get(tag)
-
-    def master_log(self) -> Path:
-        return self.master.log
 
     def on_every_worker(self, ask: Callable[[], Outcome], limit: int = 40) -> list[tuple[Outcome, int | None]]:
         """Call ``ask()`` until every current worker has answered one; each outcome with its worker."""
