@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PORT   ?= 8000
 export PORT
 
-.PHONY: install run test bench stop clean
+.PHONY: install run test bench faults stop clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,9 @@ test: install
 
 bench: install
 	$(PY) -m bench
+
+faults: install
+	$(PY) -m faults
 
 stop:
 	$(PY) project/embedded_redis.py stop
