@@ -120,8 +120,15 @@ class Hub:
                 self._handlers[channel] = handler
                 return
             self._handlers[channel] = handler
+            # Its first confirmation runs the handler too: a signal sent before it was heard.
+            self._resubscribing.add(channel)
             if channel not in self._waiters:
                 self._commands.put(("subscribe", channel))
+
+    def confirmed(self, channel: str) -> bool:
+        """Whether Redis has confirmed this connection's subscription to ``channel``."""
+        with self._lock:
+            return channel in self._confirmed
 
     def waiting(self, channel: str) -> int:
         with self._lock:

@@ -2,8 +2,11 @@
 workloads' numbers (one Redis round trip for all of them) and entries for every reader.
 
 The hit path must not touch the database, so each worker keeps what it read for
-``LOCAL_CACHE_SECONDS`` (5 s by default): a policy edit or a revoked key takes effect on every
-worker within that time. Key versions do not wait for it: the current version lives in Redis
+``LOCAL_CACHE_SECONDS`` (5 s by default). A policy edit, a bump or a revoked key does not wait
+for that: the change is announced on a Redis channel that every process listens on through its
+one Pub/Sub connection (``listen_for_changes``), and each drops its local copies when it hears
+it, or when that connection was re-opened (a message may have been missed meanwhile). The
+expiry is the safety net for a process that cannot hear Redis at all. Key versions do not wait for it: the current version lives in Redis
 too (store/scripts/lookup.lua), so a bump is seen by every worker on its next call. The copies are bounded
 (``LocalCopies``): answers for unknown slugs and keys are kept apart, so a flood of random keys
 cannot push out the valid ones.
@@ -30,7 +33,7 @@ from cachetools import LRUCache, TTLCache
 from django.core.signals import setting_changed
 from django.db import DatabaseError
 
-from respcache import stats, store
+from respcache import keys, locks, stats, store
 from respcache.conf import app_settings
 from respcache.exceptions import DatabaseUnavailable
 from respcache.models import ApiKey, Workload
@@ -190,10 +193,33 @@ def clear_local_caches() -> None:
     _grants.clear()
 
 
+_listening: list[object] = []  # the Pub/Sub owner that carries our handler, once it does
+
+
+def listen_for_changes() -> None:
+    """Make this process drop its local copies whenever a change is announced (idempotent;
+    called when a policy or a key is read from the database, so every serving process listens
+    before it keeps anything)."""
+    try:
+        hub = locks.hub()
+    except Exception:  # noqa: BLE001 - no Redis configured or reachable: the expiry still holds
+        return
+    if _listening and _listening[0] is hub:
+        return
+    _listening[:] = [hub]
+    hub.listen(store.full_key(keys.policies_channel()), lambda _message: clear_local_caches())
+
+
+def listening_for_changes() -> bool:
+    """Whether this process hears announced changes now (for /healthz-style checks and tests)."""
+    return bool(_listening) and locks.hub().confirmed(store.full_key(keys.policies_channel()))
+
+
 def workload_policy(slug: str) -> Policy | None:
     """The workload's policy, or None when there is no such workload."""
 
     def load() -> Policy | None:
+        listen_for_changes()
         workload = Workload.objects.filter(slug=slug).first()
         return Policy.from_model(workload) if workload else None
 
@@ -201,6 +227,7 @@ def workload_policy(slug: str) -> Policy | None:
 
 
 def _load_grant(raw_key: str) -> Grant | None:
+    listen_for_changes()
     try:
         api_key = ApiKey.objects.get_from_key(raw_key)
     except ApiKey.DoesNotExist:

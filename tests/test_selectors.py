@@ -228,3 +228,49 @@ def test_metrics_numbers_of_no_workload_and_of_a_bad_window(db: Any) -> None:
     assert selectors.workloads_metrics([], "1h") == selectors.MetricsNumbers(all_time={}, window={})
     with pytest.raises(ValueError, match="unknown window"):
         selectors.workloads_metrics(["a"], "2h")
+
+
+def test_an_announced_change_reaches_a_processs_local_copy_at_once(workload: Any, settings: Any) -> None:
+    """With a long local copy, a change made elsewhere (another process wrote the database and
+    announced it) is read on the next call, not after LOCAL_CACHE_SECONDS."""
+    import time as _time
+
+    from respcache import locks, store
+    from respcache.models import Workload
+
+    settings.RESPCACHE = {**settings.RESPCACHE, "LOCAL_CACHE_SECONDS": 600}
+    assert selectors.workload_policy("intents").enabled  # type: ignore[union-attr]
+    hub = locks.hub()
+    channel = store.full_key("respcache:policies")
+    deadline = _time.monotonic() + 5
+    while channel not in hub._confirmed and _time.monotonic() < deadline:
+        _time.sleep(0.01)
+    Workload.objects.filter(slug="intents").update(enabled=False)  # "another process"
+    assert selectors.workload_policy("intents").enabled  # type: ignore[union-attr]  # still the copy
+    store.announce_policies_changed()
+    deadline = _time.monotonic() + 5
+    while selectors.workload_policy("intents").enabled and _time.monotonic() < deadline:  # type: ignore[union-attr]
+        _time.sleep(0.005)
+    assert not selectors.workload_policy("intents").enabled  # type: ignore[union-attr]
+
+
+def test_governance_announces_every_change(workload: Any, redis_db: Any) -> None:
+    from respcache import services, store
+
+    with locks_subscription(store.full_key("respcache:policies")) as heard:
+        services.workload_set_enabled(workload, False, actor="test")
+        services.workload_bump(workload, actor="test")
+        services.api_key_revoke([])
+        assert [heard.wait(_deadline()) for _ in range(3)] == [b"changed"] * 3
+
+
+def locks_subscription(channel: str) -> Any:
+    from respcache import locks
+
+    return locks.Subscription(channel)
+
+
+def _deadline() -> float:
+    import time as _time
+
+    return _time.monotonic() + 5

@@ -12,7 +12,7 @@ from django.utils.html import format_html_join
 from django.utils.translation import gettext_lazy, ngettext
 from rest_framework_api_key.admin import APIKeyModelAdmin
 
-from respcache import selectors, services
+from respcache import services
 from respcache.conf import app_settings
 from respcache.models import ApiKey
 
@@ -46,7 +46,7 @@ class ApiKeyAdmin(APIKeyModelAdmin):
 
     def save_model(self, request: HttpRequest, obj: Any, form: Any = None, change: bool = False) -> None:
         super().save_model(request, obj, form, change)
-        selectors.clear_local_caches()  # a revoked key is refused here at once, elsewhere soon
+        services.governance.policies_changed(workload="")  # every worker, at once
 
     @admin.action(permissions=["change"], description=gettext_lazy("Revoke selected API keys"))
     def revoke(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:

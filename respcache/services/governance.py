@@ -96,7 +96,7 @@ def workload_upsert(*, slug: str, actor: str, user: Any = None, **fields: Any) -
             audit(actor=actor, user=user, action=AuditEntry.Action.CREATE, workload=workload, after=after)
         elif before != after:
             record_policy_change(workload, before, actor=actor, user=user)
-    clear_local_caches()
+    policies_changed(workload="")
     return workload, created
 
 
@@ -146,7 +146,7 @@ def workload_bump(workload: Workload, *, actor: str, user: Any = None) -> int:
             after={"key_version": workload.key_version},
         )
     _publish_version(workload)
-    clear_local_caches()
+    policies_changed(workload="")
     return workload.key_version
 
 
@@ -171,7 +171,7 @@ def workload_set_enabled(workload: Workload, enabled: bool, *, actor: str, user:
     workload.enabled = enabled
     workload.save(update_fields=["enabled", "updated_at"])
     record_policy_change(workload, before, actor=actor, user=user)
-    clear_local_caches()
+    policies_changed(workload="")
     return True
 
 
@@ -205,7 +205,7 @@ def api_key_revoke(api_keys: Iterable[ApiKey]) -> int:
     """Revoke keys: refused on this worker at once, on the others within LOCAL_CACHE_SECONDS."""
     ids = [k.pk for k in api_keys]
     revoked = ApiKey.objects.filter(pk__in=ids, revoked=False).update(revoked=True)
-    clear_local_caches()
+    policies_changed(workload="")
     return revoked
 
 
@@ -232,3 +232,10 @@ def api_key_mark_used(key_id: str) -> bool:
 
     _key_use_written.get_or_load(key_id, write)
     return wrote
+
+
+def policies_changed(*, workload: str) -> None:
+    """A policy, a key version or an API key changed: drop this process's local copies and
+    tell every other process to drop theirs (on the next call every worker reads the change)."""
+    clear_local_caches()
+    guard.fail_open(guard.ANNOUNCE, store.announce_policies_changed, guard.nothing, workload=workload or "-")

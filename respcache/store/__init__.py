@@ -25,6 +25,7 @@ from respcache.store.browse import (
 from respcache.store.connection import breaker, client, full_key, guarded, location, script, totals_key, version_key
 from respcache.store.entries import (
     Lookup,
+    announce_policies_changed,
     current_version,
     entry_delete,
     lookup,
@@ -60,6 +61,7 @@ __all__ = [
     "EntryInfo",
     "EntryPage",
     "Lookup",
+    "announce_policies_changed",
     "ServerInfo",
     "breaker",
     "client",

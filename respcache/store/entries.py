@@ -207,3 +207,14 @@ def entry_delete(workload: str, version: int, fingerprint: str) -> int:
 def ping() -> None:
     with guarded():
         client().ping()
+
+
+#: What a process hears on the policies channel (any message means "drop your local copies").
+POLICIES_CHANGED = b"changed"
+
+
+def announce_policies_changed() -> None:
+    """Tell every process that a policy, a key version or an API key changed (they drop their
+    local copies at once: selectors.listen_for_changes)."""
+    with guarded():
+        client().publish(full_key(keys.policies_channel()), POLICIES_CHANGED)
