@@ -1,8 +1,10 @@
-"""The Redis circuit breaker's states, driven by an injected clock."""
+"""The Redis circuit breaker's states, driven by an injected clock and a probe run by hand."""
 
 from __future__ import annotations
 
-from respcache.breaker import CLOSED, HALF_OPEN, OPEN, Breaker
+from collections.abc import Callable
+
+from respcache.breaker import CLOSED, OPEN, PROBING, Breaker
 
 
 class Clock:
@@ -13,57 +15,81 @@ class Clock:
         return self.now
 
 
-def test_a_failure_opens_it_and_calls_skip_redis_until_the_backoff_passes() -> None:
-    clock = Clock()
-    breaker = Breaker(backoff_seconds=1.0, max_backoff_seconds=4.0, clock=clock)
-    assert breaker.allow() and breaker.state == CLOSED
-    breaker.failure()
-    assert breaker.state == OPEN and breaker.opened == 1
-    assert not breaker.allow()
+class Probe:
+    """The PING: answers or not as the test says; spawned probes wait until ``run()``."""
+
+    def __init__(self) -> None:
+        self.redis_up = False
+        self.pinged = 0
+        self.spawned: list[Callable[[], None]] = []
+
+    def __call__(self) -> None:
+        self.pinged += 1
+        if not self.redis_up:
+            raise ConnectionError("refused")
+
+    def spawn(self, fn: Callable[[], None]) -> None:
+        self.spawned.append(fn)
+
+    def run(self) -> None:
+        while self.spawned:
+            self.spawned.pop(0)()
+
+
+def breaker(clock: Clock, probe: Probe, **kwargs: float) -> Breaker:
+    return Breaker(probe, clock=clock, spawn=probe.spawn, **kwargs)
+
+
+def test_a_failure_opens_it_and_calls_skip_redis_until_a_probe_finds_it_back() -> None:
+    clock, probe = Clock(), Probe()
+    b = breaker(clock, probe, backoff_seconds=1.0)
+    assert b.allow() and b.state == CLOSED
+    b.failure()
+    assert b.state == OPEN and b.opened == 1
+    assert not b.allow()
     clock.now += 0.99
-    assert not breaker.allow()
+    assert not b.allow() and probe.spawned == []
     clock.now += 0.02
-    assert breaker.allow()  # the probe
-    assert breaker.state == HALF_OPEN
-    assert not breaker.allow()  # only one probe at a time
-    breaker.success()
-    assert breaker.state == CLOSED and breaker.allow()
+    assert not b.allow()  # the call that finds the back-off over still skips Redis...
+    assert b.state == PROBING and len(probe.spawned) == 1  # ...and a probe goes in the background
+    assert not b.allow() and len(probe.spawned) == 1  # one probe at a time
+    probe.redis_up = True
+    probe.run()
+    assert b.state == CLOSED and b.allow() and probe.pinged == 1
 
 
 def test_a_failed_probe_doubles_the_backoff_up_to_its_cap() -> None:
-    clock = Clock()
-    breaker = Breaker(backoff_seconds=1.0, max_backoff_seconds=3.0, clock=clock)
-    breaker.failure()
+    clock, probe = Clock(), Probe()
+    b = breaker(clock, probe, backoff_seconds=1.0, max_backoff_seconds=3.0)
+    b.failure()
     waits = []
     for _ in range(4):
-        waits.append(round(breaker.retry_in(), 3))
-        clock.now += breaker.retry_in()
-        assert breaker.allow()
-        breaker.failure()
+        waits.append(round(b.retry_in(), 3))
+        clock.now += b.retry_in()
+        assert not b.allow()
+        probe.run()
+        assert b.state == OPEN
     assert waits == [1.0, 2.0, 3.0, 3.0]
     clock.now += 3.0
-    assert breaker.allow()
-    breaker.success()
-    breaker.failure()
-    assert breaker.retry_in() == 1.0  # a success resets the back-off
+    b.allow()
+    probe.redis_up = True
+    probe.run()
+    b.failure()
+    assert b.retry_in() == 1.0  # a success resets the back-off
 
 
 def test_failures_of_calls_already_in_flight_do_not_extend_the_backoff() -> None:
-    clock = Clock()
-    breaker = Breaker(backoff_seconds=1.0, clock=clock)
-    breaker.failure()
+    clock, probe = Clock(), Probe()
+    b = breaker(clock, probe, backoff_seconds=1.0)
+    b.failure()
     clock.now += 0.5
-    breaker.failure()
-    assert breaker.retry_in() == 0.5 and breaker.opened == 1
+    b.failure()
+    assert b.retry_in() == 0.5 and b.opened == 1
 
 
-def test_a_silent_probe_lets_another_call_probe_after_its_lease() -> None:
-    clock = Clock()
-    breaker = Breaker(backoff_seconds=1.0, probe_timeout_seconds=2.0, clock=clock)
-    breaker.failure()
-    clock.now += 1.0
-    assert breaker.allow()
-    clock.now += 1.9
-    assert not breaker.allow()
-    clock.now += 0.2
-    assert breaker.allow()
+def test_a_call_that_reaches_redis_closes_it() -> None:
+    clock, probe = Clock(), Probe()
+    b = breaker(clock, probe)
+    b.failure()
+    b.success()  # a call started before it opened came back fine
+    assert b.state == CLOSED and b.allow()

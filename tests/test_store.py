@@ -281,3 +281,54 @@ def test_the_scripts_ship_in_the_package() -> None:
     package = pathlib.Path(store.__file__).parents[1]
     for path in SCRIPTS.glob("*.lua"):
         assert any(fnmatch.fnmatch(str(path.relative_to(package)), p) for p in patterns), path.name
+
+
+def test_a_full_redis_still_serves_hits_and_the_caller_counts_them(redis_db: Any) -> None:
+    """maxmemory reached under noeviction: Redis refuses the lookup's counting, so the lookup
+    reads without writing (lookup_ro.lua) and says the read was not counted."""
+    record = store.encode_record(b'{"full":1}', stored_at=time.time(), model="m")
+    redis_db.set(store.full_key("respcache:e:intents:1:abc"), record)
+    old = redis_db.config_get("maxmemory*")
+    used = int(redis_db.info("memory")["used_memory"])
+    redis_db.config_set("maxmemory-policy", "noeviction")
+    redis_db.config_set("maxmemory", max(1, used - 1_000_000))
+    try:
+        keys_, ttls = stats.bucket_keys("intents", time.time())
+        found = store.lookup(
+            workload="intents", db_version=1, fingerprint="abc", outcome="hit", bucket_keys=keys_, bucket_ttls=ttls
+        )
+        missing = store.lookup(
+            workload="intents", db_version=1, fingerprint="nope", outcome="hit", bucket_keys=keys_, bucket_ttls=ttls
+        )
+    finally:
+        redis_db.config_set("maxmemory", old["maxmemory"])
+        redis_db.config_set("maxmemory-policy", old["maxmemory-policy"])
+    assert found.entry is not None and found.entry.message == b'{"full":1}'
+    assert found.counted is False and missing.entry is None
+    assert stats.totals("intents", "5m")["hit"] == 0  # nothing could be counted meanwhile
+
+
+def test_once_redis_is_known_down_touches_fail_at_once_and_a_probe_finds_it_back(settings: Any) -> None:
+    """The first touch that cannot reach Redis opens the breaker; the next ones raise without
+    trying; when the back-off has passed a background PING finds Redis back and closes it."""
+    from respcache.exceptions import CacheUnavailable
+    from tests.conftest import redis_down
+
+    real_caches = settings.CACHES
+    settings.CACHES = redis_down(real_caches)
+    with pytest.raises(CacheUnavailable):
+        store.ping()
+    assert store.breaker.state == "open"
+    with pytest.raises(CacheUnavailable, match="marked down"):
+        store.ping()
+    assert store.breaker.opened == 1
+    settings.CACHES = real_caches  # Redis "answers again" (a settings change also resets it)
+    store.breaker.failure()
+    store.breaker._retry_at = 0.0  # the back-off has passed
+    with pytest.raises(CacheUnavailable, match="marked down"):
+        store.ping()  # this call still skips Redis; it starts the probe
+    deadline = time.monotonic() + 5
+    while store.breaker.state != "closed" and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert store.breaker.state == "closed"
+    store.ping()

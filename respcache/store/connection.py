@@ -30,7 +30,7 @@ logger = logging.getLogger(__name__)
 
 #: This process's view of whether Redis answers (see respcache.breaker): after a connection
 #: failure or a timeout, calls skip Redis for a back-off instead of each paying the timeouts.
-breaker = Breaker()
+breaker = Breaker(lambda: client().ping())
 
 
 @contextmanager

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from redis.exceptions import ResponseError
+from redis.exceptions import OutOfMemoryError, ResponseError
 
 from respcache import keys
 from respcache.exceptions import CacheUnavailable
@@ -52,7 +52,9 @@ class Lookup:
 def refused_for_memory(exc: CacheUnavailable) -> bool:
     """Whether Redis refused a write because it is at ``maxmemory`` (it still serves reads)."""
     cause = exc.__cause__
-    return isinstance(cause, ResponseError) and "OOM" in str(cause)
+    # redis-py raises OutOfMemoryError (its "OOM" prefix stripped) for a refused command; an
+    # error inside a script may reach it as a plain ResponseError that still says "OOM".
+    return isinstance(cause, OutOfMemoryError) or (isinstance(cause, ResponseError) and "OOM" in str(cause))
 
 
 def lookup(
