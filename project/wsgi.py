@@ -19,7 +19,6 @@ from django.urls import get_resolver  # noqa: E402
 get_resolver().url_patterns  # noqa: B018
 
 from respcache.conf import app_settings  # noqa: E402  (needs the settings loaded)
-
 from respcache.upstream import get_upstream  # noqa: E402
 
 get_upstream()  # an unknown RESPCACHE_UPSTREAM stops the worker here, not at its first call

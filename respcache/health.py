@@ -25,4 +25,6 @@ def healthz(request: HttpRequest) -> JsonResponse:
     except CacheUnavailable:
         checks["redis"] = "unavailable"
     healthy = all(v == "ok" for v in checks.values())
-    return JsonResponse({"status": "ok" if healthy else "unavailable", "checks": checks}, status=200 if healthy else 503)
+    return JsonResponse(
+        {"status": "ok" if healthy else "unavailable", "checks": checks}, status=200 if healthy else 503
+    )

@@ -64,9 +64,7 @@ class RespcacheCollector:
             return
         yield GaugeMetricFamily("respcache_redis_up", "Whether Redis answered this scrape.", value=1)
 
-        requests = CounterMetricFamily(
-            "respcache_requests", "Calls by cache outcome.", labels=["workload", "outcome"]
-        )
+        requests = CounterMetricFamily("respcache_requests", "Calls by cache outcome.", labels=["workload", "outcome"])
         latency = SummaryMetricFamily(
             "respcache_upstream_latency_seconds", "Upstream call latency.", labels=["workload"]
         )
@@ -74,11 +72,13 @@ class RespcacheCollector:
             "respcache_upstream_errors", "Calls answered with an upstream error.", labels=["workload"]
         )
         cache_errors = CounterMetricFamily(
-            "respcache_cache_errors", "Redis failures the calls were served around (fail-open).",
+            "respcache_cache_errors",
+            "Redis failures the calls were served around (fail-open).",
             labels=["workload"],
         )
         tokens_saved = CounterMetricFamily(
-            "respcache_tokens_saved", "Tokens hits and waits did not spend (stored usage).",
+            "respcache_tokens_saved",
+            "Tokens hits and waits did not spend (stored usage).",
             labels=["workload", "kind"],
         )
         written = CounterMetricFamily("respcache_entries_written", "Entries stored.", labels=["workload"])
@@ -115,9 +115,7 @@ class RespcacheCollector:
 
 
 def _policy_metrics(workloads: list[Any]) -> Iterator[Metric]:
-    version = GaugeMetricFamily(
-        "respcache_workload_key_version", "The workload's key version.", labels=["workload"]
-    )
+    version = GaugeMetricFamily("respcache_workload_key_version", "The workload's key version.", labels=["workload"])
     enabled = GaugeMetricFamily("respcache_workload_enabled", "1 when caching is on.", labels=["workload"])
     for workload in workloads:
         version.add_metric([workload.slug], workload.key_version)

@@ -15,27 +15,41 @@ class Workload(models.Model):
     slug = models.SlugField(_("slug"), max_length=64, unique=True)
     enabled = models.BooleanField(_("enabled"), default=True, help_text=_("Off: every call bypasses the cache."))
     ttl_seconds = models.PositiveIntegerField(
-        _("TTL (seconds)"), default=86400, validators=[MinValueValidator(1)],
+        _("TTL (seconds)"),
+        default=86400,
+        validators=[MinValueValidator(1)],
         help_text=_("How long a stored answer is served."),
     )
     key_version = models.PositiveIntegerField(
-        _("key version"), default=1,
+        _("key version"),
+        default=1,
         help_text=_("Bump it after a prompt change: every older entry becomes unreachable at once."),
     )
     strict = models.BooleanField(
-        _("strict"), default=False,
-        help_text=_("Strict: only requests that set temperature to 0 are cached. "
-                    "Otherwise a request without temperature is cached too."),
+        _("strict"),
+        default=False,
+        help_text=_(
+            "Strict: only requests that set temperature to 0 are cached. "
+            "Otherwise a request without temperature is cached too."
+        ),
     )
     lock_ttl = models.FloatField(
-        _("lock TTL (seconds)"), default=10.0, validators=[MinValueValidator(0.01)],
-        help_text=_("Liveness window of the stampede lock: its holder renews it while its upstream "
-                    "call runs; if the holder dies, a waiter takes over within this time."),
+        _("lock TTL (seconds)"),
+        default=10.0,
+        validators=[MinValueValidator(0.01)],
+        help_text=_(
+            "Liveness window of the stampede lock: its holder renews it while its upstream "
+            "call runs; if the holder dies, a waiter takes over within this time."
+        ),
     )
     wait_max = models.FloatField(
-        _("wait max (seconds)"), default=310.0, validators=[MinValueValidator(0.0)],
-        help_text=_("The longest a caller waits for a live holder's answer before calling upstream "
-                    "itself. The default covers the upstream timeout (300 s) plus one lock TTL."),
+        _("wait max (seconds)"),
+        default=310.0,
+        validators=[MinValueValidator(0.0)],
+        help_text=_(
+            "The longest a caller waits for a live holder's answer before calling upstream "
+            "itself. The default covers the upstream timeout (300 s) plus one lock TTL."
+        ),
     )
     description = models.TextField(_("description"), blank=True)
     created_at = models.DateTimeField(_("created at"), auto_now_add=True)
@@ -62,11 +76,17 @@ class ApiKey(AbstractAPIKey):
     """A caller's key, stored hashed (djangorestframework-api-key), allowed a set of workloads."""
 
     workloads = models.ManyToManyField(
-        Workload, blank=True, related_name="api_keys", verbose_name=_("workloads"),
+        Workload,
+        blank=True,
+        related_name="api_keys",
+        verbose_name=_("workloads"),
         help_text=_("Workloads this key may call."),
     )
     managed_workloads = models.ManyToManyField(
-        Workload, blank=True, related_name="managing_api_keys", verbose_name=_("managed workloads"),
+        Workload,
+        blank=True,
+        related_name="managing_api_keys",
+        verbose_name=_("managed workloads"),
         help_text=_("Workloads this key may manage through the REST API (stats, bump, purge)."),
     )
     last_used_at = models.DateTimeField(_("last used"), null=True, blank=True)
@@ -96,7 +116,11 @@ class AuditEntry(models.Model):
     )
     actor = models.CharField(_("who"), max_length=150)
     workload = models.ForeignKey(
-        Workload, null=True, blank=True, on_delete=models.SET_NULL, related_name="audit_entries",
+        Workload,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="audit_entries",
         verbose_name=_("workload"),
     )
     workload_slug = models.CharField(_("workload slug"), max_length=64)

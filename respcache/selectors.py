@@ -6,8 +6,9 @@ The hit path must not touch the database, so each worker keeps what it read for
 for that: the change is announced on a Redis channel that every process listens on through its
 one Pub/Sub connection (``listen_for_changes``), and each drops its local copies when it hears
 it, or when that connection was re-opened (a message may have been missed meanwhile). The
-expiry is the safety net for a process that cannot hear Redis at all. Key versions do not wait for it: the current version lives in Redis
-too (store/scripts/lookup.lua), so a bump is seen by every worker on its next call. The copies are bounded
+expiry is the safety net for a process that cannot hear Redis at all. Key versions need neither:
+the current version lives in Redis too (store/scripts/lookup.lua), so a bump is seen by every
+worker on its next call. The copies are bounded
 (``LocalCopies``): answers for unknown slugs and keys are kept apart, so a flood of random keys
 cannot push out the valid ones.
 
@@ -264,9 +265,7 @@ def workload_get(slug: str) -> Workload | None:
 # come in one Redis round trip (one pipeline), however many workloads there are.
 
 
-def workloads_numbers(
-    slugs: list[str], windows: tuple[str, ...] = ("1h", "24h")
-) -> dict[str, dict[str, Totals]]:
+def workloads_numbers(slugs: list[str], windows: tuple[str, ...] = ("1h", "24h")) -> dict[str, dict[str, Totals]]:
     """Counter totals of several workloads over several windows, in one Redis round trip:
     ``{slug: {window: Totals}}``. An unknown window raises ValueError."""
     return stats.window_totals(slugs, windows)

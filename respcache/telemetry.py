@@ -238,7 +238,13 @@ def _line(at: float, record: CallRecord) -> logging.LogRecord:
     # makeRecord rather than .info(): .info() walks the stack on every call to find the caller's
     # file and line, which this line never shows.
     line = call_logger.makeRecord(
-        call_logger.name, logging.INFO, __file__, 0, orjson.dumps(fields).decode(), (), None,
+        call_logger.name,
+        logging.INFO,
+        __file__,
+        0,
+        orjson.dumps(fields).decode(),
+        (),
+        None,
         extra={"respcache": fields},
     )
     line.created, line.msecs = at, (at - int(at)) * 1000  # when the call ended, not the batch

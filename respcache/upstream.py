@@ -55,8 +55,10 @@ class UpstreamResponse:
     @property
     def input_tokens(self) -> int:
         usage = self.message.get("usage") or {}
-        return int(usage.get("input_tokens") or 0) + int(usage.get("cache_read_input_tokens") or 0) + int(
-            usage.get("cache_creation_input_tokens") or 0
+        return (
+            int(usage.get("input_tokens") or 0)
+            + int(usage.get("cache_read_input_tokens") or 0)
+            + int(usage.get("cache_creation_input_tokens") or 0)
         )
 
     @property
@@ -225,9 +227,7 @@ class SimulatedUpstream:
             "usage": {"input_tokens": max(1, len(raw_body) // 4), "output_tokens": max(1, len(text) // 4)},
         }
         content = orjson.dumps(message)
-        return UpstreamResponse(
-            body=content, message=message, latency_ms=(time.perf_counter() - started) * 1000
-        )
+        return UpstreamResponse(body=content, message=message, latency_ms=(time.perf_counter() - started) * 1000)
 
 
 def _last_user_text(body: dict[str, Any]) -> str:
@@ -237,9 +237,7 @@ def _last_user_text(body: dict[str, Any]) -> str:
             if isinstance(content, str):
                 return content
             if isinstance(content, list):
-                return " ".join(
-                    b.get("text", "") for b in content if isinstance(b, dict) and b.get("type") == "text"
-                )
+                return " ".join(b.get("text", "") for b in content if isinstance(b, dict) and b.get("type") == "text")
     return ""
 
 

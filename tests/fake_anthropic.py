@@ -88,7 +88,11 @@ def make_message(body: dict[str, Any], shape: str = "text") -> dict[str, Any]:
         stop_reason = "tool_use"
     elif shape == "thinking":
         content = [
-            {"type": "thinking", "thinking": "The user wants an answer; think briefly.", "signature": "sig" + digest[:30]},
+            {
+                "type": "thinking",
+                "thinking": "The user wants an answer; think briefly.",
+                "signature": "sig" + digest[:30],
+            },
             {"type": "text", "text": text, "citations": None},
         ]
     elif shape == "stop_sequence":
@@ -216,10 +220,14 @@ class FakeAnthropic:
                 try:
                     body = json.loads(raw)
                 except ValueError:
-                    self._send_json(400, {"type": "error", "error": {"type": "invalid_request_error", "message": "bad json"}})
+                    self._send_json(
+                        400, {"type": "error", "error": {"type": "invalid_request_error", "message": "bad json"}}
+                    )
                     return
                 with fake.lock:
-                    fake.calls.append({"path": self.path, "headers": dict(self.headers.items()), "body": body, "raw": raw})
+                    fake.calls.append(
+                        {"path": self.path, "headers": dict(self.headers.items()), "body": body, "raw": raw}
+                    )
                 fake.pause.wait(30)
                 found = directives(body)
                 if "delay" in found:

@@ -15,8 +15,7 @@ from django.contrib.auth.models import Permission, User
 from django.test import Client
 from django.urls import reverse
 
-from respcache import keys, selectors, stats, store
-from respcache import services
+from respcache import keys, selectors, services, stats, store
 from respcache.models import ApiKey, AuditEntry, Workload
 from tests.conftest import ask, redis_down
 

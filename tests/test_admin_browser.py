@@ -18,8 +18,7 @@ import orjson
 import pytest
 from django.conf import settings
 
-from respcache import selectors
-from respcache import services
+from respcache import selectors, services
 from respcache.models import Workload
 from tests.api.test_views import create
 from tests.conftest import ask

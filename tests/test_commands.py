@@ -10,8 +10,7 @@ import orjson
 import pytest
 from django.core.management import CommandError, call_command
 
-from respcache import selectors, stats
-from respcache import services
+from respcache import selectors, services, stats
 from respcache.models import ApiKey, AuditEntry, Workload
 from tests.conftest import ask
 
@@ -25,14 +24,11 @@ def run(*args: str) -> str:
 
 
 def test_workload_create_and_update_prints_it() -> None:
-    assert run("respcache_workload", "intents", "--ttl", "3600", "--strict", "--lock-ttl", "5",
-               "--wait-max", "2.5") == (
-        "created workload intents: enabled=True ttl=3600s key_version=1 strict=True "
-        "lock_ttl=5s wait_max=2.5s\n"
-    )
+    assert run(
+        "respcache_workload", "intents", "--ttl", "3600", "--strict", "--lock-ttl", "5", "--wait-max", "2.5"
+    ) == ("created workload intents: enabled=True ttl=3600s key_version=1 strict=True lock_ttl=5s wait_max=2.5s\n")
     assert run("respcache_workload", "intents", "--disable", "--no-strict") == (
-        "updated workload intents: enabled=False ttl=3600s key_version=1 strict=False "
-        "lock_ttl=5s wait_max=2.5s\n"
+        "updated workload intents: enabled=False ttl=3600s key_version=1 strict=False lock_ttl=5s wait_max=2.5s\n"
     )
     assert list(AuditEntry.objects.values_list("action", flat=True)) == ["edit", "create"]
 

@@ -19,8 +19,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from redis.connection import AbstractConnection
 
-from respcache import selectors, stats
-from respcache import services
+from respcache import selectors, services, stats
 from respcache.models import Workload
 from tests.conftest import ask
 
@@ -175,8 +174,13 @@ def wait_for_subscribers(expected: int, fake: Any, *, timeout: float) -> None:
     caller reached the upstream (then the count below fails at once), or ``timeout``."""
     from respcache import keys, locks, store
 
-    channel = store.full_key(keys.channel_name(keys.entry_key(
-        workload="intents", version=1, fingerprint=keys.request_fingerprint(ask("a trending question")))))
+    channel = store.full_key(
+        keys.channel_name(
+            keys.entry_key(
+                workload="intents", version=1, fingerprint=keys.request_fingerprint(ask("a trending question"))
+            )
+        )
+    )
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         # Waiters share their process's one Pub/Sub connection: count them in the process.

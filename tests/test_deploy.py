@@ -61,7 +61,10 @@ def gunicorn(fake: Any, tmp_path: Path) -> Iterator[str]:
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
             [str(GUNICORN), "-c", "gunicorn.conf.py", "project.wsgi"],
-            cwd=BASE_DIR, env=env, stdout=log, stderr=subprocess.STDOUT,
+            cwd=BASE_DIR,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
     try:
         url = _wait_until_serving(process, log_path)
@@ -124,9 +127,10 @@ def test_one_gevent_worker_serves_other_calls_while_a_stream_is_held_open(
             assert stream.get_final_message().model_dump() == expected_message
         hit = other.messages.with_raw_response.create(**held)
         assert hit.headers["x-respcache"] == "hit"
-        assert hit.parse().model_dump() == anthropic.Anthropic(
-            base_url=fake_server.url, api_key="k"
-        ).messages.create(**held).model_dump()
+        assert (
+            hit.parse().model_dump()
+            == anthropic.Anthropic(base_url=fake_server.url, api_key="k").messages.create(**held).model_dump()
+        )
     finally:
         fake.stream_gate.set()
         client.close()

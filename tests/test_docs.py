@@ -46,8 +46,12 @@ def test_alert_rules_use_only_exported_metrics(make_workload: Any, redis_db: Any
     used = {name for expr in rule_expressions() for name in re.findall(r"\b(respcache_[a-z_]+)", expr)}
     assert used, "the rules should use respcache's metrics"
     assert used <= exported, used - exported
-    alerts = {r["alert"] for g in yaml.safe_load((PROMETHEUS / "alerts.yml").read_text())["groups"]
-              for r in g["rules"] if "alert" in r}
+    alerts = {
+        r["alert"]
+        for g in yaml.safe_load((PROMETHEUS / "alerts.yml").read_text())["groups"]
+        for r in g["rules"]
+        if "alert" in r
+    }
     assert {"RespcacheHitRateFalling", "RespcacheStampedeRateRising", "RespcacheDeadWritesHigh"} <= alerts
     assert "docs/prometheus/alerts.yml" in README and "docs/prometheus/scrape.yml" in README
 
@@ -192,10 +196,10 @@ def environment_names_in_source(*roots: Path) -> set[str]:
             if isinstance(node, ast.Call) and node.args:
                 func = node.func
                 if (
-                    (isinstance(func, ast.Attribute) and func.attr in ("get", "getenv")
-                     and (func.attr == "getenv" or getattr(func.value, "attr", None) == "environ"))
-                    or (isinstance(func, ast.Name) and func.id == "_env_bool")
-                ):
+                    isinstance(func, ast.Attribute)
+                    and func.attr in ("get", "getenv")
+                    and (func.attr == "getenv" or getattr(func.value, "attr", None) == "environ")
+                ) or (isinstance(func, ast.Name) and func.id == "_env_bool"):
                     argument = node.args[0]
             elif isinstance(node, ast.Subscript) and getattr(node.value, "attr", None) == "environ":
                 argument = node.slice

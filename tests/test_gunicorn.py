@@ -88,8 +88,11 @@ def gunicorn(tmp_path: Path, db: Any) -> Iterator[Server]:
     }
     with open(tmp_path / "gunicorn.log", "wb") as log:
         process = subprocess.Popen(
-            [str(GUNICORN), "-c", "gunicorn.conf.py", "project.wsgi"], cwd=BASE_DIR, env=env,
-            stdout=log, stderr=subprocess.STDOUT,
+            [str(GUNICORN), "-c", "gunicorn.conf.py", "project.wsgi"],
+            cwd=BASE_DIR,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
     server = Server(f"http://127.0.0.1:{port}", process, access_log)
     deadline = time.monotonic() + 60

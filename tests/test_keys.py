@@ -39,26 +39,65 @@ SAME = [
     ("0 vs 0.0", base(temperature=0), base(temperature=0.0)),
     ("int vs float max_tokens", base(max_tokens=100), base(max_tokens=100.0)),
     ("1e2 vs 100", base(max_tokens=1e2), base(max_tokens=100)),
-    ("string content vs text block", base(),
-     base(messages=[{"role": "user", "content": [{"type": "text", "text": "password reset"}]}])),
+    (
+        "string content vs text block",
+        base(),
+        base(messages=[{"role": "user", "content": [{"type": "text", "text": "password reset"}]}]),
+    ),
     ("string system vs text block", base(), base(system=[{"type": "text", "text": "You classify intents."}])),
     ("stream left out", base(), base(stream=True)),
     ("metadata left out", base(), base(metadata={"user_id": "u-123"})),
     ("service_tier left out", base(), base(service_tier="auto")),
-    ("cache_control on a content block", base(),
-     base(messages=[{"role": "user", "content": [
-         {"type": "text", "text": "password reset", "cache_control": {"type": "ephemeral"}}]}])),
-    ("cache_control on a system block", base(),
-     base(system=[{"type": "text", "text": "You classify intents.", "cache_control": {"type": "ephemeral"}}])),
-    ("cache_control on a tool", base(),
-     base(tools=[{"name": "lookup", "description": "d", "input_schema": {"type": "object"},
-                  "cache_control": {"type": "ephemeral", "ttl": "1h"}}])),
+    (
+        "cache_control on a content block",
+        base(),
+        base(
+            messages=[
+                {
+                    "role": "user",
+                    "content": [{"type": "text", "text": "password reset", "cache_control": {"type": "ephemeral"}}],
+                }
+            ]
+        ),
+    ),
+    (
+        "cache_control on a system block",
+        base(),
+        base(system=[{"type": "text", "text": "You classify intents.", "cache_control": {"type": "ephemeral"}}]),
+    ),
+    (
+        "cache_control on a tool",
+        base(),
+        base(
+            tools=[
+                {
+                    "name": "lookup",
+                    "description": "d",
+                    "input_schema": {"type": "object"},
+                    "cache_control": {"type": "ephemeral", "ttl": "1h"},
+                }
+            ]
+        ),
+    ),
     ("top-level cache_control", base(), base(cache_control={"type": "ephemeral"})),
-    ("tool_result string vs block",
-     base(messages=[{"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": "42"}]}]),
-     base(messages=[{"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1",
-                                                   "content": [{"type": "text", "text": "42",
-                                                                "cache_control": {"type": "ephemeral"}}]}]}])),
+    (
+        "tool_result string vs block",
+        base(messages=[{"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": "42"}]}]),
+        base(
+            messages=[
+                {
+                    "role": "user",
+                    "content": [
+                        {
+                            "type": "tool_result",
+                            "tool_use_id": "t1",
+                            "content": [{"type": "text", "text": "42", "cache_control": {"type": "ephemeral"}}],
+                        }
+                    ],
+                }
+            ]
+        ),
+    ),
 ]
 
 DIFFERENT = [
@@ -71,21 +110,33 @@ DIFFERENT = [
     ("top_p", base(), base(top_p=0.9)),
     ("stop_sequences", base(), base(stop_sequences=["END"])),
     ("tools", base(), base(tools=[])),
-    ("tool schema", base(), base(tools=[{"name": "lookup", "description": "d",
-                                          "input_schema": {"type": "object", "required": ["x"]}}])),
+    (
+        "tool schema",
+        base(),
+        base(tools=[{"name": "lookup", "description": "d", "input_schema": {"type": "object", "required": ["x"]}}]),
+    ),
     ("unknown field", base(), base(top_k=5)),
     ("another unknown field", base(), base(some_future_option={"a": 1})),
     ("thinking", base(), base(thinking={"type": "enabled", "budget_tokens": 1024})),
     ("1 vs 1.5", base(max_tokens=1), base(max_tokens=1.5)),
     ("true vs 1", base(top_k=True), base(top_k=1)),
-    ("cache_control inside a tool schema is data",
-     base(tools=[{"name": "t", "input_schema": {"properties": {"cache_control": {"type": "string"}}}}]),
-     base(tools=[{"name": "t", "input_schema": {"properties": {}}}])),
-    ("cache_control inside tool_use input is data",
-     base(messages=[{"role": "assistant", "content": [
-         {"type": "tool_use", "id": "t", "name": "n", "input": {"cache_control": 1}}]}]),
-     base(messages=[{"role": "assistant", "content": [
-         {"type": "tool_use", "id": "t", "name": "n", "input": {}}]}])),
+    (
+        "cache_control inside a tool schema is data",
+        base(tools=[{"name": "t", "input_schema": {"properties": {"cache_control": {"type": "string"}}}}]),
+        base(tools=[{"name": "t", "input_schema": {"properties": {}}}]),
+    ),
+    (
+        "cache_control inside tool_use input is data",
+        base(
+            messages=[
+                {
+                    "role": "assistant",
+                    "content": [{"type": "tool_use", "id": "t", "name": "n", "input": {"cache_control": 1}}],
+                }
+            ]
+        ),
+        base(messages=[{"role": "assistant", "content": [{"type": "tool_use", "id": "t", "name": "n", "input": {}}]}]),
+    ),
 ]
 
 
@@ -164,8 +215,12 @@ def test_entry_key_namespaces_workload_and_version() -> None:
 # --- property tests ---------------------------------------------------------------------------
 
 json_leaf = st.one_of(
-    st.none(), st.booleans(), st.integers(-(10**12), 10**12),
-    st.floats(allow_nan=False, allow_infinity=False, width=64), st.integers(), st.text(max_size=20),
+    st.none(),
+    st.booleans(),
+    st.integers(-(10**12), 10**12),
+    st.floats(allow_nan=False, allow_infinity=False, width=64),
+    st.integers(),
+    st.text(max_size=20),
 )
 json_value = st.recursive(
     json_leaf,
@@ -225,7 +280,9 @@ def test_property_equivalent_requests_share_a_key(body: dict[str, Any], data: An
 
 
 @settings(max_examples=200, deadline=None)
-@given(requests(), st.sampled_from(["model", "max_tokens", "messages", "system", "temperature", "new_field"]), st.data())
+@given(
+    requests(), st.sampled_from(["model", "max_tokens", "messages", "system", "temperature", "new_field"]), st.data()
+)
 def test_property_changing_an_included_field_changes_the_key(body: dict[str, Any], field: str, data: Any) -> None:
     changed = copy.deepcopy(body)
     if field == "model":
@@ -262,8 +319,12 @@ def test_integers_beyond_64_bits_do_not_crash() -> None:
 
 def test_exponent_floats_in_the_integer_range_equal_their_integers() -> None:
     assert request_fingerprint(base(x=[1e16])) == request_fingerprint(base(x=[10**16]))
-    assert request_fingerprint(base(messages=[{"role": "user", "content": [{"type": "text", "text": "t", "n": 2.5e17}]}])) == (
-        request_fingerprint(base(messages=[{"role": "user", "content": [{"type": "text", "text": "t", "n": 25 * 10**16}]}]))
+    assert request_fingerprint(
+        base(messages=[{"role": "user", "content": [{"type": "text", "text": "t", "n": 2.5e17}]}])
+    ) == (
+        request_fingerprint(
+            base(messages=[{"role": "user", "content": [{"type": "text", "text": "t", "n": 25 * 10**16}]}])
+        )
     )
 
 
@@ -282,10 +343,10 @@ def test_few_dots_are_checked_without_the_regex(monkeypatch: Any) -> None:
     class NoRegex:
         def search(self, *a: Any) -> Any:
             raise AssertionError("the regex ran")
+
     monkeypatch.setattr(keys, "_INTEGRAL_FLOAT", NoRegex())
     assert keys._needs_walk(b'[1.5,"a. b."]') is False
-    assert keys._needs_walk(b'[2.0]') is True
-
+    assert keys._needs_walk(b"[2.0]") is True
 
 
 # --- Redis key and channel names ---------------------------------------------------------------
@@ -308,10 +369,14 @@ ENTRY = f"respcache:e:intents:3:{FP}"
         (lambda: keys.meta_pattern(workload="intents", version=3), "respcache:m:intents:3:*"),
         (lambda: keys.lock_key(ENTRY), f"respcache:l:intents:3:{FP}"),
         (lambda: keys.channel_name(ENTRY), f"respcache:c:intents:3:{FP}"),
-        (lambda: keys.bucket_key(workload="intents", width_seconds=60, start=1_800_000_000),
-         "respcache:s:intents:m:1800000000"),
-        (lambda: keys.bucket_key(workload="intents", width_seconds=3600, start=1_799_996_400),
-         "respcache:s:intents:h:1799996400"),
+        (
+            lambda: keys.bucket_key(workload="intents", width_seconds=60, start=1_800_000_000),
+            "respcache:s:intents:m:1800000000",
+        ),
+        (
+            lambda: keys.bucket_key(workload="intents", width_seconds=3600, start=1_799_996_400),
+            "respcache:s:intents:h:1799996400",
+        ),
         (lambda: keys.totals_key("intents"), "respcache:s:intents:total"),
     ],
     ids=lambda value: value if isinstance(value, str) else "",
@@ -432,9 +497,7 @@ def test_no_module_but_keys_formats_a_redis_name() -> None:
         for text in string_constants(path)
         if name.search(text)
     }
-    offenders |= {
-        str(path.relative_to(package)) for path in package.rglob("*.lua") if name.search(path.read_text())
-    }
+    offenders |= {str(path.relative_to(package)) for path in package.rglob("*.lua") if name.search(path.read_text())}
     assert offenders == set()
     assert "respcache:e:" in set(string_constants(pathlib.Path(keys.__file__)))  # the check sees literals
 

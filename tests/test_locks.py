@@ -140,4 +140,3 @@ def test_delivered_at_is_when_the_listener_handed_the_message_over() -> None:
         time.sleep(0.3)
         assert sub.wait(time.monotonic() + 5) == b"ok"
         assert sub.delivered_at is not None and sub.delivered_at < published + 0.2
-

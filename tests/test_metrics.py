@@ -11,8 +11,7 @@ from django.conf import settings
 from django.test import Client, override_settings
 from prometheus_client.parser import text_string_to_metric_families
 
-from respcache import selectors, stats, store
-from respcache import services
+from respcache import selectors, services, stats, store
 from respcache.models import Workload
 from tests.conftest import ask, redis_down
 
@@ -109,8 +108,12 @@ def test_waits_and_first_reads_are_counted_in_the_lookup_script(make_workload: A
     keys, ttls = stats.bucket_keys("intents", time.time())
     for _ in range(2):
         found = store.lookup(
-            workload="intents", db_version=policy.key_version, fingerprint=first.fingerprint,
-            outcome="wait", bucket_keys=keys, bucket_ttls=ttls,
+            workload="intents",
+            db_version=policy.key_version,
+            fingerprint=first.fingerprint,
+            outcome="wait",
+            bucket_keys=keys,
+            bucket_ttls=ttls,
         )
         assert found.entry is not None
     totals = stats.all_time(["intents"])["intents"]

@@ -23,8 +23,7 @@ from django.test import Client, override_settings
 from django_redis.pool import ConnectionFactory
 
 from project import embedded_redis
-from respcache import selectors, store
-from respcache import services
+from respcache import selectors, services, store
 from respcache.exceptions import CacheUnavailable
 from tests.conftest import ask
 
@@ -39,11 +38,26 @@ PRODUCTION_ENV = {
     "ANTHROPIC_API_KEY": "sk-ant-test",
 }
 ENV_NAMES = {
-    "DJANGO_DEBUG", "DJANGO_SECRET_KEY", "DJANGO_ALLOWED_HOSTS", "DATABASE_URL", "REDIS_URL",
-    "REDIS_PASSWORD", "REDIS_SENTINELS", "REDIS_SENTINEL_SERVICE", "REDIS_SENTINEL_PASSWORD", "REDIS_DB",
-    "REDIS_TLS_CA_CERTS", "REDIS_TLS_CERTFILE", "REDIS_TLS_KEYFILE", "REDIS_TLS_CERT_REQS",
-    "DJANGO_SECURE_SSL_REDIRECT", "DJANGO_SECURE_HSTS_SECONDS", "DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS",
-    "DJANGO_SECURE_HSTS_PRELOAD", "DJANGO_SECURE_PROXY_SSL_HEADER", "DATABASE_CONN_MAX_AGE",
+    "DJANGO_DEBUG",
+    "DJANGO_SECRET_KEY",
+    "DJANGO_ALLOWED_HOSTS",
+    "DATABASE_URL",
+    "REDIS_URL",
+    "REDIS_PASSWORD",
+    "REDIS_SENTINELS",
+    "REDIS_SENTINEL_SERVICE",
+    "REDIS_SENTINEL_PASSWORD",
+    "REDIS_DB",
+    "REDIS_TLS_CA_CERTS",
+    "REDIS_TLS_CERTFILE",
+    "REDIS_TLS_KEYFILE",
+    "REDIS_TLS_CERT_REQS",
+    "DJANGO_SECURE_SSL_REDIRECT",
+    "DJANGO_SECURE_HSTS_SECONDS",
+    "DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS",
+    "DJANGO_SECURE_HSTS_PRELOAD",
+    "DJANGO_SECURE_PROXY_SSL_HEADER",
+    "DATABASE_CONN_MAX_AGE",
 }
 
 
@@ -80,7 +94,10 @@ def test_production_hardening_from_the_environment(monkeypatch: pytest.MonkeyPat
 
 def test_production_opt_outs_and_proxy_header(monkeypatch: pytest.MonkeyPatch) -> None:
     built = build_settings(
-        monkeypatch, **PRODUCTION_ENV, DJANGO_SECURE_SSL_REDIRECT="0", DJANGO_SECURE_HSTS_PRELOAD="false",
+        monkeypatch,
+        **PRODUCTION_ENV,
+        DJANGO_SECURE_SSL_REDIRECT="0",
+        DJANGO_SECURE_HSTS_PRELOAD="false",
         DJANGO_SECURE_PROXY_SSL_HEADER="1",
     )
     assert built["SECURE_SSL_REDIRECT"] is False and built["SECURE_HSTS_PRELOAD"] is False
@@ -97,7 +114,11 @@ def test_postgres_from_database_url(monkeypatch: pytest.MonkeyPatch) -> None:
     database = build_settings(monkeypatch, **PRODUCTION_ENV)["DATABASES"]["default"]
     assert database["ENGINE"] == "django.db.backends.postgresql"
     assert (database["NAME"], database["HOST"], database["PORT"], database["USER"]) == (
-        "respcache", "db.example.com", 5432, "respcache")
+        "respcache",
+        "db.example.com",
+        5432,
+        "respcache",
+    )
     assert database["OPTIONS"]["connect_timeout"] == 5 and database["CONN_MAX_AGE"] == 0
     assert database["CONN_HEALTH_CHECKS"] is True
 
@@ -116,8 +137,12 @@ def test_redis_tls_and_password(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_redis_sentinel_through_django_redis(monkeypatch: pytest.MonkeyPatch) -> None:
     built = build_settings(
-        monkeypatch, REDIS_SENTINELS="sentinel-a:26379, sentinel-b:26380", REDIS_SENTINEL_SERVICE="cache",
-        REDIS_DB="2", REDIS_SENTINEL_PASSWORD="s-pw", REDIS_URL="redis://ignored:6379/0",
+        monkeypatch,
+        REDIS_SENTINELS="sentinel-a:26379, sentinel-b:26380",
+        REDIS_SENTINEL_SERVICE="cache",
+        REDIS_DB="2",
+        REDIS_SENTINEL_PASSWORD="s-pw",
+        REDIS_URL="redis://ignored:6379/0",
     )
     cache = built["CACHES"]["respcache"]
     assert cache["LOCATION"] == built["REDIS_URL"] == "redis://cache/2"
@@ -137,7 +162,11 @@ def run_check(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     full.update(env)
     return subprocess.run(
         [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
-        cwd=BASE_DIR, env=full, capture_output=True, text=True, timeout=120,
+        cwd=BASE_DIR,
+        env=full,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
@@ -208,8 +237,10 @@ def served_through(cache: dict[str, Any]) -> list[str]:
         policy = selectors.workload_policy("intents")
         assert policy is not None
         body = ask("through this redis")
-        return [services.cached_message_create(policy=policy, body=body, raw_body=orjson.dumps(body)).status
-                for _ in range(2)]
+        return [
+            services.cached_message_create(policy=policy, body=body, raw_body=orjson.dumps(body)).status
+            for _ in range(2)
+        ]
 
 
 @pytest.mark.django_db
@@ -219,21 +250,27 @@ def test_respcache_through_a_real_sentinel_group(
     binary = embedded_redis.binary()
     master_port, sentinel_port = free_port(), free_port()
     common = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(tmp_path)]
-    servers.append(start(
-        [binary, "--port", str(master_port), *common],
-        lambda: redis.Redis(port=master_port).ping(), tmp_path / "master.log",
-    ))
+    servers.append(
+        start(
+            [binary, "--port", str(master_port), *common],
+            lambda: redis.Redis(port=master_port).ping(),
+            tmp_path / "master.log",
+        )
+    )
     conf = tmp_path / "sentinel.conf"
-    conf.write_text(f"port {sentinel_port}\nbind 127.0.0.1\ndir {tmp_path}\n"
-                    f"sentinel monitor cache 127.0.0.1 {master_port} 1\n")
-    servers.append(start(
-        [binary, str(conf), "--sentinel"],
-        lambda: redis.Redis(port=sentinel_port).sentinel_get_master_addr_by_name("cache"),
-        tmp_path / "sentinel.log",
-    ))
-    cache = build_settings(
-        monkeypatch, REDIS_SENTINELS=f"127.0.0.1:{sentinel_port}", REDIS_SENTINEL_SERVICE="cache"
-    )["CACHES"]["respcache"]
+    conf.write_text(
+        f"port {sentinel_port}\nbind 127.0.0.1\ndir {tmp_path}\nsentinel monitor cache 127.0.0.1 {master_port} 1\n"
+    )
+    servers.append(
+        start(
+            [binary, str(conf), "--sentinel"],
+            lambda: redis.Redis(port=sentinel_port).sentinel_get_master_addr_by_name("cache"),
+            tmp_path / "sentinel.log",
+        )
+    )
+    cache = build_settings(monkeypatch, REDIS_SENTINELS=f"127.0.0.1:{sentinel_port}", REDIS_SENTINEL_SERVICE="cache")[
+        "CACHES"
+    ]["respcache"]
     make_workload("intents")
     assert served_through(cache) == ["miss", "hit"]
     # Served by the master the Sentinel named: the entry is there.
@@ -247,14 +284,52 @@ OPENSSL = shutil.which("openssl")
 def make_certificates(folder: Path) -> tuple[Path, Path, Path]:
     ca_key, ca, key, csr, cert = (folder / n for n in ("ca.key", "ca.pem", "redis.key", "redis.csr", "redis.pem"))
     quiet = {"check": True, "capture_output": True}
-    subprocess.run([OPENSSL, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", ca_key, "-out", ca,
-                    "-days", "2", "-subj", "/CN=respcache test CA"], **quiet)
-    subprocess.run([OPENSSL, "req", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", csr,
-                    "-subj", "/CN=127.0.0.1"], **quiet)
+    subprocess.run(
+        [
+            OPENSSL,
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            ca_key,
+            "-out",
+            ca,
+            "-days",
+            "2",
+            "-subj",
+            "/CN=respcache test CA",
+        ],
+        **quiet,
+    )
+    subprocess.run(
+        [OPENSSL, "req", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", csr, "-subj", "/CN=127.0.0.1"],
+        **quiet,
+    )
     ext = folder / "ext.cnf"
     ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-    subprocess.run([OPENSSL, "x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial",
-                    "-out", cert, "-days", "2", "-extfile", ext], **quiet)
+    subprocess.run(
+        [
+            OPENSSL,
+            "x509",
+            "-req",
+            "-in",
+            csr,
+            "-CA",
+            ca,
+            "-CAkey",
+            ca_key,
+            "-CAcreateserial",
+            "-out",
+            cert,
+            "-days",
+            "2",
+            "-extfile",
+            ext,
+        ],
+        **quiet,
+    )
     return ca, cert, key
 
 
@@ -270,13 +345,37 @@ def test_respcache_over_tls_with_a_password(
         client = redis.Redis(port=port, ssl=True, ssl_ca_certs=str(ca), password=password)
         return bool(client.ping())
 
-    servers.append(start(
-        [str(TLS_REDIS), "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
-         "--tls-cert-file", str(cert), "--tls-key-file", str(key), "--tls-ca-cert-file", str(ca),
-         "--tls-auth-clients", "no", "--requirepass", password, "--save", "", "--appendonly", "no",
-         "--dir", str(tmp_path)],
-        ready, tmp_path / "tls.log",
-    ))
+    servers.append(
+        start(
+            [
+                str(TLS_REDIS),
+                "--port",
+                "0",
+                "--tls-port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--tls-cert-file",
+                str(cert),
+                "--tls-key-file",
+                str(key),
+                "--tls-ca-cert-file",
+                str(ca),
+                "--tls-auth-clients",
+                "no",
+                "--requirepass",
+                password,
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(tmp_path),
+            ],
+            ready,
+            tmp_path / "tls.log",
+        )
+    )
     make_workload("intents")
     url = f"rediss://:{password}@127.0.0.1:{port}/0"
     cache = build_settings(monkeypatch, REDIS_URL=url, REDIS_TLS_CA_CERTS=str(ca))["CACHES"]["respcache"]

@@ -23,8 +23,14 @@ EXTRA_MESSAGES: dict[str, dict[str, Any]] = {
                 "type": "text",
                 "text": "Paris is the capital.",
                 "citations": [
-                    {"type": "char_location", "cited_text": "Paris", "document_index": 0,
-                     "document_title": None, "start_char_index": 0, "end_char_index": 5},
+                    {
+                        "type": "char_location",
+                        "cited_text": "Paris",
+                        "document_index": 0,
+                        "document_title": None,
+                        "start_char_index": 0,
+                        "end_char_index": 5,
+                    },
                 ],
             }
         ]
@@ -32,9 +38,19 @@ EXTRA_MESSAGES: dict[str, dict[str, Any]] = {
     "server_tool": {
         "content": [
             {"type": "server_tool_use", "id": "srvtoolu_1", "name": "web_search", "input": {"query": "weather"}},
-            {"type": "web_search_tool_result", "tool_use_id": "srvtoolu_1",
-             "content": [{"type": "web_search_result", "url": "https://x.test", "title": "X",
-                          "encrypted_content": "abc", "page_age": None}]},
+            {
+                "type": "web_search_tool_result",
+                "tool_use_id": "srvtoolu_1",
+                "content": [
+                    {
+                        "type": "web_search_result",
+                        "url": "https://x.test",
+                        "title": "X",
+                        "encrypted_content": "abc",
+                        "page_age": None,
+                    }
+                ],
+            },
             {"type": "text", "text": "Sunny.", "citations": None},
         ]
     },
@@ -50,9 +66,14 @@ EXTRA_MESSAGES: dict[str, dict[str, Any]] = {
     },
     "empty_text_and_usage_extras": {
         "content": [{"type": "text", "text": "", "citations": None}],
-        "usage": {"input_tokens": 3, "output_tokens": 1, "cache_creation_input_tokens": 2,
-                  "cache_read_input_tokens": 7, "service_tier": "standard",
-                  "server_tool_use": {"web_search_requests": 1, "web_fetch_requests": 0}},
+        "usage": {
+            "input_tokens": 3,
+            "output_tokens": 1,
+            "cache_creation_input_tokens": 2,
+            "cache_read_input_tokens": 7,
+            "service_tier": "standard",
+            "server_tool_use": {"web_search_requests": 1, "web_fetch_requests": 0},
+        },
         "stop_details": None,
         "container": {"id": "container_1", "expires_at": "2030-01-01T00:00:00Z"},
     },
@@ -122,9 +143,16 @@ def test_replay_event_sequence_is_the_documented_one() -> None:
         kinds.append(data["delta"]["type"] if event == "content_block_delta" else event)
     assert kinds == [
         "message_start",
-        "content_block_start", "thinking_delta", "signature_delta", "content_block_stop",
-        "content_block_start", "text_delta", "content_block_stop",
-        "content_block_start", "input_json_delta", "content_block_stop",
+        "content_block_start",
+        "thinking_delta",
+        "signature_delta",
+        "content_block_stop",
+        "content_block_start",
+        "text_delta",
+        "content_block_stop",
+        "content_block_start",
+        "input_json_delta",
+        "content_block_stop",
         "message_delta",
         "message_stop",
     ]

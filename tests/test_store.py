@@ -33,17 +33,25 @@ def write(message: bytes = b'{"type":"message"}', *, ttl: int = 60, now: float |
     bkeys, bttls = stats.bucket_keys("w", now)
     ekeys, ettls = stats.expiry_bucket_keys("w", now, ttl)
     store.write(
-        workload=kw.get("slug", "w"), **names(**kw), token="",
+        workload=kw.get("slug", "w"),
+        **names(**kw),
+        token="",
         record=store.encode_record(message, stored_at=now, model="m"),
-        ttl_seconds=ttl, input_tokens=11, output_tokens=7, stored_at=now, model="m",
-        bucket_keys=bkeys + ekeys, bucket_ttls=bttls + ettls,
+        ttl_seconds=ttl,
+        input_tokens=11,
+        output_tokens=7,
+        stored_at=now,
+        model="m",
+        bucket_keys=bkeys + ekeys,
+        bucket_ttls=bttls + ettls,
     )
 
 
 def lookup(outcome: str = "hit", version: int = 1, now: float | None = None) -> store.Lookup:
     bkeys, bttls = stats.bucket_keys("w", time.time() if now is None else now)
-    return store.lookup(workload="w", db_version=version, fingerprint="f" * 64, outcome=outcome,
-                        bucket_keys=bkeys, bucket_ttls=bttls)
+    return store.lookup(
+        workload="w", db_version=version, fingerprint="f" * 64, outcome=outcome, bucket_keys=bkeys, bucket_ttls=bttls
+    )
 
 
 def test_record_round_trip_small_is_not_compressed() -> None:
@@ -128,8 +136,12 @@ def test_lookup_counts_keep_their_buckets_expiring_and_totals_forever(redis_db: 
     redis_db.delete(*bkeys)
     redis_db.set(names()["key"], store.encode_record(b"{}", stored_at=now, model="m"))  # no meta hash
     for _ in range(3):
-        assert store.lookup(workload="w", db_version=1, fingerprint="f" * 64, outcome="hit",
-                            bucket_keys=bkeys, bucket_ttls=bttls).entry is not None
+        assert (
+            store.lookup(
+                workload="w", db_version=1, fingerprint="f" * 64, outcome="hit", bucket_keys=bkeys, bucket_ttls=bttls
+            ).entry
+            is not None
+        )
     for key, ttl in zip(bkeys, bttls, strict=True):
         assert redis_db.hget(key, "hit") == b"3"
         assert 0 < redis_db.ttl(key) <= ttl
@@ -138,10 +150,16 @@ def test_lookup_counts_keep_their_buckets_expiring_and_totals_forever(redis_db: 
 
 def test_count_only_lookup_adds_extra_fields_and_reads(redis_db: Any) -> None:
     write()
-    counted = store.lookup(workload="w", db_version=1, fingerprint="f" * 64, outcome="wait",
-                           bucket_keys=stats.bucket_keys("w", time.time())[0],
-                           bucket_ttls=stats.bucket_keys("w", time.time())[1],
-                           fetch=False, extra={"wakes": 1, "wake_le_5": 1})
+    counted = store.lookup(
+        workload="w",
+        db_version=1,
+        fingerprint="f" * 64,
+        outcome="wait",
+        bucket_keys=stats.bucket_keys("w", time.time())[0],
+        bucket_ttls=stats.bucket_keys("w", time.time())[1],
+        fetch=False,
+        extra={"wakes": 1, "wake_le_5": 1},
+    )
     assert counted.entry is None and counted.raw_size == 0  # not read back
     assert (counted.input_tokens, counted.output_tokens) == (11, 7)
     assert redis_db.hget(names()["meta"], "reads") == b"1"
@@ -210,10 +228,10 @@ def test_a_changed_key_prefix_or_retention_reaches_the_memoised_keys(settings: A
 def test_lz4_declared_size_over_the_limit_is_not_decoded(monkeypatch: Any) -> None:
     def boom(*a: Any, **k: Any) -> bytes:
         raise MemoryError("decoded a damaged size")
+
     monkeypatch.setattr(records.lz4.block, "decompress", boom)
     raw = b"RC\x01\x02" + (store.MAX_DECODED_BYTES + 1).to_bytes(4, "little") + b"x" * 8
     assert store.decode_record(raw) is None
-
 
 
 # --- the Lua scripts: files loaded once, every field name passed in ---------------------------

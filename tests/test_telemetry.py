@@ -89,8 +89,15 @@ def test_no_content_no_keys_no_secrets_in_the_line(call_log: Lines, workload: Wo
     post("rk-wrong-key-123", ask(SECRET_TEXT))
     text = "\n".join(call_log.lines)
     assert len(call_log.lines) == 2
-    for secret in (SECRET_TEXT, "bank's assistant", api_key, api_key.split(".")[-1], "rk-wrong-key-123",
-                   response.json()["content"][0]["text"], response["X-Respcache-Key"]):
+    for secret in (
+        SECRET_TEXT,
+        "bank's assistant",
+        api_key,
+        api_key.split(".")[-1],
+        "rk-wrong-key-123",
+        response.json()["content"][0]["text"],
+        response["X-Respcache-Key"],
+    ):
         assert secret not in text
 
 
@@ -170,8 +177,10 @@ def test_streams_and_token_counts_get_their_line(call_log: Lines, workload: Work
     b"".join(replayed.streaming_content)
     client = APIClient()
     counted = client.post(
-        "/w/intents/v1/messages/count_tokens", data=orjson.dumps({"model": "m", "messages": ask()["messages"]}),
-        content_type="application/json", HTTP_X_API_KEY=api_key,
+        "/w/intents/v1/messages/count_tokens",
+        data=orjson.dumps({"model": "m", "messages": ask()["messages"]}),
+        content_type="application/json",
+        HTTP_X_API_KEY=api_key,
     )
     assert counted.status_code == 200
     miss, hit, count = call_log.fields
@@ -207,7 +216,9 @@ def test_a_hit_without_its_accounting_hash_still_logs_its_tokens(
     from respcache import keys, store
 
     miss = post(api_key, ask("tokens without meta"))
-    meta = store.full_key(keys.meta_key(keys.entry_key(workload="intents", version=1, fingerprint=miss["X-Respcache-Key"])))
+    meta = store.full_key(
+        keys.meta_key(keys.entry_key(workload="intents", version=1, fingerprint=miss["X-Respcache-Key"]))
+    )
     assert store.client().delete(meta) == 1
     hit = post(api_key, ask("tokens without meta"))
     assert hit["X-Respcache"] == "hit"
@@ -237,7 +248,9 @@ def test_the_line_is_written_once_the_server_closes_the_response(
     from respcache.api.views import MessagesView
 
     request = RequestFactory().post(
-        "/w/intents/v1/messages", data=orjson.dumps(ask("closed later")), content_type="application/json",
+        "/w/intents/v1/messages",
+        data=orjson.dumps(ask("closed later")),
+        content_type="application/json",
         HTTP_X_API_KEY=api_key,
     )
     response = MessagesView.as_view()(request, workload="intents")
@@ -278,17 +291,16 @@ def test_a_line_is_stamped_with_its_calls_time_not_the_batchs(call_log: Lines) -
     assert json.loads(record.getMessage())["ts"] == "2026-11-18T11:06:40.250+00:00"
 
 
-
 def test_one_bad_line_does_not_stop_the_others(call_log: Lines, monkeypatch: Any) -> None:  # noqa: F811
     class Bad(telemetry.CallRecord):
         def log_fields(self) -> dict[str, Any]:
             raise RuntimeError("bad line")
+
     good = telemetry.CallRecord(workload="w", status=200, outcome="hit", endpoint="messages")
     telemetry._queue_line(time.time(), Bad(workload="w", status=200, outcome="hit", endpoint="messages"))
     telemetry._queue_line(time.time(), good)
     telemetry.flush()  # must not raise, nor stop the listener
     assert [json.loads(r.getMessage())["outcome"] for r in call_log.records] == ["hit"]
-
 
 
 def test_queued_lines_are_written_when_the_process_exits() -> None:
@@ -297,13 +309,13 @@ def test_queued_lines_are_written_when_the_process_exits() -> None:
         "from django.test import override_settings;"
         "override_settings(RESPCACHE={'CALL_LOG_BATCH_SECONDS': 60}).enable();"
         "from respcache import telemetry;"
-        "log = logging.getLogger('respcache.calls'); log.addHandler(logging.StreamHandler(sys.stdout)); log.setLevel(logging.INFO);"
+        "log = logging.getLogger('respcache.calls');"
+        "log.addHandler(logging.StreamHandler(sys.stdout)); log.setLevel(logging.INFO);"
         "telemetry.log_call(telemetry.CallRecord(workload='w', status=200, outcome='hit', endpoint='messages'))"
     )
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     assert '"outcome":"hit"' in out.stdout, out.stderr
-
 
 
 def test_timestamp_is_utc_whatever_the_local_zone(monkeypatch: Any) -> None:
@@ -317,15 +329,18 @@ def test_timestamp_is_utc_whatever_the_local_zone(monkeypatch: Any) -> None:
         time.tzset()
 
 
-
-def test_a_hits_line_takes_tokens_from_the_accounting_not_the_message(call_log: Lines, workload: Any, api_key: str, monkeypatch: Any) -> None:  # noqa: F811
+def test_a_hits_line_takes_tokens_from_the_accounting_not_the_message(
+    call_log: Lines, workload: Any, api_key: str, monkeypatch: Any
+) -> None:  # noqa: F811
     miss = post(api_key, ask("tokens from accounting"))
     monkeypatch.setattr(telemetry, "usage_of", lambda body: (None, None))
     hit = post(api_key, ask("tokens from accounting"))
     assert hit["X-Respcache"] == "hit"
     usage = miss.json()["usage"]
-    assert (call_log.fields[-1]["input_tokens"], call_log.fields[-1]["output_tokens"]) == (usage["input_tokens"], usage["output_tokens"])
-
+    assert (call_log.fields[-1]["input_tokens"], call_log.fields[-1]["output_tokens"]) == (
+        usage["input_tokens"],
+        usage["output_tokens"],
+    )
 
 
 def test_a_batch_is_written_together_once_its_wait_is_over(call_log: Lines, settings: Any) -> None:

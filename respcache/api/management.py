@@ -153,8 +153,12 @@ class WorkloadStatsView(ManagementView):
         window = self.window(request)
         workload = self.get_workload(slug)
         totals = selectors.workload_totals(workload.slug, window)
-        data = {"workload": workload.slug, "key_version": workload.key_version, "enabled": workload.enabled,
-                **totals.as_dict()}
+        data = {
+            "workload": workload.slug,
+            "key_version": workload.key_version,
+            "enabled": workload.enabled,
+            **totals.as_dict(),
+        }
         return Response(WorkloadStatsSerializer(data).data)
 
 

@@ -67,7 +67,7 @@ class OptionalApiKeyAuthenticationScheme(ApiKeyAuthenticationScheme):
 
 _ERRORS = {
     400: "invalid_request_error: not JSON, not an object, model/messages/max_tokens missing or of the "
-         "wrong type, NaN/Infinity, nesting too deep.",
+    "wrong type, NaN/Infinity, nesting too deep.",
     401: "authentication_error: no key, or an unknown, revoked or expired one.",
     403: "permission_error: the key may not call this workload.",
     404: "not_found_error: unknown workload.",
@@ -87,31 +87,48 @@ def _call_parameters() -> list[Any]:
     header = OpenApiParameter.HEADER
     return [
         OpenApiParameter(
-            "workload", OpenApiTypes.STR, OpenApiParameter.PATH, pattern=r"^[-a-zA-Z0-9_]+$",
+            "workload",
+            OpenApiTypes.STR,
+            OpenApiParameter.PATH,
+            pattern=r"^[-a-zA-Z0-9_]+$",
             description="The workload (its policy: TTL, key version, strictness).",
         ),
         OpenApiParameter(
-            "Cache-Control", OpenApiTypes.STR, header,
+            "Cache-Control",
+            OpenApiTypes.STR,
+            header,
             description="`no-cache`: skip the lookup, call upstream, store the fresh answer "
-                        "(refresh). `no-store`: do not store this call's answer.",
+            "(refresh). `no-store`: do not store this call's answer.",
         ),
         OpenApiParameter(
-            "anthropic-beta", OpenApiTypes.STR, header,
+            "anthropic-beta",
+            OpenApiTypes.STR,
+            header,
             description="Forwarded upstream; its sorted values are part of the cache key.",
         ),
         OpenApiParameter("anthropic-version", OpenApiTypes.STR, header, description="Forwarded upstream."),
         OpenApiParameter(
-            "X-Respcache", OpenApiTypes.STR, header, response=[200],
+            "X-Respcache",
+            OpenApiTypes.STR,
+            header,
+            response=[200],
             enum=["hit", "miss", "wait", "bypass", "refresh"],
             description="hit: stored answer; miss: called upstream; wait: another caller's "
-                        "in-flight answer; bypass: not cacheable; refresh: Cache-Control: no-cache.",
+            "in-flight answer; bypass: not cacheable; refresh: Cache-Control: no-cache.",
         ),
         OpenApiParameter(
-            "X-Respcache-Key", OpenApiTypes.STR, header, response=[200], pattern=r"^[0-9a-f]{64}$",
+            "X-Respcache-Key",
+            OpenApiTypes.STR,
+            header,
+            response=[200],
+            pattern=r"^[0-9a-f]{64}$",
             description="The request's cache key (SHA-256 of its canonical form).",
         ),
         OpenApiParameter(
-            "Age", OpenApiTypes.INT, header, response=[200],
+            "Age",
+            OpenApiTypes.INT,
+            header,
+            response=[200],
             description="Seconds since the answer was stored (hit and wait only).",
         ),
     ]

@@ -31,9 +31,7 @@ class StatsSerializer(serializers.Serializer):
     exp_read = serializers.IntegerField(help_text="Of those, entries read at least once.")
     hit_rate = serializers.FloatField(allow_null=True, help_text="(hit + wait) / (hit + wait + miss + fallthrough)")
     stampede_rate = serializers.FloatField(allow_null=True, help_text="wait / miss")
-    dead_write_rate = serializers.FloatField(
-        allow_null=True, help_text="(exp_written - exp_read) / exp_written"
-    )
+    dead_write_rate = serializers.FloatField(allow_null=True, help_text="(exp_written - exp_read) / exp_written")
     upstream_latency_ms = serializers.FloatField(allow_null=True, help_text="Mean upstream latency.")
 
 
@@ -53,8 +51,16 @@ class WorkloadSerializer(serializers.ModelSerializer):
     class Meta:
         model = Workload
         fields = (
-            "slug", "enabled", "ttl_seconds", "key_version", "strict", "lock_ttl", "wait_max",
-            "description", "updated_at", "stats",
+            "slug",
+            "enabled",
+            "ttl_seconds",
+            "key_version",
+            "strict",
+            "lock_ttl",
+            "wait_max",
+            "description",
+            "updated_at",
+            "stats",
         )
         read_only_fields = fields
 
@@ -78,9 +84,7 @@ class MessageParamSerializer(serializers.Serializer):
     messages = serializers.ListField(child=serializers.DictField())
     max_tokens = serializers.IntegerField()
     system = serializers.JSONField(required=False, help_text="A string or a list of text blocks.")
-    temperature = serializers.FloatField(
-        required=False, help_text="Above 0: never cached (bypass). 0: cached."
-    )
+    temperature = serializers.FloatField(required=False, help_text="Above 0: never cached (bypass). 0: cached.")
     stream = serializers.BooleanField(required=False, help_text="Not part of the cache key.")
     metadata = serializers.DictField(required=False, help_text="Not part of the cache key.")
 
@@ -90,8 +94,14 @@ class ServerSentEventSerializer(serializers.Serializer):
 
     event = serializers.ChoiceField(
         choices=[
-            "message_start", "content_block_start", "content_block_delta", "content_block_stop",
-            "message_delta", "message_stop", "ping", "error",
+            "message_start",
+            "content_block_start",
+            "content_block_delta",
+            "content_block_stop",
+            "message_delta",
+            "message_stop",
+            "ping",
+            "error",
         ]
     )
     data = serializers.CharField(help_text="The event's JSON object.")

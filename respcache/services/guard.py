@@ -60,9 +60,7 @@ CALL = Touch("Redis unavailable", "serving from the upstream", cache_error=True)
 WRITE = Touch("answer not stored", "its counts are counted on their own", cache_error=True)
 COUNT = Touch("counters not written", "kept for the next batch", cache_error=False)
 RELEASE = Touch("lock not released", "it expires by itself after lock_ttl", cache_error=False)
-ANNOUNCE = Touch(
-    "change not announced", "other workers see it within LOCAL_CACHE_SECONDS", cache_error=False
-)
+ANNOUNCE = Touch("change not announced", "other workers see it within LOCAL_CACHE_SECONDS", cache_error=False)
 PUBLISH = Touch("key version not published", "the next call raises it from the database's value", cache_error=False)
 
 

@@ -108,9 +108,7 @@ def lookup(
     )
 
 
-def _read_only_lookup(
-    version_key: str, entries: str, db_version: int, fingerprint: str, *, read_entry: bool
-) -> Lookup:
+def _read_only_lookup(version_key: str, entries: str, db_version: int, fingerprint: str, *, read_entry: bool) -> Lookup:
     """Redis is full and refused the lookup's counting: read without writing (one more round
     trip, only while it is full). Nothing was counted; the caller counts it."""
     with guarded():

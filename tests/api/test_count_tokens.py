@@ -9,8 +9,7 @@ import httpx2 as httpx
 import orjson
 import pytest
 
-from respcache import keys, stats
-from respcache import services
+from respcache import keys, services, stats
 from respcache.models import Workload
 
 pytestmark = pytest.mark.django_db(transaction=True)

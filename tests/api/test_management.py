@@ -11,8 +11,7 @@ from django.contrib.auth.models import Permission, User
 from django.test import override_settings
 from rest_framework.test import APIClient
 
-from respcache import selectors, stats, store
-from respcache import services
+from respcache import selectors, services, stats, store
 from respcache.api.serializers import StatsSerializer
 from respcache.models import AuditEntry, Workload
 from tests.conftest import ask, redis_down

@@ -109,9 +109,7 @@ class Background(threading.Thread):
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("state", ["miss", "hit", "wait"])
-def test_fidelity(
-    sdk: Any, fake: Any, fake_server: Any, redis_db: Any, shape: str, mode: str, state: str
-) -> None:
+def test_fidelity(sdk: Any, fake: Any, fake_server: Any, redis_db: Any, shape: str, mode: str, state: str) -> None:
     body = ask(f"[[shape:{shape}]] [[stream_hold_after:3]] fidelity {mode} {state}")
     expected = direct(fake_server, mode, body)
     # Hits and waits are served from an entry the *other* mode stored: the modes share entries.

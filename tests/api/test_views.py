@@ -86,7 +86,9 @@ def test_callers_key_is_never_forwarded_and_server_key_is(sdk: Any, fake: Any, a
 def test_unknown_fields_and_beta_header_are_forwarded_untouched(sdk: Any, fake: Any) -> None:
     body = ask(temperature=0)
     response = create(
-        sdk(), body, extra_body={"future_option": {"x": [1, 2.5]}},
+        sdk(),
+        body,
+        extra_body={"future_option": {"x": [1, 2.5]}},
         extra_headers={"anthropic-beta": "b-2, a-1"},
     )
     assert response.headers["x-respcache"] == "miss"

@@ -15,10 +15,20 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("name")
-        parser.add_argument("--workload", action="append", required=True, metavar="SLUG",
-                            help="A workload the key may call (repeat for several).")
-        parser.add_argument("--manage", action="append", default=[], metavar="SLUG",
-                            help="A workload the key may also manage through the REST API.")
+        parser.add_argument(
+            "--workload",
+            action="append",
+            required=True,
+            metavar="SLUG",
+            help="A workload the key may call (repeat for several).",
+        )
+        parser.add_argument(
+            "--manage",
+            action="append",
+            default=[],
+            metavar="SLUG",
+            help="A workload the key may also manage through the REST API.",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         slugs = list(dict.fromkeys(options["workload"]))

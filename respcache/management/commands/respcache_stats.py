@@ -39,14 +39,15 @@ class Command(BaseCommand):
             raise CommandError(f"Redis is unavailable: {exc}") from exc
         if options["json"]:
             payload = [
-                {"workload": w.slug, "key_version": w.key_version, "enabled": w.enabled, **t.as_dict()}
-                for w, t in rows
+                {"workload": w.slug, "key_version": w.key_version, "enabled": w.enabled, **t.as_dict()} for w, t in rows
             ]
             self.stdout.write(json.dumps(payload, indent=2))
             return
-        header = (f"{'workload':<24} {'window':>6} {'requests':>9} {'hit':>7} {'wait':>6} {'miss':>7} "
-                  f"{'fallthr':>7} {'bypass':>7} {'refresh':>7} {'up_err':>6} {'cache_err':>9} "
-                  f"{'hit_rate':>8} {'stampede':>8} {'dead_wr':>8} {'saved_in':>9} {'saved_out':>9}")
+        header = (
+            f"{'workload':<24} {'window':>6} {'requests':>9} {'hit':>7} {'wait':>6} {'miss':>7} "
+            f"{'fallthr':>7} {'bypass':>7} {'refresh':>7} {'up_err':>6} {'cache_err':>9} "
+            f"{'hit_rate':>8} {'stampede':>8} {'dead_wr':>8} {'saved_in':>9} {'saved_out':>9}"
+        )
         self.stdout.write(header)
         for w, t in rows:
             self.stdout.write(

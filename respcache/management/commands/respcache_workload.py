@@ -28,12 +28,18 @@ class Command(BaseCommand):
         enabled.add_argument("--enable", dest="enabled", action="store_true", default=None)
         enabled.add_argument("--disable", dest="enabled", action="store_false")
         strict = parser.add_mutually_exclusive_group()
-        strict.add_argument("--strict", dest="strict", action="store_true", default=None,
-                            help="Cache only requests that set temperature to 0.")
+        strict.add_argument(
+            "--strict",
+            dest="strict",
+            action="store_true",
+            default=None,
+            help="Cache only requests that set temperature to 0.",
+        )
         strict.add_argument("--no-strict", dest="strict", action="store_false")
         parser.add_argument("--lock-ttl", type=float, metavar="SECONDS", help="Stampede lock lifetime.")
-        parser.add_argument("--wait-max", type=float, metavar="SECONDS",
-                            help="How long a caller waits for another's answer.")
+        parser.add_argument(
+            "--wait-max", type=float, metavar="SECONDS", help="How long a caller waits for another's answer."
+        )
         parser.add_argument("--description")
 
     def handle(self, *args: Any, **options: Any) -> None:
