@@ -21,7 +21,7 @@ run: install
 	$(VENV)/bin/gunicorn -c gunicorn.conf.py project.wsgi
 
 test: install
-	$(PY) -m pytest
+	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: install
 	$(PY) -m bench
