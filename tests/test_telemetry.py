@@ -425,3 +425,21 @@ def test_a_forked_worker_starts_its_own_listener() -> None:
     )
     workloads = [json.loads(line)["workload"] for line in stdout.splitlines()]
     assert sorted(workloads) == ["child", "parent"]
+
+
+def test_a_fall_through_is_logged_as_fallthrough_though_its_header_says_miss(
+    call_log: Lines, make_workload: Any, make_key: Any
+) -> None:
+    """A waiter that gave up after wait_max and called the upstream itself: the header keeps the
+    contract's ``miss``, the call log says what happened, as the counters do."""
+    from respcache import keys, locks, store
+
+    workload = make_workload("patient", wait_max=0.1)
+    key = make_key(workload)
+    body = ask("nobody answers")
+    fingerprint = keys.request_fingerprint(body)
+    raw = keys.entry_key(workload="patient", version=1, fingerprint=fingerprint)
+    assert locks.acquire(store.full_key(keys.lock_key(raw)), token="stuck-holder", ttl_seconds=30)
+    response = post(key, body, slug="patient")
+    assert response["X-Respcache"] == "miss"
+    assert call_log.fields[-1]["outcome"] == "fallthrough"

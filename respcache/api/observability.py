@@ -80,7 +80,7 @@ class CallTelemetryMixin:
             if input_tokens is None and result.body:  # not known from the entry's accounting
                 input_tokens, output_tokens = telemetry.usage_of(result.body)
         if result is not None:
-            outcome = result.status
+            outcome = result.outcome  # what was counted: a fall-through says so, its header "miss"
         elif status >= 400:
             outcome = "error"
         else:
