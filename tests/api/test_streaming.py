@@ -370,3 +370,34 @@ def test_replayed_stream_is_well_formed_sse(live_server: Any, api_key: str, sdk:
     assert [name for name, _ in events][0] == "message_start"
     assert [name for name, _ in events][-2:] == ["message_delta", "message_stop"]
     assert all(orjson.loads(data)["type"] == name for name, data in events)
+
+
+def test_a_long_stream_keeps_its_lock_alive_and_its_waiter_waits_for_it(
+    live_server: Any, make_workload: Any, make_key: Any, sdk: Any, fake: Any, redis_db: Any
+) -> None:
+    """lock_ttl is a liveness window: a stream held open for many lock TTLs keeps its lock
+    (renewed), so a caller of the same key waits for its answer instead of asking again."""
+    from respcache.models import Workload
+
+    Workload.objects.filter(slug="intents").update(lock_ttl=0.3)
+    key = make_key(Workload.objects.get(slug="intents"))
+    body = ask("[[stream_hold_after:2]] long generation", stream=True)
+    names = redis_names(body)
+    fake.stream_gate.clear()
+    url = f"{live_server.url}/w/intents/v1/messages"
+    with httpx.stream("POST", url, content=orjson.dumps(body), headers={"x-api-key": key}, timeout=20) as response:
+        lines = response.iter_lines()
+        assert next(lines) == "event: message_start"
+        holder = redis_db.get(names["lock"])
+        create_body = {k: v for k, v in body.items() if k != "stream"}
+        waiter = Background(lambda: call(sdk(key=key, timeout=20), "create", create_body))
+        wait_until(lambda: subscribers(redis_db, names["channel"]) == 1, "the waiter")
+        time.sleep(1.5)  # five lock TTLs
+        assert holder is not None and redis_db.get(names["lock"]) == holder  # still the holder's
+        fake.stream_gate.set()
+        rest = "\n".join(lines)
+    assert rest.rstrip().endswith('data: {"type": "message_stop"}')
+    headers, message = waiter.outcome()
+    assert headers["x-respcache"] == "wait"
+    assert upstream_calls(fake) == 1
+    assert not redis_db.exists(names["lock"])
