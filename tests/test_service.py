@@ -370,3 +370,43 @@ def test_wake_time_is_the_listeners_handover_not_the_callers_clock(
     t.join(20)
     assert results[0].status == "wait"
     assert len(seen) == 1 and seen[0] < 1000  # the caller's clock is 5 s ahead: not used for the wake
+
+
+def test_redis_down_identical_concurrent_calls_share_one_upstream_call(
+    fake: Any, workload: Workload, settings: Any
+) -> None:
+    """No Redis, no lock: within one process a stampede still makes one upstream call, and
+    every caller gets its answer (each counted as a miss with a cache error)."""
+    from respcache.services import calls
+
+    live_caches = settings.CACHES
+    settings.CACHES = redis_down(live_caches)
+    the_policy = policy(workload)
+    body = ask("redis down stampede")
+    fake.pause.clear()
+    results: list[services.CachedResult] = []
+    threads = [
+        threading.Thread(
+            target=lambda: results.append(
+                services.cached_message_create(policy=the_policy, body=body, raw_body=orjson.dumps(body))
+            )
+        )
+        for _ in range(10)
+    ]
+    for t in threads:
+        t.start()
+    fingerprint = keys.request_fingerprint(body)
+    key = ("Call", "intents", fingerprint, "miss")
+    deadline = time.monotonic() + 10
+    while calls._without_cache.in_flight(key) < 10 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    fake.pause.set()
+    for t in threads:
+        t.join(20)
+    assert len(results) == 10 and {r.status for r in results} == {"miss"}
+    assert len({r.body for r in results}) == 1
+    assert len(fake.message_calls()) == 1
+    settings.CACHES = live_caches
+    call(workload, ask("redis is back"))  # the kept counts reach Redis with this one
+    totals = stats.totals("intents", "5m")
+    assert (totals["miss"], totals["cache_error"], totals["upstream_calls"]) == (11, 10, 2)
