@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PORT   ?= 8000
 export PORT
 
-.PHONY: install run test bench faults stop clean
+.PHONY: install run lint test bench faults stop clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,10 @@ run: install
 	$(PY) manage.py migrate --noinput
 	$(PY) manage.py collectstatic --noinput -v0
 	$(VENV)/bin/gunicorn -c gunicorn.conf.py project.wsgi
+
+# Lint, format check and strict typing (the [tool.ruff] and [tool.mypy] settings in pyproject.toml).
+lint: install
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/mypy
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)

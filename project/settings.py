@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import dj_database_url
 
@@ -82,7 +83,7 @@ TEMPLATES = [
 # CONN_MAX_AGE 0 by default: under gevent workers each request runs in its own greenlet, whose
 # connection could not be reused by the next one anyway (the hit path does not touch the
 # database; put PgBouncer in front when many workers do).
-DATABASES = {
+DATABASES: dict[str, Any] = {
     "default": dj_database_url.config(
         default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}",
         conn_max_age=int(os.environ.get("DATABASE_CONN_MAX_AGE", "0")),
@@ -107,7 +108,7 @@ if _SENTINELS:
 else:
     REDIS_URL = os.environ.get("REDIS_URL") or embedded_redis.url()
 
-CACHES = {
+CACHES: dict[str, Any] = {
     "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
     "respcache": {
         "BACKEND": "django_redis.cache.RedisCache",
@@ -233,13 +234,13 @@ SPECTACULAR_SETTINGS = {
     "PREPROCESSING_HOOKS": ["respcache.api.schema.call_endpoints"],
 }
 
-RESPCACHE = {
+RESPCACHE: dict[str, Any] = {
     "CACHE_ALIAS": "respcache",
     "UPSTREAM": os.environ.get("RESPCACHE_UPSTREAM", ""),
     "METRICS_TOKEN": os.environ.get("RESPCACHE_METRICS_TOKEN", ""),
 }
 
-LOGGING = {
+LOGGING: dict[str, Any] = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {

@@ -80,7 +80,7 @@ def _drop_excluded(body: dict[str, Any]) -> dict[str, Any]:
 def _normalise_messages(messages: Any) -> Any:
     if type(messages) is not list:
         return messages
-    out = []
+    out: list[Any] = []
     append = out.append
     for message in messages:  # the hot loop of a long conversation: kept flat on purpose
         if type(message) is dict:

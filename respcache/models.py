@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from django.conf import settings
 from django.core.validators import MinValueValidator
 from django.db import models
 from django.utils.translation import gettext_lazy as _
-from rest_framework_api_key.models import AbstractAPIKey, BaseAPIKeyManager
+from rest_framework_api_key.models import AbstractAPIKey, APIKeyManager
 
 
 class Workload(models.Model):
@@ -68,7 +70,8 @@ class Workload(models.Model):
         return self.slug
 
 
-class ApiKeyManager(BaseAPIKeyManager):
+# On APIKeyManager (itself an empty BaseAPIKeyManager) so that ``objects`` keeps the base model's type.
+class ApiKeyManager(APIKeyManager):
     pass
 
 
@@ -91,11 +94,12 @@ class ApiKey(AbstractAPIKey):
     )
     last_used_at = models.DateTimeField(_("last used"), null=True, blank=True)
 
-    objects = ApiKeyManager()
+    objects: ClassVar[ApiKeyManager] = ApiKeyManager()
 
     class Meta(AbstractAPIKey.Meta):
-        verbose_name = _("API key")
-        verbose_name_plural = _("API keys")
+        # The library's Meta declares these str (its literals); Django takes lazy text too.
+        verbose_name = _("API key")  # type: ignore[assignment]  # library's Meta is typed str, too narrow
+        verbose_name_plural = _("API keys")  # type: ignore[assignment]  # library's Meta is typed str, too narrow
 
 
 class AuditEntry(models.Model):

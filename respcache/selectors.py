@@ -28,7 +28,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 from cachetools import LRUCache, TTLCache
 from django.core.signals import setting_changed
@@ -230,7 +230,8 @@ def workload_policy(slug: str) -> Policy | None:
 def _load_grant(raw_key: str) -> Grant | None:
     listen_for_changes()
     try:
-        api_key = ApiKey.objects.get_from_key(raw_key)
+        # The manager is typed for the abstract base; ApiKey's manager returns ApiKeys.
+        api_key = cast(ApiKey, ApiKey.objects.get_from_key(raw_key))
     except ApiKey.DoesNotExist:
         return None
     if api_key.has_expired:

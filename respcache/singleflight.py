@@ -46,7 +46,7 @@ class SingleFlight(Generic[T]):
                 raise flight.error
             return cast(T, flight.result), True  # set before ``done`` is
         try:
-            flight.result = fn()
+            result = flight.result = fn()
         except BaseException as exc:
             flight.error = exc
             raise
@@ -54,7 +54,7 @@ class SingleFlight(Generic[T]):
             with self._lock:
                 del self._flights[key]
             flight.done.set()
-        return cast(T, flight.result), False
+        return result, False
 
     def in_flight(self, key: Hashable) -> int:
         """How many callers share the call running for ``key`` now (0: none runs)."""

@@ -20,16 +20,19 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anthropic
 import orjson
 from django.core.exceptions import ImproperlyConfigured
 
-try:  # anthropic 2.x releases built on the httpx2 fork, and the older ones on httpx
+if TYPE_CHECKING:  # checked against httpx2, which the anthropic 2.x releases installed here require
     import httpx2 as httpx
-except ImportError:  # pragma: no cover
-    import httpx  # type: ignore[no-redef]
+else:
+    try:  # anthropic 2.x releases built on the httpx2 fork, and the older ones on httpx
+        import httpx2 as httpx
+    except ImportError:  # pragma: no cover
+        import httpx
 
 from respcache import sse
 from respcache.conf import app_settings

@@ -76,7 +76,7 @@ SLUG = OpenApiParameter(
 )
 
 
-class WindowInputSerializer(serializers.Serializer):
+class WindowInputSerializer(serializers.Serializer[dict[str, Any]]):
     window = serializers.ChoiceField(
         choices=list(stats.WINDOWS), default="1h", help_text="Rolling window of the numbers."
     )

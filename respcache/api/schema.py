@@ -16,7 +16,7 @@ extensions register themselves).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from django.urls import URLPattern, URLResolver
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
@@ -41,7 +41,7 @@ def _key_schemes(purpose: str) -> list[dict[str, Any]]:
     ]
 
 
-class ApiKeyAuthenticationScheme(OpenApiAuthenticationExtension):
+class ApiKeyAuthenticationScheme(OpenApiAuthenticationExtension):  # type: ignore[no-untyped-call]  # drf-spectacular's __init_subclass__ is unannotated
     """A respcache key in ``x-api-key`` or as ``Authorization: Bearer``: either one (OR)."""
 
     target_class = "respcache.api.authentication.ApiKeyAuthentication"
@@ -54,7 +54,7 @@ class ApiKeyAuthenticationScheme(OpenApiAuthenticationExtension):
         return _key_schemes("allowed this workload, see manage.py respcache_apikey --workload")
 
 
-class OptionalApiKeyAuthenticationScheme(ApiKeyAuthenticationScheme):
+class OptionalApiKeyAuthenticationScheme(ApiKeyAuthenticationScheme):  # type: ignore[no-untyped-call]  # drf-spectacular's __init_subclass__ is unannotated
     """The management API's keys: the same kind of key, granted management of workloads.
     (Its own scheme names: drf-spectacular keys security schemes by authentication class.)"""
 
@@ -84,7 +84,7 @@ def _call_parameters() -> list[Any]:
     from drf_spectacular.types import OpenApiTypes
     from drf_spectacular.utils import OpenApiParameter
 
-    header = OpenApiParameter.HEADER
+    header: Literal["header"] = OpenApiParameter.HEADER  # the location type OpenApiParameter takes
     return [
         OpenApiParameter(
             "workload",

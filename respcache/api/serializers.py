@@ -4,12 +4,14 @@ through)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from rest_framework import serializers
 
 from respcache.models import Workload
 
 
-class StatsSerializer(serializers.Serializer):
+class StatsSerializer(serializers.Serializer[dict[str, Any]]):
     """A workload's counters over one window, and the contract's numbers derived from them."""
 
     window = serializers.CharField()
@@ -43,7 +45,7 @@ class WorkloadStatsSerializer(StatsSerializer):
     enabled = serializers.BooleanField()
 
 
-class WorkloadSerializer(serializers.ModelSerializer):
+class WorkloadSerializer(serializers.ModelSerializer[Workload]):
     """A workload's policy with its numbers over the requested window."""
 
     stats = StatsSerializer()
@@ -65,19 +67,19 @@ class WorkloadSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
-class ErrorDetailSerializer(serializers.Serializer):
+class ErrorDetailSerializer(serializers.Serializer[dict[str, Any]]):
     type = serializers.CharField(help_text="e.g. invalid_request_error, authentication_error, permission_error.")
     message = serializers.CharField()
 
 
-class ErrorSerializer(serializers.Serializer):
+class ErrorSerializer(serializers.Serializer[dict[str, Any]]):
     """Every error, as the Anthropic API writes them (so SDKs raise their usual classes)."""
 
     type = serializers.ChoiceField(choices=["error"])
     error = ErrorDetailSerializer()
 
 
-class MessageParamSerializer(serializers.Serializer):
+class MessageParamSerializer(serializers.Serializer[dict[str, Any]]):
     """A Messages API request. Any other field is accepted and passed upstream untouched."""
 
     model = serializers.CharField(min_length=1)
@@ -89,7 +91,7 @@ class MessageParamSerializer(serializers.Serializer):
     metadata = serializers.DictField(required=False, help_text="Not part of the cache key.")
 
 
-class ServerSentEventSerializer(serializers.Serializer):
+class ServerSentEventSerializer(serializers.Serializer[dict[str, Any]]):
     """One event of a streamed answer (``"stream": true``), as the Messages API sends them."""
 
     event = serializers.ChoiceField(
@@ -104,10 +106,11 @@ class ServerSentEventSerializer(serializers.Serializer):
             "error",
         ]
     )
-    data = serializers.CharField(help_text="The event's JSON object.")
+    # DRF's metaclass moves declared fields to _declared_fields, so .data stays the property.
+    data = serializers.CharField(help_text="The event's JSON object.")  # type: ignore[assignment]  # a field, not .data
 
 
-class CountTokensParamSerializer(serializers.Serializer):
+class CountTokensParamSerializer(serializers.Serializer[dict[str, Any]]):
     """A count_tokens request: a Messages API request without ``max_tokens``."""
 
     model = serializers.CharField(min_length=1)
@@ -115,16 +118,16 @@ class CountTokensParamSerializer(serializers.Serializer):
     system = serializers.JSONField(required=False, help_text="A string or a list of text blocks.")
 
 
-class TokenCountSerializer(serializers.Serializer):
+class TokenCountSerializer(serializers.Serializer[dict[str, Any]]):
     input_tokens = serializers.IntegerField()
 
 
-class UsageSerializer(serializers.Serializer):
+class UsageSerializer(serializers.Serializer[dict[str, Any]]):
     input_tokens = serializers.IntegerField()
     output_tokens = serializers.IntegerField()
 
 
-class MessageSerializer(serializers.Serializer):
+class MessageSerializer(serializers.Serializer[dict[str, Any]]):
     """A Message, exactly as the upstream returned it (byte for byte on a hit)."""
 
     id = serializers.CharField()

@@ -78,8 +78,10 @@ def anthropic_exception_handler(exc: Exception, context: dict[str, Any]) -> Http
                 status = exc.status_code if exc.status_code < 500 else 500
                 error_type = "invalid_request_error" if status < 500 else "api_error"
             headers = {}
-            if isinstance(exc, drf_exceptions.Throttled) and exc.wait is not None:
-                headers["Retry-After"] = str(int(exc.wait))
+            # Throttled.__init__ sets ``wait`` (seconds, rounded up); DRF's stubs do not declare it.
+            wait: int | None = getattr(exc, "wait", None) if isinstance(exc, drf_exceptions.Throttled) else None
+            if wait is not None:
+                headers["Retry-After"] = str(int(wait))
             return error_response(status, error_type, str(getattr(exc, "detail", exc)), headers)
     logger.exception("respcache: unexpected error", exc_info=exc)
     return error_response(500, "api_error", "Internal server error.")
