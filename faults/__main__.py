@@ -2,7 +2,7 @@
 
 It starts its own Redis, the fake upstream and gunicorn as deployed (faults/rig.py), runs the
 scenarios (faults/scenarios.py), stops everything it started and prints: scenario, calls,
-non-2xx (lost connections included), upstream calls, worst latency, what the contract expects
+non-2xx (lost connections included), upstream calls, worst latency, what must hold
 and whether it held. ``--only a,e`` runs some of them. A FAIL is a finding, not an error: the
 exit status is 0 unless the rig itself could not run.
 """

@@ -60,7 +60,7 @@ def failures(outcomes: Iterable[Outcome]) -> str:
 
 def render(results: Iterable[Result], header: list[str]) -> str:
     results = sorted(results, key=lambda r: r.id)
-    rows = [("", "scenario", "calls", "non-2xx", "upstream", "worst", "the contract expects", "verdict")]
+    rows = [("", "scenario", "calls", "non-2xx", "upstream", "worst", "what must hold", "verdict")]
     for r in results:
         worst = r.slowest if r.worst is None else r.worst
         rows.append(
@@ -94,5 +94,5 @@ def render(results: Iterable[Result], header: list[str]) -> str:
             lines.append(f"  {' ' * len(r.id)}  non-2xx: {failures(r.outcomes)}")
     passed = sum(r.ok for r in results)
     lines.append("")
-    lines.append(f"contract kept: {passed}/{len(results)}")
+    lines.append(f"promises kept: {passed}/{len(results)}")
     return "\n".join(lines)
