@@ -296,7 +296,7 @@ class Rig(Harness):
                 self._access[parts[4]] = int(parts[0][1:-1])
         return self._access.get(tag)
 
-    def on_every_worker(self, ask: Callable[[], Outcome], limit: int = 40) -> list[tuple[Outcome, int | None]]:
+    def on_every_worker(self, ask: Callable[[], Outcome], limit: int = 200) -> list[tuple[Outcome, int | None]]:
         """Call ``ask()`` until every current worker has answered one; each outcome with its worker."""
         wanted = set(self.workers())
         answered: list[tuple[Outcome, int | None]] = []

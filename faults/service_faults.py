@@ -29,7 +29,7 @@ def database_gone(rig: Rig) -> Result:
     with rig.database_away():
         status, text = rig.get("/healthz")
         time.sleep(max(0.0, primed + LOCAL_COPY_SECONDS + 0.5 - time.time()))  # the copies have expired
-        answered = rig.on_every_worker(lambda: rig.ask(workload, prompt), limit=200)
+        answered = rig.on_every_worker(lambda: rig.ask(workload, prompt))
         stranger = rig.ask(Workload(workload.slug, "faultsxx.unknownkeyunknownkeyunknownkey0", ""), prompt)
     result.outcomes = [o for o, _ in answered]
     try:
