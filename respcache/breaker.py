@@ -61,6 +61,8 @@ class Breaker:
         self._state = CLOSED
         self._backoff = backoff_seconds
         self._retry_at = 0.0  # open: when the next probe may go
+        #: Bumped by reset(): a probe started before it reports on a Redis that is gone.
+        self._generation = 0
         self.opened = 0  # how many times it opened (for tests and the log)
 
     @property
@@ -76,7 +78,8 @@ class Breaker:
                 return True
             if self._state == OPEN and self.clock() >= self._retry_at:
                 self._state = PROBING
-                self.spawn(self._probe)
+                generation = self._generation
+                self.spawn(lambda: self._probe(generation))
         return False
 
     def retry_in(self) -> float:
@@ -85,18 +88,21 @@ class Breaker:
             return 0.0
         return max(0.0, self._retry_at - self.clock())
 
-    def _probe(self) -> None:
+    def _probe(self, generation: int) -> None:
         try:
             self.probe()
         except Exception as exc:  # noqa: BLE001 - whatever the client raised: still down
             with self._lock:
+                if generation != self._generation:
+                    return  # reset meanwhile (another Redis): this says nothing about it
                 self._backoff = min(self._backoff * 2, self.max_backoff_seconds)
                 self._state = OPEN
                 self._retry_at = self.clock() + self._backoff
             logger.info("respcache: Redis still unreachable (%s); next try in %.1f s", exc, self._backoff)
             return
-        logger.warning("respcache: Redis answers again; using the cache")
-        self.success()
+        if generation == self._generation:
+            logger.warning("respcache: Redis answers again; using the cache")
+            self.success()
 
     def success(self) -> None:
         if self._state == CLOSED:
@@ -115,6 +121,7 @@ class Breaker:
 
     def reset(self) -> None:
         with self._lock:
+            self._generation += 1
             self._state = CLOSED
             self._backoff = self.backoff_seconds
             self._retry_at = 0.0

@@ -93,3 +93,16 @@ def test_a_call_that_reaches_redis_closes_it() -> None:
     b.failure()
     b.success()  # a call started before it opened came back fine
     assert b.state == CLOSED and b.allow()
+
+
+def test_a_probe_from_before_a_reset_does_not_reopen_it() -> None:
+    """A probe still running against an old Redis (settings changed, breaker reset) reports
+    nothing about the new one."""
+    clock, probe = Clock(), Probe()
+    b = breaker(clock, probe, backoff_seconds=1.0)
+    b.failure()
+    clock.now += 1.0
+    assert not b.allow() and len(probe.spawned) == 1
+    b.reset()
+    probe.run()  # the old probe fails late
+    assert b.state == CLOSED and b.allow()
