@@ -51,6 +51,9 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # Before SecurityMiddleware: with SECURE_SSL_REDIRECT on, API calls over plain HTTP get a 403
+    # instead of its redirect (the key has crossed in clear; clients would send it again).
+    "respcache.api.middleware.HttpsOnlyApiMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -219,9 +222,6 @@ REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["rest_framework.authentication.SessionAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAdminUser"],
     "UNAUTHENTICATED_USER": None,
-}
-
-SPECTACULAR_SETTINGS = {
     # The management API's rates (respcache/api/throttling.py), counted in Redis: requests without
     # valid credentials per client IP, each staff user and API key on its own. Empty: no limit.
     "DEFAULT_THROTTLE_RATES": {
@@ -231,6 +231,9 @@ SPECTACULAR_SETTINGS = {
     # The client IP is REMOTE_ADDR; behind proxies that append to X-Forwarded-For, their number
     # says which address in it is the client's (unset, DRF would trust what the client sent).
     "NUM_PROXIES": int(os.environ.get("DJANGO_NUM_PROXIES", "0")),
+}
+
+SPECTACULAR_SETTINGS = {
     "TITLE": "respcache",
     "DESCRIPTION": "Exact-match response cache for the Anthropic Messages API.",
     "VERSION": "0.1.0",
