@@ -51,6 +51,9 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # Before SecurityMiddleware: with SECURE_SSL_REDIRECT on, API calls over plain HTTP get a 403
+    # instead of its redirect (the key has crossed in clear; clients would send it again).
+    "respcache.api.middleware.HttpsOnlyApiMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -214,12 +217,20 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.SessionAuthentication",
-        "rest_framework.authentication.BasicAuthentication",
-    ],
+    # No BasicAuthentication: checking a password is a deliberately slow hash, and a stranger's
+    # flood of made-up ones would stall the worker. The management API adds respcache keys.
+    "DEFAULT_AUTHENTICATION_CLASSES": ["rest_framework.authentication.SessionAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAdminUser"],
     "UNAUTHENTICATED_USER": None,
+    # The management API's rates (respcache/api/throttling.py), counted in Redis: requests without
+    # valid credentials per client IP, each staff user and API key on its own. Empty: no limit.
+    "DEFAULT_THROTTLE_RATES": {
+        "management_anon": os.environ.get("RESPCACHE_MANAGEMENT_ANON_RATE", "60/minute") or None,
+        "management_user": os.environ.get("RESPCACHE_MANAGEMENT_USER_RATE", "600/minute") or None,
+    },
+    # The client IP is REMOTE_ADDR; behind proxies that append to X-Forwarded-For, their number
+    # says which address in it is the client's (unset, DRF would trust what the client sent).
+    "NUM_PROXIES": int(os.environ.get("DJANGO_NUM_PROXIES", "0")),
 }
 
 SPECTACULAR_SETTINGS = {

@@ -249,8 +249,8 @@ def _stats_command(slugs: list[str]) -> None:
 def test_readers_read_every_workloads_numbers_in_one_round_trip(
     reader: Any, monkeypatch: pytest.MonkeyPatch, redis_db: Any
 ) -> None:
-    """/metrics, the management API's list and respcache_stats: one Redis round trip for 1
-    workload and for 20 (one pipeline), not one per workload."""
+    """/metrics, the management API's list and respcache_stats: one Redis round trip for the
+    numbers of 1 workload and of 20 (one pipeline), not one per workload."""
     trips = {}
     for how_many in (1, 20):
         Workload.objects.all().delete()
@@ -259,4 +259,6 @@ def test_readers_read_every_workloads_numbers_in_one_round_trip(
         with redis_round_trips(monkeypatch) as counted:
             reader(slugs)
         trips[how_many] = counted.commands()
-    assert trips[1] == trips[20] == ["HGETALL"], trips
+    # The management API's throttle reads and writes its history first, once per request.
+    expected = ["GET", "SET", "HGETALL"] if reader is _management_list else ["HGETALL"]
+    assert trips[1] == trips[20] == expected, trips

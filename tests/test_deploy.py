@@ -1,4 +1,5 @@
-"""The deployment: gunicorn.conf.py's gevent workers keep serving while a stream is held open."""
+"""The deployment: gunicorn.conf.py's gevent workers keep serving while a stream is held open; with
+production settings the API refuses plain HTTP with a 403 (never a redirect)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -41,9 +43,10 @@ def database_url() -> str:
     pytest.skip(f"no DATABASE_URL form for {db['ENGINE']}")
 
 
-@pytest.fixture
-def gunicorn(fake: Any, tmp_path: Path) -> Iterator[str]:
-    """``gunicorn -c gunicorn.conf.py project.wsgi`` with ONE gevent worker; yields its base URL."""
+@contextmanager
+def serving(fake: Any, tmp_path: Path, **extra_env: str) -> Iterator[str]:
+    """``gunicorn -c gunicorn.conf.py project.wsgi`` with ONE gevent worker (and ``extra_env``);
+    yields its base URL."""
     env = {
         **os.environ,
         "GUNICORN_BIND": "127.0.0.1:0",  # an ephemeral port, read back from the log
@@ -55,6 +58,7 @@ def gunicorn(fake: Any, tmp_path: Path) -> Iterator[str]:
         "RESPCACHE_TEST_UPSTREAM": "anthropic",
         "ANTHROPIC_BASE_URL": fake.url,
         "ANTHROPIC_API_KEY": "sk-server-key",
+        **extra_env,
     }
     env.pop("GUNICORN_WORKER_CLASS", None)  # the test is of the configured default
     log_path = tmp_path / "gunicorn.log"
@@ -76,6 +80,13 @@ def gunicorn(fake: Any, tmp_path: Path) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(5)
+
+
+@pytest.fixture
+def gunicorn(fake: Any, tmp_path: Path) -> Iterator[str]:
+    """The service with the test settings (no production hardening)."""
+    with serving(fake, tmp_path) as url:
+        yield url
 
 
 def _wait_until_serving(process: subprocess.Popen[bytes], log_path: Path) -> str:
@@ -135,3 +146,52 @@ def test_one_gevent_worker_serves_other_calls_while_a_stream_is_held_open(
         fake.stream_gate.set()
         client.close()
         other.close()
+
+
+#: Production settings (tests.settings is project.settings underneath), behind a proxy that
+#: terminates TLS and is trusted to say so in X-Forwarded-Proto.
+PRODUCTION = {
+    "DJANGO_DEBUG": "0",
+    "DJANGO_SECRET_KEY": "rc-" + "p9Wm3Xk7Qv2Ls8Dn5Ty4Hb6Jg1Fz0Rc" * 2,
+    "DJANGO_ALLOWED_HOSTS": "127.0.0.1",
+    "DJANGO_SECURE_PROXY_SSL_HEADER": "1",
+}
+
+
+def test_in_production_the_api_refuses_plain_http_and_never_redirects(
+    fake: Any, tmp_path: Path, api_key: str, make_key: Any
+) -> None:
+    with serving(fake, tmp_path, **PRODUCTION) as url:  # its readiness check: /healthz over plain HTTP
+        body = ask("over plain http")
+        for path, headers in (
+            ("/w/intents/v1/messages", {"x-api-key": api_key}),
+            ("/w/intents/v1/messages/count_tokens", {"Authorization": f"Bearer {api_key}"}),
+            ("/api/workloads/intents/bump/", {"x-api-key": make_key(managed=())}),
+        ):
+            refused = httpx.post(f"{url}{path}", json=body, headers=headers, follow_redirects=False)
+            assert refused.status_code == 403, (path, refused.text)
+            assert "location" not in refused.headers
+            error = refused.json()
+            assert error["type"] == "error" and error["error"]["type"] == "permission_error"
+            assert "HTTPS" in error["error"]["message"]
+        # The SDK raises its usual class; nothing went upstream.
+        client = anthropic.Anthropic(base_url=f"{url}/w/intents", api_key=api_key, max_retries=0, timeout=15)
+        with pytest.raises(anthropic.PermissionDeniedError, match="HTTPS"):
+            client.messages.create(**body)
+        assert fake.calls == []
+        # Marked HTTPS by the trusted proxy: served as usual.
+        proxied = anthropic.Anthropic(
+            base_url=f"{url}/w/intents",
+            api_key=api_key,
+            max_retries=0,
+            timeout=15,
+            default_headers={"X-Forwarded-Proto": "https"},
+        )
+        assert proxied.messages.with_raw_response.create(**body).headers["x-respcache"] == "miss"
+        assert proxied.messages.with_raw_response.create(**body).headers["x-respcache"] == "hit"
+        # Pages keep Django's redirect; /metrics keeps its exemption.
+        admin = httpx.get(f"{url}/admin/", follow_redirects=False)
+        assert admin.status_code == 301 and admin.headers["location"].startswith("https://127.0.0.1")
+        assert httpx.get(f"{url}/metrics").status_code == 200
+        client.close()
+        proxied.close()

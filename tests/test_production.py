@@ -1,5 +1,6 @@
-"""Production settings: built from the environment, `check --deploy` clean, Redis over TLS with a
-password and through a Sentinel group (real servers, started here), static files served."""
+"""Production settings: built from the environment, `check --deploy` clean, the API refusing plain
+HTTP with a 403 where pages are redirected, Redis over TLS with a password and through a Sentinel
+group (real servers, started here), static files served."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from django_redis.pool import ConnectionFactory
 from project import embedded_redis
 from respcache import selectors, services, store
 from respcache.exceptions import CacheUnavailable
+from respcache.models import Workload
 from tests.conftest import ask
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -58,6 +60,9 @@ ENV_NAMES = {
     "DJANGO_SECURE_HSTS_PRELOAD",
     "DJANGO_SECURE_PROXY_SSL_HEADER",
     "DATABASE_CONN_MAX_AGE",
+    "DJANGO_NUM_PROXIES",
+    "RESPCACHE_MANAGEMENT_ANON_RATE",
+    "RESPCACHE_MANAGEMENT_USER_RATE",
 }
 
 
@@ -181,6 +186,76 @@ def test_check_deploy_complains_without_them() -> None:
     assert done.returncode != 0
     for check_id in ("security.W004", "security.W008", "security.W009", "security.W012", "security.W016"):
         assert check_id in done.stderr, check_id
+
+
+# --- HTTPS: pages are redirected, API calls refused ---------------------------------------------
+
+
+def production_http(monkeypatch: pytest.MonkeyPatch, **env: str) -> Any:
+    """override_settings with what the production settings built from ``env`` say about HTTPS
+    (the middleware list, SECURE_*), the rest of the test settings kept."""
+    built = build_settings(monkeypatch, **{**PRODUCTION_ENV, **env})
+    https = {"SECURE_PROXY_SSL_HEADER": None, **{k: v for k, v in built.items() if k.startswith("SECURE_")}}
+    return override_settings(MIDDLEWARE=built["MIDDLEWARE"], **https)
+
+
+def message_call(client: Client, path: str, **extra: Any) -> Any:
+    return client.post(path, orjson.dumps(ask("over which scheme")), content_type="application/json", **extra)
+
+
+@pytest.mark.django_db
+def test_api_calls_over_plain_http_get_403_and_no_redirect(
+    monkeypatch: pytest.MonkeyPatch, make_workload: Any, make_key: Any
+) -> None:
+    intents = make_workload("intents")
+    key = make_key(intents, managed=(intents,))
+    with production_http(monkeypatch):
+        client = Client(HTTP_X_API_KEY=key)
+        for path in ("/w/intents/v1/messages", "/w/intents/v1/messages/count_tokens", "/api/workloads/intents/bump/"):
+            # X-Forwarded-Proto is not trusted unless DJANGO_SECURE_PROXY_SSL_HEADER says so.
+            for extra in ({}, {"HTTP_X_FORWARDED_PROTO": "https"}):
+                response = message_call(client, path, **extra)
+                assert response.status_code == 403, (path, extra)
+                assert "Location" not in response
+                body = orjson.loads(response.content)
+                assert body["type"] == "error" and body["error"]["type"] == "permission_error"
+                assert body["error"]["message"].startswith("Use HTTPS")
+        assert client.get("/api/workloads/").status_code == 403
+        assert Workload.objects.get(slug="intents").key_version == 1
+        # Over HTTPS the same calls are served.
+        assert message_call(client, "/w/intents/v1/messages", secure=True)["X-Respcache"] == "miss"
+        assert client.get("/api/workloads/", secure=True).status_code == 200
+        # Pages keep Django's redirect; /healthz and /metrics their exemption.
+        admin = client.get("/admin/")
+        assert admin.status_code == 301 and admin["Location"] == "https://testserver/admin/"
+        assert client.get("/healthz").status_code == 200
+        assert client.get("/metrics").status_code == 200
+
+
+@pytest.mark.django_db
+def test_a_trusted_proxy_marks_api_calls_as_https(
+    monkeypatch: pytest.MonkeyPatch, make_workload: Any, make_key: Any
+) -> None:
+    intents = make_workload("intents")
+    key = make_key(intents)
+    with production_http(monkeypatch, DJANGO_SECURE_PROXY_SSL_HEADER="1"):
+        client = Client(HTTP_X_API_KEY=key)
+        served = message_call(client, "/w/intents/v1/messages", HTTP_X_FORWARDED_PROTO="https")
+        assert served.status_code == 200 and served["X-Respcache"] == "miss"
+        refused = message_call(client, "/w/intents/v1/messages", HTTP_X_FORWARDED_PROTO="http")
+        assert refused.status_code == 403 and "Location" not in refused
+
+
+@pytest.mark.django_db
+def test_without_the_https_redirect_plain_http_is_the_operators_choice(
+    monkeypatch: pytest.MonkeyPatch, make_workload: Any, make_key: Any
+) -> None:
+    intents = make_workload("intents")
+    key = make_key(intents)
+    with production_http(monkeypatch, DJANGO_SECURE_SSL_REDIRECT="0"):
+        client = Client(HTTP_X_API_KEY=key)
+        assert message_call(client, "/w/intents/v1/messages")["X-Respcache"] == "miss"
+        assert client.get("/admin/").status_code == 302  # to the login page, not to HTTPS
 
 
 # --- static files --------------------------------------------------------------------------------

@@ -1,10 +1,15 @@
-"""Caller authentication: a respcache API key as ``Authorization: Bearer`` or ``x-api-key``."""
+"""Caller authentication: a respcache API key as ``Authorization: Bearer`` or ``x-api-key``.
+
+No password is ever checked here: HTTP Basic credentials are refused unread (see
+``OptionalApiKeyAuthentication``), so a stranger's request never costs a password hash.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 from django.http import HttpRequest
+from rest_framework import exceptions as drf_exceptions
 from rest_framework.authentication import BaseAuthentication
 from rest_framework.request import Request
 
@@ -48,9 +53,22 @@ class ApiKeyAuthentication(BaseAuthentication):
 
 class OptionalApiKeyAuthentication(ApiKeyAuthentication):
     """Like ApiKeyAuthentication, but steps aside when no key is presented (for the REST API,
-    where staff users may use their session or basic auth instead)."""
+    where staff users may use their admin session instead).
+
+    HTTP Basic credentials are refused at once (401, unread): checking a password costs a
+    deliberately slow hash (PBKDF2, a million iterations), even for an unknown user, and a gevent
+    worker runs nothing else meanwhile, so a flood of made-up passwords would stall every call
+    the worker serves. The management API takes keys and sessions only.
+    """
 
     def authenticate(self, request: Request) -> tuple[Any, selectors.Grant] | None:
         if not presented_key(request):
+            scheme = str(request.META.get("HTTP_AUTHORIZATION", "")).partition(" ")[0]
+            if scheme.lower() == "basic":
+                # DRF's exception, so that the 401 names the scheme to use (WWW-Authenticate).
+                raise drf_exceptions.AuthenticationFailed(
+                    "HTTP Basic authentication is not accepted: send a respcache API key "
+                    "('x-api-key' or 'Authorization: Bearer'), or sign in to the admin."
+                )
             return None
         return super().authenticate(request)

@@ -1,10 +1,12 @@
 """The REST management API: list workloads with their numbers, read one's stats, bump, purge.
 
-For staff users (session or basic auth; bump and purge need the ``respcache.bump_workload`` /
+For staff users with an admin session (bump and purge need the ``respcache.bump_workload`` /
 ``respcache.purge_workload`` permissions) and for API keys granted management of a workload
-(``ApiKey.managed_workloads``). Bumps and purges go through the same audited services as the
-admin's and the commands', with the actor ``user:<username>`` or ``apikey:<name>``. Errors use the
-Anthropic error JSON of the rest of the API.
+(``ApiKey.managed_workloads``); never HTTP Basic auth, so a stranger's request costs no password
+hash. Requests are throttled (``api/throttling.py``): strangers per client IP, users and keys each
+on their own. Bumps and purges go through the same audited services as the admin's and the
+commands', with the actor ``user:<username>`` or ``apikey:<name>``. Errors use the Anthropic error
+JSON of the rest of the API.
 """
 
 from __future__ import annotations
@@ -12,12 +14,13 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from django.contrib.auth.models import AnonymousUser
 from django.http import HttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import exceptions as drf_exceptions
 from rest_framework import serializers
-from rest_framework.authentication import BasicAuthentication, SessionAuthentication
+from rest_framework.authentication import SessionAuthentication
 from rest_framework.parsers import JSONParser
 from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
@@ -28,8 +31,9 @@ from respcache import selectors, services, stats
 from respcache.api.authentication import OptionalApiKeyAuthentication
 from respcache.api.permissions import CanManageWorkloads, grant_of
 from respcache.api.serializers import ErrorSerializer, WorkloadSerializer, WorkloadStatsSerializer
+from respcache.api.throttling import AnonymousRateThrottle, CallerRateThrottle
 from respcache.api.views import anthropic_exception_handler, error_response
-from respcache.exceptions import CacheUnavailable, WorkloadNotFound
+from respcache.exceptions import CacheUnavailable, RespcacheError, WorkloadNotFound
 from respcache.models import Workload
 
 logger = logging.getLogger(__name__)
@@ -61,14 +65,16 @@ def management_exception_handler(exc: Exception, context: dict[str, Any]) -> Htt
 
 
 def _errors(*statuses: int) -> dict[int, OpenApiResponse]:
+    """An operation's error responses: ``statuses``, and the 429 that every one may answer."""
     descriptions = {
         400: "Bad input (e.g. an unknown window).",
         401: "No or invalid credentials.",
         403: "Not staff, missing the permission, or a key that does not manage this workload.",
         404: "Unknown workload.",
+        429: "Too many requests from this client IP, user or key (see the Retry-After header).",
         503: "Redis is unavailable.",
     }
-    return {s: OpenApiResponse(ErrorSerializer, description=descriptions[s]) for s in statuses}
+    return {s: OpenApiResponse(ErrorSerializer, description=descriptions[s]) for s in (*statuses, 429)}
 
 
 SLUG = OpenApiParameter(
@@ -85,16 +91,34 @@ class WindowInputSerializer(serializers.Serializer[dict[str, Any]]):
 class ManagementView(APIView):
     """Shared auth, permission, rendering and error handling of the management endpoints."""
 
-    authentication_classes = [OptionalApiKeyAuthentication, BasicAuthentication, SessionAuthentication]
+    authentication_classes = [OptionalApiKeyAuthentication, SessionAuthentication]
     permission_classes = [CanManageWorkloads]
     renderer_classes = [JSONRenderer]
     parser_classes = [JSONParser]
-    throttle_classes: list[Any] = []
+    throttle_classes = [AnonymousRateThrottle, CallerRateThrottle]
     #: The Django permission a staff user needs for this view (None: staff is enough).
     required_permission: str | None = None
 
     def get_exception_handler(self) -> Any:
         return management_exception_handler
+
+    def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
+        """DRF's, with the throttles between authentication and permissions, and applied to a
+        failed authentication too. DRF's own order (authenticate, permissions, throttles) answers
+        a stranger's 401 before counting it: strangers would never be throttled."""
+        self.format_kwarg = self.get_format_suffix(**kwargs)
+        request.accepted_renderer, request.accepted_media_type = self.perform_content_negotiation(request)
+        request.version, request.versioning_scheme = self.determine_version(request, *args, **kwargs)
+        try:
+            self.perform_authentication(request)
+        except (drf_exceptions.APIException, RespcacheError):
+            # Whatever it presented, this caller is a stranger: it counts at the anonymous rate
+            # (a 429 then wins over the 401).
+            request.user, request.auth = AnonymousUser(), None
+            self.check_throttles(request)
+            raise
+        self.check_throttles(request)
+        self.check_permissions(request)
 
     def get_workload(self, slug: str) -> Workload:
         self.check_object_permissions(self.request, slug)

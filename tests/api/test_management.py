@@ -1,14 +1,17 @@
-"""The REST management API: each endpoint, each way in (staff basic/session, managing keys), each refusal."""
+"""The REST management API: each endpoint, each way in (staff sessions, managing keys), each refusal;
+no HTTP Basic auth (and no password hashed for it); throttling on Redis."""
 
 from __future__ import annotations
 
 import base64
+from collections import Counter
 from typing import Any
 
 import orjson
 import pytest
 from django.contrib.auth.models import Permission, User
 from django.test import override_settings
+from django.utils.module_loading import import_string
 from rest_framework.test import APIClient
 
 from respcache import selectors, services, stats, store
@@ -36,11 +39,15 @@ def make_user(username: str, *, staff: bool = True, perms: tuple[str, ...] = (),
     return user
 
 
-def basic(username: str) -> APIClient:
+def signed_in(username: str) -> APIClient:
+    """A client with the user's admin session (CSRF is checked in its own test)."""
     client = APIClient()
-    token = base64.b64encode(f"{username}:{PASSWORD}".encode()).decode()
-    client.credentials(HTTP_AUTHORIZATION=f"Basic {token}")
+    client.force_login(User.objects.get(username=username))
     return client
+
+
+def basic_auth(username: str, password: str = PASSWORD) -> str:
+    return "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()
 
 
 def keyed(key: str, *, bearer: bool = False) -> APIClient:
@@ -75,17 +82,53 @@ def test_anonymous_gets_401_in_the_error_format(two: Any) -> None:
 
 def test_non_staff_user_is_refused(two: Any) -> None:
     make_user("bob", staff=False)
-    response = basic("bob").get("/api/workloads/")
+    response = signed_in("bob").get("/api/workloads/")
     assert response.status_code == 403
     assert error_of(response)["type"] == "permission_error"
 
 
-def test_wrong_password_and_unknown_key_are_401(two: Any) -> None:
+@pytest.fixture
+def password_hashes(settings: Any, monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
+    """Counts every password hash from here on: each configured hasher's ``verify`` (checking a
+    password) and ``encode`` (Django hashes a dummy for unknown users), still run for real."""
+    counts: Counter[str] = Counter()
+
+    def counted(name: str, real: Any) -> Any:
+        def counting(self: Any, *args: Any) -> Any:
+            counts[name] += 1
+            return real(self, *args)
+
+        return counting
+
+    for path in settings.PASSWORD_HASHERS:
+        hasher = import_string(path)
+        for method in ("verify", "encode"):
+            monkeypatch.setattr(hasher, method, counted(method, getattr(hasher, method)))
+    return counts
+
+
+def test_basic_auth_is_refused_without_hashing_a_password(two: Any, password_hashes: Counter[str]) -> None:
     make_user("alice")
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION="Basic " + base64.b64encode(b"alice:wrong").decode())
-    assert client.get("/api/workloads/").status_code == 401
-    assert keyed("not-a-key").get("/api/workloads/").status_code == 401
+    make_user("root", superuser=True)
+    password_hashes.clear()  # setting their passwords hashed them
+    for username, password in (("alice", PASSWORD), ("root", PASSWORD), ("alice", "wrong"), ("nobody", "x")):
+        client = APIClient()
+        client.credentials(HTTP_AUTHORIZATION=basic_auth(username, password))
+        for response in (client.get("/api/workloads/"), client.post("/api/workloads/intents/bump/")):
+            assert response.status_code == 401, (username, password)
+            error = error_of(response)
+            assert error["type"] == "authentication_error" and "Basic" in error["message"]
+            assert response["WWW-Authenticate"].startswith("Bearer")
+    assert password_hashes == {}
+    assert Workload.objects.get(slug="intents").key_version == 1
+    # The counting sees real hashing: signing in with the same password hashes it.
+    assert APIClient().login(username="alice", password=PASSWORD)
+    assert password_hashes["verify"] >= 1
+
+
+def test_unknown_key_is_401(two: Any) -> None:
+    response = keyed("not-a-key").get("/api/workloads/")
+    assert response.status_code == 401 and error_of(response)["type"] == "authentication_error"
 
 
 def test_a_caller_key_that_manages_nothing_is_refused(two: Any, make_key: Any) -> None:
@@ -103,7 +146,7 @@ def test_staff_lists_every_workload_with_its_numbers(two: Any) -> None:
     call("intents")
     call("intents")
     call("intents", "other", temperature=0.7)
-    response = basic("alice").get("/api/workloads/")
+    response = signed_in("alice").get("/api/workloads/")
     assert response.status_code == 200
     rows = {row["slug"]: row for row in response.json()}
     assert set(rows) == {"intents", "extract"}
@@ -128,7 +171,7 @@ def test_stats_over_each_window(two: Any, window: str) -> None:
     make_user("alice")
     call("intents")
     call("intents")
-    response = basic("alice").get(f"/api/workloads/intents/stats/?window={window}")
+    response = signed_in("alice").get(f"/api/workloads/intents/stats/?window={window}")
     assert response.status_code == 200
     body = response.json()
     assert body["workload"] == "intents" and body["window"] == window and body["key_version"] == 1
@@ -139,14 +182,14 @@ def test_stats_over_each_window(two: Any, window: str) -> None:
 def test_stats_default_window_is_1h_and_matches_the_stats_command(two: Any) -> None:
     make_user("alice")
     call("intents")
-    body = basic("alice").get("/api/workloads/intents/stats/").json()
+    body = signed_in("alice").get("/api/workloads/intents/stats/").json()
     assert body == {"workload": "intents", "key_version": 1, "enabled": True, **stats.totals("intents", "1h").as_dict()}
 
 
 @pytest.mark.parametrize("window", ["1y", "60", "1H", "5m,1h"])
 def test_a_bad_window_is_a_400_naming_the_window(two: Any, window: str) -> None:
     make_user("alice")
-    response = basic("alice").get("/api/workloads/intents/stats/", {"window": window})
+    response = signed_in("alice").get("/api/workloads/intents/stats/", {"window": window})
     assert response.status_code == 400
     error = error_of(response)
     assert error["type"] == "invalid_request_error"
@@ -155,7 +198,7 @@ def test_a_bad_window_is_a_400_naming_the_window(two: Any, window: str) -> None:
 
 def test_unknown_workload_is_404_for_staff_and_403_for_a_key(two: Any, make_key: Any) -> None:
     make_user("alice")
-    response = basic("alice").get("/api/workloads/nope/stats/")
+    response = signed_in("alice").get("/api/workloads/nope/stats/")
     assert response.status_code == 404
     assert error_of(response)["type"] == "not_found_error"
     key = make_key(managed=(two[1],))
@@ -170,7 +213,7 @@ def test_redis_down_is_a_503_that_leaks_nothing(two: Any) -> None:
     from django.conf import settings
 
     with override_settings(CACHES=redis_down(settings.CACHES)):
-        response = basic("alice").get("/api/workloads/intents/stats/")
+        response = signed_in("alice").get("/api/workloads/intents/stats/")
     assert response.status_code == 503
     assert error_of(response) == {"type": "api_error", "message": "Redis is unavailable; try again later."}
     assert b"127.0.0.1" not in response.content
@@ -182,10 +225,10 @@ def test_redis_down_is_a_503_that_leaks_nothing(two: Any) -> None:
 def test_bump_needs_the_bump_permission(two: Any) -> None:
     make_user("viewer")
     make_user("bumper", perms=("bump_workload",))
-    refused = basic("viewer").post("/api/workloads/intents/bump/")
+    refused = signed_in("viewer").post("/api/workloads/intents/bump/")
     assert refused.status_code == 403 and error_of(refused)["type"] == "permission_error"
     assert Workload.objects.get(slug="intents").key_version == 1
-    response = basic("bumper").post("/api/workloads/intents/bump/")
+    response = signed_in("bumper").post("/api/workloads/intents/bump/")
     assert response.status_code == 200
     assert response.json() == {"workload": "intents", "key_version": 2}
     assert Workload.objects.get(slug="intents").key_version == 2
@@ -195,7 +238,7 @@ def test_a_bump_through_the_api_makes_old_entries_unreachable_and_is_audited(two
     user = make_user("bumper", perms=("bump_workload",))
     assert call("intents").status == "miss"
     assert call("intents").status == "hit"
-    assert basic("bumper").post("/api/workloads/intents/bump/").status_code == 200
+    assert signed_in("bumper").post("/api/workloads/intents/bump/").status_code == 200
     assert call("intents").status == "miss"
     entry = AuditEntry.objects.get(action=AuditEntry.Action.BUMP)
     assert (entry.actor, entry.user, entry.workload_slug) == ("user:bumper", user, "intents")
@@ -220,8 +263,8 @@ def test_purge_deletes_the_entries_says_how_many_and_is_audited(two: Any) -> Non
     call("intents", "one")
     call("intents", "two")
     call("extract", "three")
-    assert basic("bumper").post("/api/workloads/intents/purge/").status_code == 403
-    response = basic("purger").post("/api/workloads/intents/purge/")
+    assert signed_in("bumper").post("/api/workloads/intents/purge/").status_code == 403
+    response = signed_in("purger").post("/api/workloads/intents/purge/")
     assert response.status_code == 200
     assert response.json() == {"workload": "intents", "purged": 2}
     assert call("intents", "one").status == "miss"
@@ -232,14 +275,14 @@ def test_purge_deletes_the_entries_says_how_many_and_is_audited(two: Any) -> Non
 
 def test_superuser_may_do_everything(two: Any) -> None:
     make_user("root", superuser=True)
-    client = basic("root")
+    client = signed_in("root")
     assert client.post("/api/workloads/extract/bump/").json()["key_version"] == 2
     assert client.post("/api/workloads/extract/purge/").json()["purged"] == 0
 
 
 def test_wrong_methods_are_405_in_the_error_format(two: Any) -> None:
     make_user("root", superuser=True)
-    client = basic("root")
+    client = signed_in("root")
     assert client.get("/api/workloads/intents/bump/").status_code == 405
     assert client.delete("/api/workloads/intents/").status_code == 404
     response = client.post("/api/workloads/")
@@ -258,7 +301,7 @@ def test_session_auth_works_and_enforces_csrf_on_posts(two: Any) -> None:
 
 def test_bump_reaches_redis_so_every_worker_sees_it_at_once(two: Any, redis_db: Any) -> None:
     make_user("root", superuser=True)
-    basic("root").post("/api/workloads/intents/bump/")
+    signed_in("root").post("/api/workloads/intents/bump/")
     assert int(redis_db.get(store.version_key("intents"))) == 2
 
 
