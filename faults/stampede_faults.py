@@ -27,8 +27,8 @@ def follow_up(rig: Rig, workload: Workload, prompt: str, result: Result) -> None
 
 
 def slow_generation(rig: Rig) -> Result:
-    """d. A 35 s generation under the default policy (longer than today's default wait_max, 30 s)."""
-    result = Result("d", "upstream 35 s > default wait_max (30 s), 12 callers", "1 upstream call; 12 answered")
+    """d. A 35 s generation under the default policy (longer than the old default wait_max, 30 s)."""
+    result = Result("d", "upstream 35 s > old default wait_max 30 s, 12 callers", "1 upstream call; 12 answered")
     workload = rig.workload("faults-slow")
     prompt = new_prompt("slow")
     rig.upstream.configure(delay=0.2, plan=[35.0])  # only the first call is slow
