@@ -24,8 +24,9 @@ field) is ``TooDeep``.
 - ``endpoint``: a request to another endpoint than ``/v1/messages`` (``count_tokens``) hashes
   its name too, so the same body never shares an entry across endpoints.
 
-The fingerprint is SHA-256 over the canonical JSON; ``entry_key`` namespaces it by workload and
-key version, so a version bump makes every older entry unreachable at once.
+The fingerprint is SHA-256 over the canonical JSON; ``entry_key`` namespaces it by workload,
+upstream kind and key version, so a version bump makes every older entry unreachable at once and
+the simulated upstream's answers are never served as the real upstream's (nor the reverse).
 """
 
 from __future__ import annotations
@@ -273,14 +274,36 @@ def request_fingerprint(
 #   respcache:s:<slug>:m:<start> / :h:<start>   a minute / hour counter bucket
 #   respcache:s:<slug>:total                    the all-time counters
 #
+# Those are the names of the anthropic upstream's key space. The simulated upstream's entries
+# (and their meta, lock, channel and failure names) carry its kind after the slug,
+# "respcache:e:<slug>:simulated:<version>:<fingerprint>", so neither upstream's answers are
+# ever served as the other's; a version never reads "simulated", and a slug holds no ":", so no
+# name of one key space matches a pattern of the other's. Key versions and counters are the
+# workload's, shared by both.
+#
 # The lookup script appends "<version>:<fingerprint>" to ``entry_prefix`` and ``meta_prefix``
-# itself (the version is resolved inside Redis): ``entry_prefix(w) + f"{v}:{fp}"`` is
-# ``entry_key(workload=w, version=v, fingerprint=fp)``, and tests hold it so.
+# itself (the version is resolved inside Redis): ``entry_prefix(w, u) + f"{v}:{fp}"`` is
+# ``entry_key(workload=w, version=v, fingerprint=fp, upstream=u)``, and tests hold it so.
 
 _ENTRY, _META, _LOCK, _CHANNEL = "respcache:e:", "respcache:m:", "respcache:l:", "respcache:c:"
 _FAILURE = "respcache:f:"
 #: The bucket kind in a counter bucket's name, by bucket width in seconds.
 _BUCKET_KINDS = {60: "m", 3600: "h"}
+
+#: The upstream kinds (``RESPCACHE_UPSTREAM``), each answering in its own key space.
+ANTHROPIC, SIMULATED = "anthropic", "simulated"
+UPSTREAM_KINDS = (ANTHROPIC, SIMULATED)
+#: What follows the slug in an upstream kind's names: nothing for anthropic, whose names are
+#: those every entry had before the simulated upstream got a key space of its own.
+_KEY_SPACES = {ANTHROPIC: "", SIMULATED: f"{SIMULATED}:"}
+
+
+def _space(workload: str, upstream: str) -> str:
+    """``<slug>:`` and the upstream kind's segment: where the names of its entries start."""
+    try:
+        return f"{workload}:{_KEY_SPACES[upstream]}"
+    except KeyError:
+        raise ValueError(f"unknown upstream kind {upstream!r}") from None
 
 
 def version_key(workload: str) -> str:
@@ -288,18 +311,25 @@ def version_key(workload: str) -> str:
     return f"respcache:v:{workload}"
 
 
-def entry_key(*, workload: str, version: int, fingerprint: str) -> str:
-    return f"{_ENTRY}{workload}:{version}:{fingerprint}"
+def entry_key(*, workload: str, version: int, fingerprint: str, upstream: str = ANTHROPIC) -> str:
+    return f"{_ENTRY}{_space(workload, upstream)}{version}:{fingerprint}"
 
 
-def entry_prefix(workload: str) -> str:
-    """What every entry key of ``workload`` starts with (any version)."""
-    return f"{_ENTRY}{workload}:"
+def entry_prefix(workload: str, upstream: str = ANTHROPIC) -> str:
+    """What every entry key of ``workload`` in ``upstream``'s key space starts with (any version)."""
+    return f"{_ENTRY}{_space(workload, upstream)}"
 
 
-def entry_pattern(*, workload: str, version: int | None = None) -> str:
-    """Glob matching a workload's entries (of one key version, or of all)."""
-    return f"{_ENTRY}{workload}:{'*' if version is None else version}:*"
+def _pattern(kind: str, workload: str, version: int | None, upstream: str) -> str:
+    if version is None:  # "*" spans the upstream kind's segment too
+        return f"{kind}{workload}:*:*"
+    return f"{kind}{_space(workload, upstream)}{version}:*"
+
+
+def entry_pattern(*, workload: str, version: int | None = None, upstream: str = ANTHROPIC) -> str:
+    """Glob matching a workload's entries: of one key version in ``upstream``'s key space, or,
+    without a version, of every version in every key space (what a purge deletes)."""
+    return _pattern(_ENTRY, workload, version, upstream)
 
 
 def meta_key(key: str) -> str:
@@ -307,14 +337,14 @@ def meta_key(key: str) -> str:
     return _META + key.removeprefix(_ENTRY)
 
 
-def meta_prefix(workload: str) -> str:
-    """What every meta key of ``workload`` starts with (any version)."""
-    return f"{_META}{workload}:"
+def meta_prefix(workload: str, upstream: str = ANTHROPIC) -> str:
+    """What every meta key of ``workload`` in ``upstream``'s key space starts with (any version)."""
+    return f"{_META}{_space(workload, upstream)}"
 
 
-def meta_pattern(*, workload: str, version: int | None = None) -> str:
-    """Glob matching the meta hashes of a workload's entries (of one key version, or of all)."""
-    return f"{_META}{workload}:{'*' if version is None else version}:*"
+def meta_pattern(*, workload: str, version: int | None = None, upstream: str = ANTHROPIC) -> str:
+    """Glob matching the meta hashes of a workload's entries, as ``entry_pattern`` matches them."""
+    return _pattern(_META, workload, version, upstream)
 
 
 def lock_key(key: str) -> str:

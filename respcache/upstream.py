@@ -37,6 +37,7 @@ else:
 from respcache import sse
 from respcache.conf import app_settings
 from respcache.exceptions import UpstreamError, UpstreamUnavailable
+from respcache.keys import ANTHROPIC, UPSTREAM_KINDS
 
 logger = logging.getLogger(__name__)
 
@@ -244,7 +245,6 @@ def _last_user_text(body: dict[str, Any]) -> str:
     return ""
 
 
-UPSTREAM_KINDS = ("anthropic", "simulated")
 _upstream_lock = threading.Lock()
 _upstreams: dict[tuple[str, str, str], Upstream] = {}
 
@@ -258,7 +258,7 @@ def get_upstream() -> Upstream:
     with _upstream_lock:
         found = _upstreams.get(handle)
         if found is None:
-            found = _upstreams[handle] = AnthropicUpstream() if kind == "anthropic" else SimulatedUpstream()
+            found = _upstreams[handle] = AnthropicUpstream() if kind == ANTHROPIC else SimulatedUpstream()
         return found
 
 

@@ -10,6 +10,10 @@ Redis failing is decided by the guard (guard.py): the call is served from the up
 (fail-open), a cache error is counted (kept in the process until Redis answers again) and
 logged; the caller never sees a Redis error. Upstream errors are never stored; the lock
 holder's error is handed to the callers waiting on it, who stop waiting at once.
+
+A call reads and writes the key space of the configured upstream kind (``store.key_space``:
+anthropic or simulated), so a simulated answer is never served as a real one, nor the reverse;
+an ``upstream`` object passed in (a test's seam) is taken to be of the configured kind.
 """
 
 from __future__ import annotations
@@ -117,6 +121,8 @@ class Call:
     ) -> None:
         self.policy = policy
         self.slug = policy.slug
+        #: Whose key space the call reads and writes (the configured upstream kind).
+        self.upstream_kind = store.key_space()
         self.body = body
         self.raw_body = raw_body
         self.fingerprint = fingerprint
@@ -151,7 +157,7 @@ class Call:
     def without_cache(self, outcome: str, errors: Counts) -> CachedResult:
         """Redis failed: answer from the upstream. Identical calls in this process share one
         upstream call meanwhile (there is no Redis lock to share it across processes)."""
-        key = (type(self).__name__, self.slug, self.fingerprint, outcome)
+        key = (type(self).__name__, self.slug, self.upstream_kind, self.fingerprint, outcome)
         result, shared = _without_cache.do(key, lambda: self.answer_from_upstream(outcome, outcome, counts=errors))
         if shared:
             self.count(Counts.outcome(outcome) + errors)
@@ -161,14 +167,14 @@ class Call:
         """Refresh, hit, or a miss filled once under the key's lock. Raises CacheUnavailable."""
         if no_cache:
             version = self.lookup("").version
-            names = None if no_store else Names.build(self.slug, version, self.fingerprint)
+            names = None if no_store else Names.build(self.slug, version, self.fingerprint, self.upstream_kind)
             return self.answer_from_upstream(REFRESH, REFRESH, names)
         found = self.lookup(HIT)
         if found.entry is not None:
             return self.answer(HIT, found)
         if no_store:
             return self.answer_from_upstream(MISS, MISS)
-        return stampede.fill(self, Names.build(self.slug, found.version, self.fingerprint))
+        return stampede.fill(self, Names.build(self.slug, found.version, self.fingerprint, self.upstream_kind))
 
     def result(
         self,
@@ -232,6 +238,7 @@ class Call:
             workload=self.slug,
             db_version=self.policy.key_version,
             fingerprint=self.fingerprint,
+            upstream=self.upstream_kind,
             outcome=outcome,
             bucket_keys=self.bucket_keys,
             bucket_ttls=self.bucket_ttls,
