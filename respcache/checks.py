@@ -1,4 +1,5 @@
-"""System checks: respcache.E001… with hints, run by ``manage.py check`` and at start-up."""
+"""System checks: respcache.E001… with hints, run by ``manage.py check`` and at start-up
+(``check --deploy`` adds the deployment ones)."""
 
 from __future__ import annotations
 
@@ -75,6 +76,22 @@ def check_compressor(app_configs: Any = None, **kwargs: Any) -> list[Any]:
                 hint="Use 'lz4' (fast to read, the default) or 'zlib' (smaller); entries written "
                 "with either stay readable.",
                 id="respcache.E006",
+            )
+        ]
+    return []
+
+
+@register(Tags.security, deploy=True)
+def check_upstream_chosen(app_configs: Any = None, **kwargs: Any) -> list[Any]:
+    """A deployment answers from the simulated upstream only when told to by name."""
+    if app_settings.silently_simulated:
+        return [
+            Error(
+                "The simulated upstream would answer every call: ANTHROPIC_API_KEY and RESPCACHE_UPSTREAM are unset.",
+                hint="Set ANTHROPIC_API_KEY (the server's key for the Messages API), or "
+                "RESPCACHE_UPSTREAM=simulated to serve simulated answers on purpose. With the "
+                "production settings on, the service refuses to start without one of them.",
+                id="respcache.E007",
             )
         ]
     return []

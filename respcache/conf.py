@@ -73,6 +73,12 @@ class AppSettings:
             return kind
         return "anthropic" if os.environ.get("ANTHROPIC_API_KEY") else "simulated"
 
+    @property
+    def silently_simulated(self) -> bool:
+        """Whether the simulated upstream answers without having been asked for by name (no
+        ``UPSTREAM``, no ``ANTHROPIC_API_KEY``): fine on a laptop, never in production."""
+        return not (self.UPSTREAM or "").strip() and self.upstream_kind == "simulated"
+
 
 app_settings = AppSettings(DEFAULTS)
 

@@ -4,8 +4,11 @@ The contract: ``create`` (a Message), ``stream`` (an open SSE stream, raw bytes 
 and ``count_tokens``.
 
 ``get_upstream()`` returns the configured one (``RESPCACHE["UPSTREAM"]`` /
-``RESPCACHE_UPSTREAM``: ``anthropic`` or ``simulated``). Calls return plain data, never SDK
-objects, and raise only respcache's own errors: this module owns the ``anthropic`` library's.
+``RESPCACHE_UPSTREAM``: ``anthropic`` or ``simulated``; unset: anthropic when
+``ANTHROPIC_API_KEY`` is set, else simulated, which a production service refuses to start on:
+``refuse_silent_simulation``). Each kind's answers live in a key space of their own (keys.py).
+Calls return plain data, never SDK objects, and raise only respcache's own errors: this module
+owns the ``anthropic`` library's.
 The caller's body is forwarded byte for byte (unknown fields untouched) with the caller's
 ``anthropic-beta`` and ``anthropic-version`` headers; the upstream is called with the server's
 ``ANTHROPIC_API_KEY`` (honouring ``ANTHROPIC_BASE_URL``), never with the caller's key.
@@ -265,3 +268,14 @@ def get_upstream() -> Upstream:
 def reset_upstreams() -> None:
     with _upstream_lock:
         _upstreams.clear()
+
+
+def refuse_silent_simulation(*, production: bool) -> None:
+    """Raise ImproperlyConfigured when a ``production`` service would answer from the simulated
+    upstream without having been told to by name (system check respcache.E007 says the same)."""
+    if production and app_settings.silently_simulated:
+        raise ImproperlyConfigured(
+            "respcache refuses to start: with the production settings on, the simulated upstream "
+            "would answer every call (ANTHROPIC_API_KEY and RESPCACHE_UPSTREAM are unset). Set "
+            "ANTHROPIC_API_KEY, or RESPCACHE_UPSTREAM=simulated to serve simulated answers on purpose."
+        )
