@@ -10,6 +10,7 @@ from django.conf import settings
 from django.core.checks import Error, Tags, register
 
 from respcache.conf import app_settings
+from respcache.keys import DEFAULT_MAX_DEPTH
 
 
 @register(Tags.caches)
@@ -95,3 +96,22 @@ def check_upstream_chosen(app_configs: Any = None, **kwargs: Any) -> list[Any]:
             )
         ]
     return []
+
+
+def _is_int(value: Any, low: int, high: float) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+@register()
+def check_body_limits(app_configs: Any = None, **kwargs: Any) -> list[Any]:
+    values, depth = app_settings.MAX_JSON_VALUES, app_settings.MAX_JSON_DEPTH
+    if _is_int(values, 1, float("inf")) and _is_int(depth, 1, DEFAULT_MAX_DEPTH):
+        return []
+    return [
+        Error(
+            f"RESPCACHE['MAX_JSON_VALUES'] is {values!r} and RESPCACHE['MAX_JSON_DEPTH'] is {depth!r}.",
+            hint=f"MAX_JSON_VALUES: an integer of at least 1; MAX_JSON_DEPTH: an integer from 1 to "
+            f"{DEFAULT_MAX_DEPTH} (what orjson serialises, and so what can be hashed).",
+            id="respcache.E008",
+        )
+    ]

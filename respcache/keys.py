@@ -19,8 +19,8 @@ What makes two requests "the same" (CONTRACT.md), one named function a rule:
 it serialises each top-level field with orjson and walks (in Python) only a part whose JSON
 shows an integral float (``_needs_walk``: ``2.0``, ``1e16``), the messages one by one only when
 needed. Most of a large request is text that needs no walk, and the walk was most of the cost
-(see the bench). Nesting deeper than orjson serialises (254 levels within one message or
-field) is ``TooDeep``.
+(see the bench). Nesting deeper than ``max_depth`` levels within one message or field (at most
+254, what orjson serialises) is ``TooDeep``, and so bounds every walk and recursion here.
 - ``endpoint``: a request to another endpoint than ``/v1/messages`` (``count_tokens``) hashes
   its name too, so the same body never shares an entry across endpoints.
 
@@ -48,27 +48,37 @@ class TooDeep(ValueError):
     """The request nests deeper than the allowed depth."""
 
 
-def _as_blocks(content: Any) -> Any:
+def _too_deep(max_depth: int) -> str:
+    return f"nesting deeper than {max_depth} levels within a message or field"
+
+
+def _as_blocks(content: Any, depth: int, max_depth: int) -> Any:
+    """``content`` as blocks; ``depth`` is its nesting level within its message or field (the
+    message or field itself is level 1), so that nested tool_result content stops at
+    ``max_depth`` with TooDeep, as hashing it would, instead of recursing on."""
     if isinstance(content, str):
         return [{"type": "text", "text": content}]
     if isinstance(content, list):
         # Copy only when a block changes: most blocks of a long conversation do not.
         for block in content:
             if type(block) is dict and ("cache_control" in block or block.get("type") == "tool_result"):
-                return [_strip_cache_control(b) for b in content]
+                return [_strip_cache_control(b, depth + 1, max_depth) for b in content]
     return content
 
 
-def _strip_cache_control(block: Any) -> Any:
+def _strip_cache_control(block: Any, depth: int, max_depth: int) -> Any:
     """The block without its cache_control marker (tool_result content as blocks); the
-    caller's dict is never changed, and a block that needs nothing is returned as it is."""
+    caller's dict is never changed, and a block that needs nothing is returned as it is.
+    ``depth``: the block's nesting level (see _as_blocks)."""
     if type(block) is not dict:
         return block
+    if depth > max_depth:
+        raise TooDeep(_too_deep(max_depth))
     if "cache_control" in block:
         block = {k: v for k, v in block.items() if k != "cache_control"}
     if block.get("type") == "tool_result" and "content" in block:
         content = block["content"]
-        blocks = _as_blocks(content)
+        blocks = _as_blocks(content, depth + 1, max_depth)
         if blocks is not content:
             block = {**block, "content": blocks}
     return block
@@ -78,7 +88,7 @@ def _drop_excluded(body: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in body.items() if k not in EXCLUDED_FIELDS}
 
 
-def _normalise_messages(messages: Any) -> Any:
+def _normalise_messages(messages: Any, max_depth: int) -> Any:
     if type(messages) is not list:
         return messages
     out: list[Any] = []
@@ -89,7 +99,7 @@ def _normalise_messages(messages: Any) -> Any:
             if type(content) is str:
                 message = {**message, "content": [{"type": "text", "text": content}]}
             elif type(content) is list:
-                blocks = _as_blocks(content)
+                blocks = _as_blocks(content, 2, max_depth)  # the message is level 1, its content 2
                 if blocks is not content:
                     message = {**message, "content": blocks}
         append(message)
@@ -101,11 +111,11 @@ def _canonical_numbers(value: Any, depth: int, max_depth: int) -> Any:
     kind = type(value)
     if kind is dict:
         if depth >= max_depth:
-            raise TooDeep(f"request nests deeper than {max_depth} levels")
+            raise TooDeep(_too_deep(max_depth))
         return {k: _canonical_numbers(v, depth + 1, max_depth) for k, v in value.items()}
     if kind is list:
         if depth >= max_depth:
-            raise TooDeep(f"request nests deeper than {max_depth} levels")
+            raise TooDeep(_too_deep(max_depth))
         return [_canonical_numbers(v, depth + 1, max_depth) for v in value]
     if kind is float and value.is_integer() and _INT_MIN <= value <= _INT_MAX:
         return int(value)  # exact: an integral float converts to the very same integer
@@ -128,15 +138,15 @@ MESSAGES = "messages"
 COUNT_TOKENS = "count_tokens"
 
 
-def _structural(body: dict[str, Any]) -> dict[str, Any]:
+def _structural(body: dict[str, Any], max_depth: int) -> dict[str, Any]:
     """The body with excluded fields dropped, text as blocks, cache_control markers gone."""
     doc = _drop_excluded(body)
     if "system" in doc:
-        doc["system"] = _as_blocks(doc["system"])
+        doc["system"] = _as_blocks(doc["system"], 1, max_depth)
     if "messages" in doc:
-        doc["messages"] = _normalise_messages(doc["messages"])
+        doc["messages"] = _normalise_messages(doc["messages"], max_depth)
     if type(doc.get("tools")) is list:
-        doc["tools"] = [_strip_cache_control(tool) for tool in doc["tools"]]
+        doc["tools"] = [_strip_cache_control(tool, 2, max_depth) for tool in doc["tools"]]
     return doc
 
 
@@ -148,7 +158,7 @@ def normalise(
     endpoint: str = MESSAGES,
 ) -> dict[str, Any]:
     """The document whose canonical JSON is hashed: the normalised body and the beta values."""
-    doc = _structural(body)
+    doc = _structural(body, max_depth)
     normalised = {
         "anthropic-beta": _beta_values(beta),
         "request": _canonical_numbers(doc, 1, max_depth),
@@ -200,41 +210,46 @@ def _needs_walk(data: bytes) -> bool:
     return b"+" in data and _INTEGRAL_FLOAT_EXP.search(data) is not None
 
 
-def _part(value: Any) -> bytes:
+def _part(value: Any, max_depth: int = DEFAULT_MAX_DEPTH) -> bytes:
     """Canonical JSON of one part of a request (a message, a field's value)."""
     kind = type(value)
     if kind is float or kind is int:
-        return orjson.dumps(_canonical_numbers(value, 0, DEFAULT_MAX_DEPTH))
+        return orjson.dumps(_canonical_numbers(value, 0, max_depth))
     if kind is str or kind is bool or value is None:
         return orjson.dumps(value)
     try:
         data = orjson.dumps(value, option=_SORT)
     except orjson.JSONEncodeError:  # too deep, or an integer beyond 64 bits: the walk decides
-        return canonical_json(_canonical_numbers(value, 0, DEFAULT_MAX_DEPTH))
-    if _needs_walk(data):
-        data = canonical_json(_canonical_numbers(value, 0, DEFAULT_MAX_DEPTH))
+        return canonical_json(_canonical_numbers(value, 0, max_depth))
+    # orjson refuses what nests deeper than DEFAULT_MAX_DEPTH; a lower limit needs the walk for a
+    # part with the brackets to break it (max_depth + 1 levels take that many, a string's add some).
+    if _needs_walk(data) or (max_depth < DEFAULT_MAX_DEPTH and data.count(b"[") + data.count(b"{") > max_depth):
+        data = canonical_json(_canonical_numbers(value, 0, max_depth))
     return data
 
 
-def _messages_part(messages: Any) -> bytes:
-    """The messages in one piece when none holds an integral float, else message by message."""
+def _messages_part(messages: Any, max_depth: int = DEFAULT_MAX_DEPTH) -> bytes:
+    """The messages in one piece when none holds an integral float, else message by message
+    (always, under a limit below orjson's: each message is a part with its own)."""
     if type(messages) is not list:
-        return _part(messages)
-    try:
-        data = orjson.dumps(messages, option=_SORT)
-    except orjson.JSONEncodeError:
-        data = b""
+        return _part(messages, max_depth)
+    data = b""
+    if max_depth == DEFAULT_MAX_DEPTH:
+        try:
+            data = orjson.dumps(messages, option=_SORT)
+        except orjson.JSONEncodeError:
+            pass
     if data and not _needs_walk(data):
         return data
-    return b"[" + b",".join([_part(m) for m in messages]) + b"]"
+    return b"[" + b",".join([_part(m, max_depth) for m in messages]) + b"]"
 
 
-def _canonical_request(doc: dict[str, Any]) -> bytes:
+def _canonical_request(doc: dict[str, Any], max_depth: int) -> bytes:
     """``canonical_json`` of a structurally normalised request, part by part."""
     out = []
     for name in sorted(doc):
         value = doc[name]
-        part = _messages_part(value) if name == "messages" else _part(value)
+        part = _messages_part(value, max_depth) if name == "messages" else _part(value, max_depth)
         out.append(orjson.dumps(name) + b":" + part)
     return b"{" + b",".join(out) + b"}"
 
@@ -244,16 +259,23 @@ def request_fingerprint(
     *,
     beta: str | Iterable[str] | None = (),
     endpoint: str = MESSAGES,
+    max_depth: int = DEFAULT_MAX_DEPTH,
 ) -> str:
     """SHA-256 (hex) of the canonical JSON of the normalised request to ``endpoint``:
-    the bytes of ``canonical_json(normalise(body, beta=beta, endpoint=endpoint))``."""
-    doc = _structural(body)
+    the bytes of ``canonical_json(normalise(body, beta=beta, endpoint=endpoint))``.
+
+    Raises TooDeep when a message or another field nests deeper than ``max_depth`` levels (the
+    message or field itself is level 1), from 1 up to DEFAULT_MAX_DEPTH, what orjson serialises.
+    """
+    if not 1 <= max_depth <= DEFAULT_MAX_DEPTH:
+        raise ValueError(f"max_depth must be from 1 to {DEFAULT_MAX_DEPTH}, not {max_depth}")
+    doc = _structural(body, max_depth)
     digest = hashlib.sha256(b'{"anthropic-beta":')
     digest.update(orjson.dumps(_beta_values(beta)))
     if endpoint != MESSAGES:
         digest.update(b',"endpoint":' + orjson.dumps(endpoint))
     digest.update(b',"request":')
-    digest.update(_canonical_request(doc))
+    digest.update(_canonical_request(doc, max_depth))
     digest.update(b"}")
     return digest.hexdigest()
 

@@ -215,7 +215,11 @@ class SimulatedUpstream:
         return UpstreamStream(iter([sse.replay(orjson.dumps(message))]))
 
     def count_tokens(self, raw_body: bytes, body: dict[str, Any], *, headers: dict[str, str]) -> UpstreamResponse:
-        count = {"input_tokens": max(1, len(orjson.dumps(body.get("messages"))) // 4)}
+        messages = body.get("messages") or []
+        # The length of the messages' JSON, message by message: a message may nest as deep as
+        # orjson serialises, so the list around it may not be serialisable in one piece.
+        size = sum(len(orjson.dumps(m)) for m in messages) + max(1, len(messages)) + 1
+        count = {"input_tokens": max(1, size // 4)}
         return UpstreamResponse(body=orjson.dumps(count), message=count, latency_ms=0.0)
 
     def create(self, raw_body: bytes, body: dict[str, Any], *, headers: dict[str, str]) -> UpstreamResponse:

@@ -72,3 +72,21 @@ def test_the_deployment_check_runs_with_check_deploy_only() -> None:
 
     assert checks.check_upstream_chosen in registry.registry.get_checks(include_deployment_checks=True)
     assert checks.check_upstream_chosen not in registry.registry.get_checks(include_deployment_checks=False)
+
+
+@pytest.mark.parametrize(
+    ("values", "depth", "ok"),
+    [
+        (1_000_000, 254, True),
+        (1, 1, True),
+        (0, 254, False),
+        (True, 254, False),
+        ("1000", 254, False),
+        (1_000_000, 255, False),
+        (1_000_000, 0, False),
+        (1_000_000, 10.5, False),
+    ],
+)
+def test_body_limits_check(settings: Any, values: Any, depth: Any, ok: bool) -> None:
+    settings.RESPCACHE = {**settings.RESPCACHE, "MAX_JSON_VALUES": values, "MAX_JSON_DEPTH": depth}
+    assert ids(checks.check_body_limits()) == ([] if ok else ["respcache.E008"])

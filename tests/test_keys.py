@@ -186,6 +186,69 @@ def test_nesting_limit() -> None:
     assert request_fingerprint(base(extra={"a": {"b": 1}}))
 
 
+def nested(levels: int) -> Any:
+    """A value nesting ``levels`` levels (itself level 1)."""
+    value: Any = []
+    for _ in range(levels - 1):
+        value = [value]
+    return value
+
+
+def in_a_message(levels: int) -> list[dict[str, Any]]:
+    """Messages whose one message nests ``levels`` levels (the message, its content list, a
+    block, then lists)."""
+    return [{"role": "user", "content": [{"type": "text", "text": "t", "x": nested(levels - 3)}]}]
+
+
+@pytest.mark.parametrize("max_depth", [keys.DEFAULT_MAX_DEPTH, 40, 5])
+def test_nesting_limit_at_and_just_over_max_depth(max_depth: int) -> None:
+    """A message or field may nest max_depth levels (itself level 1), not one more; the
+    default is what orjson serialises, a lower limit walks the parts that could break it."""
+    for at, over in (
+        (base(extra=nested(max_depth)), base(extra=nested(max_depth + 1))),
+        (base(messages=in_a_message(max_depth)), base(messages=in_a_message(max_depth + 1))),
+    ):
+        assert request_fingerprint(at, max_depth=max_depth)
+        with pytest.raises(TooDeep, match=f"deeper than {max_depth} levels"):
+            request_fingerprint(over, max_depth=max_depth)
+
+
+def test_a_lower_depth_limit_does_not_change_a_key() -> None:
+    for _, a, b in SAME + DIFFERENT:
+        for body in (a, b):
+            assert request_fingerprint(body, max_depth=16) == request_fingerprint(body)
+
+
+def test_depth_limit_is_from_1_to_what_orjson_serialises() -> None:
+    for bad in (0, keys.DEFAULT_MAX_DEPTH + 1):
+        with pytest.raises(ValueError, match="max_depth"):
+            request_fingerprint(base(), max_depth=bad)
+
+
+def nested_tool_results(levels: int) -> list[dict[str, Any]]:
+    """One user message whose content is ``levels`` tool_result blocks, each inside the last."""
+    block: dict[str, Any] = {"type": "text", "text": "the bottom"}
+    for level in range(levels):
+        block = {"type": "tool_result", "tool_use_id": f"t{level}", "content": [block]}
+    return [{"role": "user", "content": [block]}]
+
+
+@pytest.mark.parametrize("levels", [125, 126, 450, 10_000])
+def test_nested_tool_results_stop_at_the_depth_limit_never_recursing_on(levels: int) -> None:
+    """Normalising tool_result content recurses: it stops with TooDeep where hashing would (a
+    level is two: the block and its content list), never a RecursionError."""
+    body = base(messages=nested_tool_results(levels))
+    # The message (1), its content (2), then a block and its content per level, the text block.
+    depth = 2 + 2 * levels + 1
+    if depth <= keys.DEFAULT_MAX_DEPTH:
+        assert request_fingerprint(body)
+    else:
+        with pytest.raises(TooDeep):
+            request_fingerprint(body)
+        with pytest.raises(TooDeep):
+            keys.normalise(body)
+
+
 def test_fast_fingerprint_equals_the_plain_canonical_json() -> None:
     """request_fingerprint (part by part, walking only parts with integral floats) hashes the
     very bytes of canonical_json(normalise(...))."""

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from respcache import keys, stats, store
+from respcache.conf import app_settings
 from respcache.exceptions import InvalidRequest, UpstreamError
 from respcache.selectors import Policy
 from respcache.services import guard, stampede
@@ -344,11 +345,13 @@ def new_call(
     monotonic: Callable[[], float],
     endpoint: str = keys.MESSAGES,
 ) -> CallKind:
-    """A call of ``kind`` for this request; raises InvalidRequest for a body too deeply nested."""
+    """A call of ``kind`` for this request; raises InvalidRequest for a body nested deeper than
+    ``MAX_JSON_DEPTH`` levels within a message or field."""
+    max_depth = int(app_settings.MAX_JSON_DEPTH)
     try:
-        fingerprint = keys.request_fingerprint(body, beta=beta, endpoint=endpoint)
+        fingerprint = keys.request_fingerprint(body, beta=beta, endpoint=endpoint, max_depth=max_depth)
     except keys.TooDeep as exc:
-        raise InvalidRequest(str(exc)) from exc
+        raise InvalidRequest(f"Request body too deeply nested: {exc} (the MAX_JSON_DEPTH limit).") from exc
     return kind(
         policy=policy,
         body=body,
