@@ -1,4 +1,5 @@
-"""System checks: respcache.E001… with hints, run by ``manage.py check`` and at start-up."""
+"""System checks: respcache.E001… with hints, run by ``manage.py check`` and at start-up
+(``check --deploy`` adds the deployment ones)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from django.conf import settings
 from django.core.checks import Error, Tags, register
 
 from respcache.conf import app_settings
+from respcache.keys import DEFAULT_MAX_DEPTH
 
 
 @register(Tags.caches)
@@ -78,3 +80,38 @@ def check_compressor(app_configs: Any = None, **kwargs: Any) -> list[Any]:
             )
         ]
     return []
+
+
+@register(Tags.security, deploy=True)
+def check_upstream_chosen(app_configs: Any = None, **kwargs: Any) -> list[Any]:
+    """A deployment answers from the simulated upstream only when told to by name."""
+    if app_settings.silently_simulated:
+        return [
+            Error(
+                "The simulated upstream would answer every call: ANTHROPIC_API_KEY and RESPCACHE_UPSTREAM are unset.",
+                hint="Set ANTHROPIC_API_KEY (the server's key for the Messages API), or "
+                "RESPCACHE_UPSTREAM=simulated to serve simulated answers on purpose. With the "
+                "production settings on, the service refuses to start without one of them.",
+                id="respcache.E007",
+            )
+        ]
+    return []
+
+
+def _is_int(value: Any, low: int, high: float) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+@register()
+def check_body_limits(app_configs: Any = None, **kwargs: Any) -> list[Any]:
+    values, depth = app_settings.MAX_JSON_VALUES, app_settings.MAX_JSON_DEPTH
+    if _is_int(values, 1, float("inf")) and _is_int(depth, 1, DEFAULT_MAX_DEPTH):
+        return []
+    return [
+        Error(
+            f"RESPCACHE['MAX_JSON_VALUES'] is {values!r} and RESPCACHE['MAX_JSON_DEPTH'] is {depth!r}.",
+            hint=f"MAX_JSON_VALUES: an integer of at least 1; MAX_JSON_DEPTH: an integer from 1 to "
+            f"{DEFAULT_MAX_DEPTH} (what orjson serialises, and so what can be hashed).",
+            id="respcache.E008",
+        )
+    ]

@@ -19,6 +19,16 @@ DEFAULTS: dict[str, Any] = {
     "UPSTREAM": "",
     # Largest request body accepted, in bytes (the Messages API's own limit).
     "MAX_BODY_BYTES": 32 * 1024 * 1024,
+    # Most JSON values a call body may hold (the body itself, every element and member value),
+    # counted on its bytes before it is parsed: parsing and hashing cost per value, and a 32 MiB
+    # body can hold 16 million (measured: 5 s of one worker, 3 GB at its peak). At a million the
+    # costliest body accepted takes ~0.4 s and ~0.6 GB, one refused ~0.3-0.7 s and ~0.1 GB; no
+    # real Messages API body comes near it (a text or an image is one value).
+    "MAX_JSON_VALUES": 1_000_000,
+    # Deepest nesting allowed within one message or top-level field of a call body (the message
+    # or field is level 1): from 1 up to 254, what orjson serialises (and so can be hashed).
+    # Below 254, parts with more brackets than this are walked to check it.
+    "MAX_JSON_DEPTH": 254,
     # Entries of at least this many bytes are stored compressed, with COMPRESSOR: "lz4" (the
     # default: decodes a 20 KB answer in ~10 us, at about half its size) or "zlib" (about a
     # quarter of the size, ~5x slower to decode; COMPRESS_LEVEL applies). Entries written with
@@ -54,16 +64,19 @@ class AppSettings:
         return getattr(settings, "RESPCACHE", {}) or {}
 
     def __getattr__(self, name: str) -> Any:
+        # Called only for a name not read since the last reload: its value is then kept as an
+        # instance attribute, so that later reads are plain attribute reads (~20 ns, not the
+        # ~0.5 us of a call to this method), and the hit path reads several.
         if name not in self.defaults:
             raise AttributeError(f"Invalid respcache setting: {name!r}")
-        try:
-            return self._cached[name]
-        except KeyError:
-            value = self.user_settings.get(name, self.defaults[name])
-            self._cached[name] = value
-            return value
+        value = self.user_settings.get(name, self.defaults[name])
+        self._cached[name] = value
+        self.__dict__[name] = value
+        return value
 
     def reload(self) -> None:
+        for name in self._cached:
+            self.__dict__.pop(name, None)
         self._cached.clear()
 
     @property
@@ -72,6 +85,12 @@ class AppSettings:
         if kind:
             return kind
         return "anthropic" if os.environ.get("ANTHROPIC_API_KEY") else "simulated"
+
+    @property
+    def silently_simulated(self) -> bool:
+        """Whether the simulated upstream answers without having been asked for by name (no
+        ``UPSTREAM``, no ``ANTHROPIC_API_KEY``): fine on a laptop, never in production."""
+        return not (self.UPSTREAM or "").strip() and self.upstream_kind == "simulated"
 
 
 app_settings = AppSettings(DEFAULTS)

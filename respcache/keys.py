@@ -19,13 +19,14 @@ What makes two requests "the same" (CONTRACT.md), one named function a rule:
 it serialises each top-level field with orjson and walks (in Python) only a part whose JSON
 shows an integral float (``_needs_walk``: ``2.0``, ``1e16``), the messages one by one only when
 needed. Most of a large request is text that needs no walk, and the walk was most of the cost
-(see the bench). Nesting deeper than orjson serialises (254 levels within one message or
-field) is ``TooDeep``.
+(see the bench). Nesting deeper than ``max_depth`` levels within one message or field (at most
+254, what orjson serialises) is ``TooDeep``, and so bounds every walk and recursion here.
 - ``endpoint``: a request to another endpoint than ``/v1/messages`` (``count_tokens``) hashes
   its name too, so the same body never shares an entry across endpoints.
 
-The fingerprint is SHA-256 over the canonical JSON; ``entry_key`` namespaces it by workload and
-key version, so a version bump makes every older entry unreachable at once.
+The fingerprint is SHA-256 over the canonical JSON; ``entry_key`` namespaces it by workload,
+upstream kind and key version, so a version bump makes every older entry unreachable at once and
+the simulated upstream's answers are never served as the real upstream's (nor the reverse).
 """
 
 from __future__ import annotations
@@ -47,27 +48,37 @@ class TooDeep(ValueError):
     """The request nests deeper than the allowed depth."""
 
 
-def _as_blocks(content: Any) -> Any:
+def _too_deep(max_depth: int) -> str:
+    return f"nesting deeper than {max_depth} levels within a message or field"
+
+
+def _as_blocks(content: Any, depth: int, max_depth: int) -> Any:
+    """``content`` as blocks; ``depth`` is its nesting level within its message or field (the
+    message or field itself is level 1), so that nested tool_result content stops at
+    ``max_depth`` with TooDeep, as hashing it would, instead of recursing on."""
     if isinstance(content, str):
         return [{"type": "text", "text": content}]
     if isinstance(content, list):
         # Copy only when a block changes: most blocks of a long conversation do not.
         for block in content:
             if type(block) is dict and ("cache_control" in block or block.get("type") == "tool_result"):
-                return [_strip_cache_control(b) for b in content]
+                return [_strip_cache_control(b, depth + 1, max_depth) for b in content]
     return content
 
 
-def _strip_cache_control(block: Any) -> Any:
+def _strip_cache_control(block: Any, depth: int, max_depth: int) -> Any:
     """The block without its cache_control marker (tool_result content as blocks); the
-    caller's dict is never changed, and a block that needs nothing is returned as it is."""
+    caller's dict is never changed, and a block that needs nothing is returned as it is.
+    ``depth``: the block's nesting level (see _as_blocks)."""
     if type(block) is not dict:
         return block
+    if depth > max_depth:
+        raise TooDeep(_too_deep(max_depth))
     if "cache_control" in block:
         block = {k: v for k, v in block.items() if k != "cache_control"}
     if block.get("type") == "tool_result" and "content" in block:
         content = block["content"]
-        blocks = _as_blocks(content)
+        blocks = _as_blocks(content, depth + 1, max_depth)
         if blocks is not content:
             block = {**block, "content": blocks}
     return block
@@ -77,7 +88,7 @@ def _drop_excluded(body: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in body.items() if k not in EXCLUDED_FIELDS}
 
 
-def _normalise_messages(messages: Any) -> Any:
+def _normalise_messages(messages: Any, max_depth: int) -> Any:
     if type(messages) is not list:
         return messages
     out: list[Any] = []
@@ -88,7 +99,7 @@ def _normalise_messages(messages: Any) -> Any:
             if type(content) is str:
                 message = {**message, "content": [{"type": "text", "text": content}]}
             elif type(content) is list:
-                blocks = _as_blocks(content)
+                blocks = _as_blocks(content, 2, max_depth)  # the message is level 1, its content 2
                 if blocks is not content:
                     message = {**message, "content": blocks}
         append(message)
@@ -100,11 +111,11 @@ def _canonical_numbers(value: Any, depth: int, max_depth: int) -> Any:
     kind = type(value)
     if kind is dict:
         if depth >= max_depth:
-            raise TooDeep(f"request nests deeper than {max_depth} levels")
+            raise TooDeep(_too_deep(max_depth))
         return {k: _canonical_numbers(v, depth + 1, max_depth) for k, v in value.items()}
     if kind is list:
         if depth >= max_depth:
-            raise TooDeep(f"request nests deeper than {max_depth} levels")
+            raise TooDeep(_too_deep(max_depth))
         return [_canonical_numbers(v, depth + 1, max_depth) for v in value]
     if kind is float and value.is_integer() and _INT_MIN <= value <= _INT_MAX:
         return int(value)  # exact: an integral float converts to the very same integer
@@ -127,15 +138,15 @@ MESSAGES = "messages"
 COUNT_TOKENS = "count_tokens"
 
 
-def _structural(body: dict[str, Any]) -> dict[str, Any]:
+def _structural(body: dict[str, Any], max_depth: int) -> dict[str, Any]:
     """The body with excluded fields dropped, text as blocks, cache_control markers gone."""
     doc = _drop_excluded(body)
     if "system" in doc:
-        doc["system"] = _as_blocks(doc["system"])
+        doc["system"] = _as_blocks(doc["system"], 1, max_depth)
     if "messages" in doc:
-        doc["messages"] = _normalise_messages(doc["messages"])
+        doc["messages"] = _normalise_messages(doc["messages"], max_depth)
     if type(doc.get("tools")) is list:
-        doc["tools"] = [_strip_cache_control(tool) for tool in doc["tools"]]
+        doc["tools"] = [_strip_cache_control(tool, 2, max_depth) for tool in doc["tools"]]
     return doc
 
 
@@ -147,7 +158,7 @@ def normalise(
     endpoint: str = MESSAGES,
 ) -> dict[str, Any]:
     """The document whose canonical JSON is hashed: the normalised body and the beta values."""
-    doc = _structural(body)
+    doc = _structural(body, max_depth)
     normalised = {
         "anthropic-beta": _beta_values(beta),
         "request": _canonical_numbers(doc, 1, max_depth),
@@ -199,41 +210,46 @@ def _needs_walk(data: bytes) -> bool:
     return b"+" in data and _INTEGRAL_FLOAT_EXP.search(data) is not None
 
 
-def _part(value: Any) -> bytes:
+def _part(value: Any, max_depth: int = DEFAULT_MAX_DEPTH) -> bytes:
     """Canonical JSON of one part of a request (a message, a field's value)."""
     kind = type(value)
     if kind is float or kind is int:
-        return orjson.dumps(_canonical_numbers(value, 0, DEFAULT_MAX_DEPTH))
+        return orjson.dumps(_canonical_numbers(value, 0, max_depth))
     if kind is str or kind is bool or value is None:
         return orjson.dumps(value)
     try:
         data = orjson.dumps(value, option=_SORT)
     except orjson.JSONEncodeError:  # too deep, or an integer beyond 64 bits: the walk decides
-        return canonical_json(_canonical_numbers(value, 0, DEFAULT_MAX_DEPTH))
-    if _needs_walk(data):
-        data = canonical_json(_canonical_numbers(value, 0, DEFAULT_MAX_DEPTH))
+        return canonical_json(_canonical_numbers(value, 0, max_depth))
+    # orjson refuses what nests deeper than DEFAULT_MAX_DEPTH; a lower limit needs the walk for a
+    # part with the brackets to break it (max_depth + 1 levels take that many, a string's add some).
+    if _needs_walk(data) or (max_depth < DEFAULT_MAX_DEPTH and data.count(b"[") + data.count(b"{") > max_depth):
+        data = canonical_json(_canonical_numbers(value, 0, max_depth))
     return data
 
 
-def _messages_part(messages: Any) -> bytes:
-    """The messages in one piece when none holds an integral float, else message by message."""
+def _messages_part(messages: Any, max_depth: int = DEFAULT_MAX_DEPTH) -> bytes:
+    """The messages in one piece when none holds an integral float, else message by message
+    (always, under a limit below orjson's: each message is a part with its own)."""
     if type(messages) is not list:
-        return _part(messages)
-    try:
-        data = orjson.dumps(messages, option=_SORT)
-    except orjson.JSONEncodeError:
-        data = b""
+        return _part(messages, max_depth)
+    data = b""
+    if max_depth == DEFAULT_MAX_DEPTH:
+        try:
+            data = orjson.dumps(messages, option=_SORT)
+        except orjson.JSONEncodeError:
+            pass
     if data and not _needs_walk(data):
         return data
-    return b"[" + b",".join([_part(m) for m in messages]) + b"]"
+    return b"[" + b",".join([_part(m, max_depth) for m in messages]) + b"]"
 
 
-def _canonical_request(doc: dict[str, Any]) -> bytes:
+def _canonical_request(doc: dict[str, Any], max_depth: int) -> bytes:
     """``canonical_json`` of a structurally normalised request, part by part."""
     out = []
     for name in sorted(doc):
         value = doc[name]
-        part = _messages_part(value) if name == "messages" else _part(value)
+        part = _messages_part(value, max_depth) if name == "messages" else _part(value, max_depth)
         out.append(orjson.dumps(name) + b":" + part)
     return b"{" + b",".join(out) + b"}"
 
@@ -243,16 +259,23 @@ def request_fingerprint(
     *,
     beta: str | Iterable[str] | None = (),
     endpoint: str = MESSAGES,
+    max_depth: int = DEFAULT_MAX_DEPTH,
 ) -> str:
     """SHA-256 (hex) of the canonical JSON of the normalised request to ``endpoint``:
-    the bytes of ``canonical_json(normalise(body, beta=beta, endpoint=endpoint))``."""
-    doc = _structural(body)
+    the bytes of ``canonical_json(normalise(body, beta=beta, endpoint=endpoint))``.
+
+    Raises TooDeep when a message or another field nests deeper than ``max_depth`` levels (the
+    message or field itself is level 1), from 1 up to DEFAULT_MAX_DEPTH, what orjson serialises.
+    """
+    if not 1 <= max_depth <= DEFAULT_MAX_DEPTH:
+        raise ValueError(f"max_depth must be from 1 to {DEFAULT_MAX_DEPTH}, not {max_depth}")
+    doc = _structural(body, max_depth)
     digest = hashlib.sha256(b'{"anthropic-beta":')
     digest.update(orjson.dumps(_beta_values(beta)))
     if endpoint != MESSAGES:
         digest.update(b',"endpoint":' + orjson.dumps(endpoint))
     digest.update(b',"request":')
-    digest.update(_canonical_request(doc))
+    digest.update(_canonical_request(doc, max_depth))
     digest.update(b"}")
     return digest.hexdigest()
 
@@ -273,14 +296,36 @@ def request_fingerprint(
 #   respcache:s:<slug>:m:<start> / :h:<start>   a minute / hour counter bucket
 #   respcache:s:<slug>:total                    the all-time counters
 #
+# Those are the names of the anthropic upstream's key space. The simulated upstream's entries
+# (and their meta, lock, channel and failure names) carry its kind after the slug,
+# "respcache:e:<slug>:simulated:<version>:<fingerprint>", so neither upstream's answers are
+# ever served as the other's; a version never reads "simulated", and a slug holds no ":", so no
+# name of one key space matches a pattern of the other's. Key versions and counters are the
+# workload's, shared by both.
+#
 # The lookup script appends "<version>:<fingerprint>" to ``entry_prefix`` and ``meta_prefix``
-# itself (the version is resolved inside Redis): ``entry_prefix(w) + f"{v}:{fp}"`` is
-# ``entry_key(workload=w, version=v, fingerprint=fp)``, and tests hold it so.
+# itself (the version is resolved inside Redis): ``entry_prefix(w, u) + f"{v}:{fp}"`` is
+# ``entry_key(workload=w, version=v, fingerprint=fp, upstream=u)``, and tests hold it so.
 
 _ENTRY, _META, _LOCK, _CHANNEL = "respcache:e:", "respcache:m:", "respcache:l:", "respcache:c:"
 _FAILURE = "respcache:f:"
 #: The bucket kind in a counter bucket's name, by bucket width in seconds.
 _BUCKET_KINDS = {60: "m", 3600: "h"}
+
+#: The upstream kinds (``RESPCACHE_UPSTREAM``), each answering in its own key space.
+ANTHROPIC, SIMULATED = "anthropic", "simulated"
+UPSTREAM_KINDS = (ANTHROPIC, SIMULATED)
+#: What follows the slug in an upstream kind's names: nothing for anthropic, whose names are
+#: those every entry had before the simulated upstream got a key space of its own.
+_KEY_SPACES = {ANTHROPIC: "", SIMULATED: f"{SIMULATED}:"}
+
+
+def _space(workload: str, upstream: str) -> str:
+    """``<slug>:`` and the upstream kind's segment: where the names of its entries start."""
+    try:
+        return f"{workload}:{_KEY_SPACES[upstream]}"
+    except KeyError:
+        raise ValueError(f"unknown upstream kind {upstream!r}") from None
 
 
 def version_key(workload: str) -> str:
@@ -288,18 +333,25 @@ def version_key(workload: str) -> str:
     return f"respcache:v:{workload}"
 
 
-def entry_key(*, workload: str, version: int, fingerprint: str) -> str:
-    return f"{_ENTRY}{workload}:{version}:{fingerprint}"
+def entry_key(*, workload: str, version: int, fingerprint: str, upstream: str = ANTHROPIC) -> str:
+    return f"{_ENTRY}{_space(workload, upstream)}{version}:{fingerprint}"
 
 
-def entry_prefix(workload: str) -> str:
-    """What every entry key of ``workload`` starts with (any version)."""
-    return f"{_ENTRY}{workload}:"
+def entry_prefix(workload: str, upstream: str = ANTHROPIC) -> str:
+    """What every entry key of ``workload`` in ``upstream``'s key space starts with (any version)."""
+    return f"{_ENTRY}{_space(workload, upstream)}"
 
 
-def entry_pattern(*, workload: str, version: int | None = None) -> str:
-    """Glob matching a workload's entries (of one key version, or of all)."""
-    return f"{_ENTRY}{workload}:{'*' if version is None else version}:*"
+def _pattern(kind: str, workload: str, version: int | None, upstream: str) -> str:
+    if version is None:  # "*" spans the upstream kind's segment too
+        return f"{kind}{workload}:*:*"
+    return f"{kind}{_space(workload, upstream)}{version}:*"
+
+
+def entry_pattern(*, workload: str, version: int | None = None, upstream: str = ANTHROPIC) -> str:
+    """Glob matching a workload's entries: of one key version in ``upstream``'s key space, or,
+    without a version, of every version in every key space (what a purge deletes)."""
+    return _pattern(_ENTRY, workload, version, upstream)
 
 
 def meta_key(key: str) -> str:
@@ -307,14 +359,14 @@ def meta_key(key: str) -> str:
     return _META + key.removeprefix(_ENTRY)
 
 
-def meta_prefix(workload: str) -> str:
-    """What every meta key of ``workload`` starts with (any version)."""
-    return f"{_META}{workload}:"
+def meta_prefix(workload: str, upstream: str = ANTHROPIC) -> str:
+    """What every meta key of ``workload`` in ``upstream``'s key space starts with (any version)."""
+    return f"{_META}{_space(workload, upstream)}"
 
 
-def meta_pattern(*, workload: str, version: int | None = None) -> str:
-    """Glob matching the meta hashes of a workload's entries (of one key version, or of all)."""
-    return f"{_META}{workload}:{'*' if version is None else version}:*"
+def meta_pattern(*, workload: str, version: int | None = None, upstream: str = ANTHROPIC) -> str:
+    """Glob matching the meta hashes of a workload's entries, as ``entry_pattern`` matches them."""
+    return _pattern(_META, workload, version, upstream)
 
 
 def lock_key(key: str) -> str:

@@ -306,15 +306,17 @@ def workload_current_version(workload: Workload) -> int:
 def workload_entries_page(
     workload: Workload, *, version: int, cursor: int = 0, page_size: int = 100
 ) -> store.EntryPage:
-    return store.scan_entries(workload.slug, version, cursor=cursor, page_size=page_size)
+    """A page of the entries calls read now: of ``version``, in the configured upstream's key space."""
+    return store.scan_entries(workload.slug, version, cursor=cursor, page_size=page_size, upstream=store.key_space())
 
 
 def workload_entry(
     workload: Workload, *, version: int, fingerprint: str
 ) -> tuple[store.EntryInfo, store.Entry | None] | None:
-    return store.entry_get(workload.slug, version, fingerprint)
+    return store.entry_get(workload.slug, version, fingerprint, upstream=store.key_space())
 
 
 def workload_entries_count(workload: Workload) -> int:
-    """How many entries (all key versions) the workload has in Redis now; one SCAN walk."""
+    """How many entries (all key versions, both upstreams' key spaces) the workload has in Redis
+    now; one SCAN walk."""
     return store.count_entries(workload.slug)

@@ -4,8 +4,11 @@ The contract: ``create`` (a Message), ``stream`` (an open SSE stream, raw bytes 
 and ``count_tokens``.
 
 ``get_upstream()`` returns the configured one (``RESPCACHE["UPSTREAM"]`` /
-``RESPCACHE_UPSTREAM``: ``anthropic`` or ``simulated``). Calls return plain data, never SDK
-objects, and raise only respcache's own errors: this module owns the ``anthropic`` library's.
+``RESPCACHE_UPSTREAM``: ``anthropic`` or ``simulated``; unset: anthropic when
+``ANTHROPIC_API_KEY`` is set, else simulated, which a production service refuses to start on:
+``refuse_silent_simulation``). Each kind's answers live in a key space of their own (keys.py).
+Calls return plain data, never SDK objects, and raise only respcache's own errors: this module
+owns the ``anthropic`` library's.
 The caller's body is forwarded byte for byte (unknown fields untouched) with the caller's
 ``anthropic-beta`` and ``anthropic-version`` headers; the upstream is called with the server's
 ``ANTHROPIC_API_KEY`` (honouring ``ANTHROPIC_BASE_URL``), never with the caller's key.
@@ -37,6 +40,7 @@ else:
 from respcache import sse
 from respcache.conf import app_settings
 from respcache.exceptions import UpstreamError, UpstreamUnavailable
+from respcache.keys import ANTHROPIC, UPSTREAM_KINDS
 
 logger = logging.getLogger(__name__)
 
@@ -211,7 +215,11 @@ class SimulatedUpstream:
         return UpstreamStream(iter([sse.replay(orjson.dumps(message))]))
 
     def count_tokens(self, raw_body: bytes, body: dict[str, Any], *, headers: dict[str, str]) -> UpstreamResponse:
-        count = {"input_tokens": max(1, len(orjson.dumps(body.get("messages"))) // 4)}
+        messages = body.get("messages") or []
+        # The length of the messages' JSON, message by message: a message may nest as deep as
+        # orjson serialises, so the list around it may not be serialisable in one piece.
+        size = sum(len(orjson.dumps(m)) for m in messages) + max(1, len(messages)) + 1
+        count = {"input_tokens": max(1, size // 4)}
         return UpstreamResponse(body=orjson.dumps(count), message=count, latency_ms=0.0)
 
     def create(self, raw_body: bytes, body: dict[str, Any], *, headers: dict[str, str]) -> UpstreamResponse:
@@ -244,7 +252,6 @@ def _last_user_text(body: dict[str, Any]) -> str:
     return ""
 
 
-UPSTREAM_KINDS = ("anthropic", "simulated")
 _upstream_lock = threading.Lock()
 _upstreams: dict[tuple[str, str, str], Upstream] = {}
 
@@ -258,10 +265,21 @@ def get_upstream() -> Upstream:
     with _upstream_lock:
         found = _upstreams.get(handle)
         if found is None:
-            found = _upstreams[handle] = AnthropicUpstream() if kind == "anthropic" else SimulatedUpstream()
+            found = _upstreams[handle] = AnthropicUpstream() if kind == ANTHROPIC else SimulatedUpstream()
         return found
 
 
 def reset_upstreams() -> None:
     with _upstream_lock:
         _upstreams.clear()
+
+
+def refuse_silent_simulation(*, production: bool) -> None:
+    """Raise ImproperlyConfigured when a ``production`` service would answer from the simulated
+    upstream without having been told to by name (system check respcache.E007 says the same)."""
+    if production and app_settings.silently_simulated:
+        raise ImproperlyConfigured(
+            "respcache refuses to start: with the production settings on, the simulated upstream "
+            "would answer every call (ANTHROPIC_API_KEY and RESPCACHE_UPSTREAM are unset). Set "
+            "ANTHROPIC_API_KEY, or RESPCACHE_UPSTREAM=simulated to serve simulated answers on purpose."
+        )

@@ -408,7 +408,9 @@ def test_policy_edit_is_audited_and_reaches_the_next_call(
     # The next call already uses the new TTL, though this process keeps policies for 60 s.
     response = call(caller, api_key, "after")
     assert status(response) == "miss"
-    raw = keys.entry_key(workload="intents", version=1, fingerprint=response["X-Respcache-Key"])
+    raw = keys.entry_key(
+        workload="intents", version=1, fingerprint=response["X-Respcache-Key"], upstream=store.key_space()
+    )
     assert 110_000 < redis_db.pttl(store.full_key(raw)) <= 120_000
 
 
@@ -523,7 +525,7 @@ def test_entry_browser_lists_the_current_versions_entries(
     assert listed == fingerprints
     assert "3 entries on this page." in page and "End of the scan." in page
     assert "claude-test-1" in page
-    rows = {r.fingerprint: r for r in store.scan_entries("intents", 1).entries}
+    rows = {r.fingerprint: r for r in store.scan_entries("intents", 1, upstream=store.key_space()).entries}
     assert sorted(r.reads for r in rows.values()) == [0, 0, 1]
     assert all(r.ttl_ms and 86_000_000 < r.ttl_ms <= 86_400_000 and r.size and r.stored_at for r in rows.values())
 
@@ -546,7 +548,7 @@ def test_entry_detail_shows_the_stored_answer_and_delete_removes_it(
     assert admin_client.get(url("entry_delete", workload.pk, 1, fingerprint)).status_code == 405
     response = admin_client.post(url("entry_delete", workload.pk, 1, fingerprint), follow=True)
     assert f"Deleted entry {fingerprint}." in html(response)
-    raw = keys.entry_key(workload="intents", version=1, fingerprint=fingerprint)
+    raw = keys.entry_key(workload="intents", version=1, fingerprint=fingerprint, upstream=store.key_space())
     assert redis_db.exists(store.full_key(raw), store.full_key(keys.meta_key(raw))) == 0
     entry = AuditEntry.objects.get()
     assert (entry.action, entry.entries_purged, entry.before["fingerprint"]) == (
@@ -563,7 +565,7 @@ def test_entry_detail_shows_the_stored_answer_and_delete_removes_it(
 
 
 def test_entry_detail_of_an_unreadable_record_says_so(admin_client: Client, workload: Workload, redis_db: Any) -> None:
-    raw = keys.entry_key(workload="intents", version=1, fingerprint="a" * 64)
+    raw = keys.entry_key(workload="intents", version=1, fingerprint="a" * 64, upstream=store.key_space())
     redis_db.set(store.full_key(raw), b"RC\x09\x00future schema")
     page = html(admin_client.get(url("entry", workload.pk, 1, "a" * 64)))
     assert "cannot be read by this release" in page
@@ -592,7 +594,7 @@ def _write_entries(redis_db: Any, slug: str, version: int, n: int) -> None:
     pipeline of 200,000 single commands costs seconds of Python time)."""
     stored_at = time.time()
     record = store.encode_record(b'{"id":"msg_1","content":[]}', stored_at=stored_at, model="m")
-    raw = keys.entry_key(workload=slug, version=version, fingerprint="")
+    raw = keys.entry_key(workload=slug, version=version, fingerprint="", upstream=store.key_space())
     prefixes = [store.full_key(raw), store.full_key(keys.meta_key(raw))]
     bulk = redis_db.register_script(_BULK_WRITE)
     for first in range(0, n, 5000):

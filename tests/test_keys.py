@@ -186,6 +186,69 @@ def test_nesting_limit() -> None:
     assert request_fingerprint(base(extra={"a": {"b": 1}}))
 
 
+def nested(levels: int) -> Any:
+    """A value nesting ``levels`` levels (itself level 1)."""
+    value: Any = []
+    for _ in range(levels - 1):
+        value = [value]
+    return value
+
+
+def in_a_message(levels: int) -> list[dict[str, Any]]:
+    """Messages whose one message nests ``levels`` levels (the message, its content list, a
+    block, then lists)."""
+    return [{"role": "user", "content": [{"type": "text", "text": "t", "x": nested(levels - 3)}]}]
+
+
+@pytest.mark.parametrize("max_depth", [keys.DEFAULT_MAX_DEPTH, 40, 5])
+def test_nesting_limit_at_and_just_over_max_depth(max_depth: int) -> None:
+    """A message or field may nest max_depth levels (itself level 1), not one more; the
+    default is what orjson serialises, a lower limit walks the parts that could break it."""
+    for at, over in (
+        (base(extra=nested(max_depth)), base(extra=nested(max_depth + 1))),
+        (base(messages=in_a_message(max_depth)), base(messages=in_a_message(max_depth + 1))),
+    ):
+        assert request_fingerprint(at, max_depth=max_depth)
+        with pytest.raises(TooDeep, match=f"deeper than {max_depth} levels"):
+            request_fingerprint(over, max_depth=max_depth)
+
+
+def test_a_lower_depth_limit_does_not_change_a_key() -> None:
+    for _, a, b in SAME + DIFFERENT:
+        for body in (a, b):
+            assert request_fingerprint(body, max_depth=16) == request_fingerprint(body)
+
+
+def test_depth_limit_is_from_1_to_what_orjson_serialises() -> None:
+    for bad in (0, keys.DEFAULT_MAX_DEPTH + 1):
+        with pytest.raises(ValueError, match="max_depth"):
+            request_fingerprint(base(), max_depth=bad)
+
+
+def nested_tool_results(levels: int) -> list[dict[str, Any]]:
+    """One user message whose content is ``levels`` tool_result blocks, each inside the last."""
+    block: dict[str, Any] = {"type": "text", "text": "the bottom"}
+    for level in range(levels):
+        block = {"type": "tool_result", "tool_use_id": f"t{level}", "content": [block]}
+    return [{"role": "user", "content": [block]}]
+
+
+@pytest.mark.parametrize("levels", [125, 126, 450, 10_000])
+def test_nested_tool_results_stop_at_the_depth_limit_never_recursing_on(levels: int) -> None:
+    """Normalising tool_result content recurses: it stops with TooDeep where hashing would (a
+    level is two: the block and its content list), never a RecursionError."""
+    body = base(messages=nested_tool_results(levels))
+    # The message (1), its content (2), then a block and its content per level, the text block.
+    depth = 2 + 2 * levels + 1
+    if depth <= keys.DEFAULT_MAX_DEPTH:
+        assert request_fingerprint(body)
+    else:
+        with pytest.raises(TooDeep):
+            request_fingerprint(body)
+        with pytest.raises(TooDeep):
+            keys.normalise(body)
+
+
 def test_fast_fingerprint_equals_the_plain_canonical_json() -> None:
     """request_fingerprint (part by part, walking only parts with integral floats) hashes the
     very bytes of canonical_json(normalise(...))."""
@@ -204,12 +267,19 @@ def test_fast_fingerprint_equals_the_plain_canonical_json() -> None:
                 assert request_fingerprint(body, beta=beta, endpoint=endpoint) == expected
 
 
-def test_entry_key_namespaces_workload_and_version() -> None:
+def test_entry_key_namespaces_workload_upstream_kind_and_version() -> None:
     fp = "ab" * 32
     a = entry_key(workload="intents", version=1, fingerprint=fp)
+    assert a == entry_key(workload="intents", version=1, fingerprint=fp, upstream=keys.ANTHROPIC)
     assert a != entry_key(workload="intents", version=2, fingerprint=fp)
     assert a != entry_key(workload="moderation", version=1, fingerprint=fp)
+    assert a != entry_key(workload="intents", version=1, fingerprint=fp, upstream=keys.SIMULATED)
     assert a.endswith(fp) and "intents" in a
+
+
+def test_an_unknown_upstream_kind_has_no_key_space() -> None:
+    with pytest.raises(ValueError, match="openai"):
+        entry_key(workload="intents", version=1, fingerprint="ab" * 32, upstream="openai")
 
 
 # --- property tests ---------------------------------------------------------------------------
@@ -353,6 +423,8 @@ def test_few_dots_are_checked_without_the_regex(monkeypatch: Any) -> None:
 
 FP = "ab" * 32
 ENTRY = f"respcache:e:intents:3:{FP}"
+SIM = keys.SIMULATED
+SIM_ENTRY = f"respcache:e:intents:simulated:3:{FP}"
 
 
 @pytest.mark.parametrize(
@@ -378,6 +450,17 @@ ENTRY = f"respcache:e:intents:3:{FP}"
             "respcache:s:intents:h:1799996400",
         ),
         (lambda: keys.totals_key("intents"), "respcache:s:intents:total"),
+        # The simulated upstream's key space: its kind after the slug.
+        (lambda: keys.entry_key(workload="intents", version=3, fingerprint=FP, upstream=SIM), SIM_ENTRY),
+        (lambda: keys.entry_prefix("intents", SIM), "respcache:e:intents:simulated:"),
+        (lambda: keys.entry_pattern(workload="intents", version=3, upstream=SIM), "respcache:e:intents:simulated:3:*"),
+        (lambda: keys.entry_pattern(workload="intents", upstream=SIM), "respcache:e:intents:*:*"),
+        (lambda: keys.meta_key(SIM_ENTRY), f"respcache:m:intents:simulated:3:{FP}"),
+        (lambda: keys.meta_prefix("intents", SIM), "respcache:m:intents:simulated:"),
+        (lambda: keys.meta_pattern(workload="intents", version=3, upstream=SIM), "respcache:m:intents:simulated:3:*"),
+        (lambda: keys.lock_key(SIM_ENTRY), f"respcache:l:intents:simulated:3:{FP}"),
+        (lambda: keys.channel_name(SIM_ENTRY), f"respcache:c:intents:simulated:3:{FP}"),
+        (lambda: keys.failure_key(SIM_ENTRY), f"respcache:f:intents:simulated:3:{FP}"),
     ],
     ids=lambda value: value if isinstance(value, str) else "",
 )
@@ -395,10 +478,12 @@ def test_the_lookup_scripts_prefixes_complete_to_the_entry_and_meta_keys() -> No
     """lookup.lua appends "<version>:<fingerprint>" to the prefixes: the same names as here."""
     assert keys.entry_prefix("intents") + f"3:{FP}" == ENTRY
     assert keys.meta_prefix("intents") + f"3:{FP}" == keys.meta_key(ENTRY)
+    assert keys.entry_prefix("intents", SIM) + f"3:{FP}" == SIM_ENTRY
+    assert keys.meta_prefix("intents", SIM) + f"3:{FP}" == keys.meta_key(SIM_ENTRY)
 
 
-def names_of(slug: str, version: int) -> dict[str, str]:
-    entry = keys.entry_key(workload=slug, version=version, fingerprint=FP)
+def names_of(slug: str, version: int, upstream: str = keys.ANTHROPIC) -> dict[str, str]:
+    entry = keys.entry_key(workload=slug, version=version, fingerprint=FP, upstream=upstream)
     return {
         "entry": entry,
         "meta": keys.meta_key(entry),
@@ -415,42 +500,58 @@ SLUGS = ("intents", "intents2", "intents-v2", "intent", "moderation")
 VERSIONS = (1, 2, 12)
 
 
+BOTH = (keys.ANTHROPIC, SIM)
+
+
 @pytest.mark.parametrize(
-    ("pattern", "kind", "versions"),
+    ("pattern", "kind", "versions", "upstreams"),
     [
-        (keys.entry_pattern(workload="intents"), "entry", VERSIONS),
-        (keys.entry_pattern(workload="intents", version=1), "entry", (1,)),
-        (keys.meta_pattern(workload="intents"), "meta", VERSIONS),
-        (keys.meta_pattern(workload="intents", version=12), "meta", (12,)),
+        (keys.entry_pattern(workload="intents"), "entry", VERSIONS, BOTH),
+        (keys.entry_pattern(workload="intents", version=1), "entry", (1,), (keys.ANTHROPIC,)),
+        (keys.entry_pattern(workload="intents", version=1, upstream=SIM), "entry", (1,), (SIM,)),
+        (keys.meta_pattern(workload="intents"), "meta", VERSIONS, BOTH),
+        (keys.meta_pattern(workload="intents", version=12), "meta", (12,), (keys.ANTHROPIC,)),
+        (keys.meta_pattern(workload="intents", version=12, upstream=SIM), "meta", (12,), (SIM,)),
     ],
 )
 def test_purge_and_scan_patterns_match_exactly_their_workloads_keys(
-    redis_db: Any, pattern: str, kind: str, versions: tuple[int, ...]
+    redis_db: Any, pattern: str, kind: str, versions: tuple[int, ...], upstreams: tuple[str, ...]
 ) -> None:
-    """In a real Redis (SCAN MATCH is the glob that counts): every name of every workload and
-    version is there, and the pattern finds the ones it should, no other workload's."""
-    every = {name for slug in SLUGS for v in VERSIONS for name in names_of(slug, v).values()}
+    """In a real Redis (SCAN MATCH is the glob that counts): every name of every workload,
+    version and upstream kind is there, and the pattern finds the ones it should, no other
+    workload's; a purge's (no version) finds both kinds', a version's only its kind's."""
+    every = {name for slug in SLUGS for v in VERSIONS for u in BOTH for name in names_of(slug, v, u).values()}
     redis_db.mset(dict.fromkeys(every, b"1"))
     found = {key.decode() for key in redis_db.scan_iter(match=pattern, count=1000)}
-    assert found == {names_of("intents", v)[kind] for v in versions}
+    assert found == {names_of("intents", v, u)[kind] for v in versions for u in upstreams}
     assert {name for name in every if fnmatch.fnmatchcase(name, pattern)} == found
 
 
 slugs = st.from_regex(r"[-a-zA-Z0-9_]{1,64}", fullmatch=True)  # what a SlugField admits
 
 
-@given(a=slugs, b=slugs, version=st.integers(1, 10**6), other_version=st.integers(1, 10**6))
+kinds = st.sampled_from(BOTH)
+
+
+@given(
+    a=slugs,
+    b=slugs,
+    version=st.integers(1, 10**6),
+    other_version=st.integers(1, 10**6),
+    upstream=kinds,
+    other_upstream=kinds,
+)
 @settings(max_examples=300)
 def test_a_workloads_patterns_never_reach_another_workloads_names(
-    a: str, b: str, version: int, other_version: int
+    a: str, b: str, version: int, other_version: int, upstream: str, other_upstream: str
 ) -> None:
     assume(a != b)
-    ours, theirs = names_of(a, version), names_of(b, other_version)
+    ours, theirs = names_of(a, version, upstream), names_of(b, other_version, other_upstream)
     for kind, pattern in (
         ("entry", keys.entry_pattern(workload=a)),
-        ("entry", keys.entry_pattern(workload=a, version=version)),
+        ("entry", keys.entry_pattern(workload=a, version=version, upstream=upstream)),
         ("meta", keys.meta_pattern(workload=a)),
-        ("meta", keys.meta_pattern(workload=a, version=version)),
+        ("meta", keys.meta_pattern(workload=a, version=version, upstream=upstream)),
     ):
         assert fnmatch.fnmatchcase(ours[kind], pattern)
         assert not [name for name in theirs.values() if fnmatch.fnmatchcase(name, pattern)]
@@ -467,6 +568,23 @@ def test_a_versions_patterns_reach_no_other_version(slug: str, version: int, oth
     ):
         assert fnmatch.fnmatchcase(other[kind], all_versions)
         assert not fnmatch.fnmatchcase(other[kind], one_version)
+
+
+@given(slug=slugs, version=st.integers(1, 10**6), other_version=st.integers(1, 10**6), upstream=kinds)
+def test_one_upstream_kinds_names_never_match_the_others_patterns(
+    slug: str, version: int, other_version: int, upstream: str
+) -> None:
+    """The key spaces are apart: no name of one kind (any version) matches a pattern of the
+    other's, while a purge's pattern (no version) matches both."""
+    other = SIM if upstream == keys.ANTHROPIC else keys.ANTHROPIC
+    theirs = names_of(slug, other_version, other)
+    for pattern in (
+        keys.entry_pattern(workload=slug, version=version, upstream=upstream),
+        keys.meta_pattern(workload=slug, version=version, upstream=upstream),
+    ):
+        assert not [name for name in theirs.values() if fnmatch.fnmatchcase(name, pattern)]
+    assert fnmatch.fnmatchcase(theirs["entry"], keys.entry_pattern(workload=slug))
+    assert fnmatch.fnmatchcase(theirs["meta"], keys.meta_pattern(workload=slug))
 
 
 def string_constants(path: pathlib.Path) -> Iterator[str]:

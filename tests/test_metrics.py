@@ -111,6 +111,7 @@ def test_waits_and_first_reads_are_counted_in_the_lookup_script(make_workload: A
             workload="intents",
             db_version=policy.key_version,
             fingerprint=first.fingerprint,
+            upstream=store.key_space(),  # the simulated upstream answered the call
             outcome="wait",
             bucket_keys=keys,
             bucket_ttls=ttls,

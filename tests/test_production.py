@@ -162,17 +162,23 @@ def test_redis_sentinel_through_django_redis(monkeypatch: pytest.MonkeyPatch) ->
 # --- manage.py check --deploy --------------------------------------------------------------------
 
 
-def run_check(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    full = {k: v for k, v in os.environ.items() if k not in ENV_NAMES and k != "DJANGO_SETTINGS_MODULE"}
+#: They configure the service too (its upstream, its settings): a test sets them, not the shell.
+SERVICE_NAMES = {"ANTHROPIC_API_KEY", "RESPCACHE_UPSTREAM", "DJANGO_SETTINGS_MODULE"}
+
+
+def service_env(env: dict[str, str]) -> dict[str, str]:
+    """This process's environment without anything that configures the service, plus ``env``."""
+    full = {k: v for k, v in os.environ.items() if k not in ENV_NAMES | SERVICE_NAMES}
     full.update(env)
-    return subprocess.run(
-        [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
-        cwd=BASE_DIR,
-        env=full,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return full
+
+
+def run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, cwd=BASE_DIR, env=service_env(env), capture_output=True, text=True, timeout=120)
+
+
+def run_check(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return run([sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"], env)
 
 
 def test_check_deploy_is_clean_with_production_settings() -> None:
@@ -256,6 +262,51 @@ def test_without_the_https_redirect_plain_http_is_the_operators_choice(
         client = Client(HTTP_X_API_KEY=key)
         assert message_call(client, "/w/intents/v1/messages")["X-Respcache"] == "miss"
         assert client.get("/admin/").status_code == 302  # to the login page, not to HTTPS
+
+
+# --- the simulated upstream in production ------------------------------------------------------
+
+WITHOUT_A_KEY = {k: v for k, v in PRODUCTION_ENV.items() if k != "ANTHROPIC_API_KEY"}
+
+
+def start_wsgi(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """Import the WSGI app as a gunicorn worker does, in a fresh process."""
+    return run([sys.executable, "-c", "import project.wsgi"], env)
+
+
+def test_check_deploy_reports_a_simulated_upstream_nobody_asked_for() -> None:
+    done = run_check(WITHOUT_A_KEY)
+    assert done.returncode != 0
+    assert "respcache.E007" in done.stderr and "RESPCACHE_UPSTREAM=simulated" in done.stderr
+    assert run_check({**WITHOUT_A_KEY, "RESPCACHE_UPSTREAM": "simulated"}).returncode == 0
+
+
+def test_production_refuses_to_start_on_a_simulated_upstream_nobody_asked_for() -> None:
+    done = start_wsgi(WITHOUT_A_KEY)
+    assert done.returncode != 0
+    assert "ImproperlyConfigured: respcache refuses to start" in done.stderr
+    assert "Set ANTHROPIC_API_KEY, or RESPCACHE_UPSTREAM=simulated" in done.stderr
+
+
+def test_production_starts_on_the_simulated_upstream_when_it_is_named() -> None:
+    done = start_wsgi({**WITHOUT_A_KEY, "RESPCACHE_UPSTREAM": "simulated"})
+    assert done.returncode == 0, done.stderr
+    assert "answering from the simulated upstream (RESPCACHE_UPSTREAM=simulated)" in done.stderr
+
+
+def test_without_production_settings_the_simulated_upstream_is_still_the_default() -> None:
+    local = {k: v for k, v in WITHOUT_A_KEY.items() if k != "DJANGO_SECRET_KEY"}
+    done = start_wsgi(local)
+    assert done.returncode == 0, done.stderr
+    assert "answering from the simulated upstream (ANTHROPIC_API_KEY is unset)" in done.stderr
+
+
+def test_gunicorn_exits_rather_than_serve_a_simulated_upstream_nobody_asked_for(tmp_path: Path) -> None:
+    gunicorn = Path(sys.executable).parent / "gunicorn"
+    env = {**WITHOUT_A_KEY, "GUNICORN_BIND": f"127.0.0.1:{free_port()}", "WEB_CONCURRENCY": "1"}
+    done = run([str(gunicorn), "-c", "gunicorn.conf.py", "project.wsgi"], env)
+    assert done.returncode != 0
+    assert "respcache refuses to start" in done.stdout + done.stderr
 
 
 # --- static files --------------------------------------------------------------------------------

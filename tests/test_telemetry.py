@@ -217,7 +217,11 @@ def test_a_hit_without_its_accounting_hash_still_logs_its_tokens(
 
     miss = post(api_key, ask("tokens without meta"))
     meta = store.full_key(
-        keys.meta_key(keys.entry_key(workload="intents", version=1, fingerprint=miss["X-Respcache-Key"]))
+        keys.meta_key(
+            keys.entry_key(
+                workload="intents", version=1, fingerprint=miss["X-Respcache-Key"], upstream=store.key_space()
+            )
+        )
     )
     assert store.client().delete(meta) == 1
     hit = post(api_key, ask("tokens without meta"))
@@ -438,7 +442,7 @@ def test_a_fall_through_is_logged_as_fallthrough_though_its_header_says_miss(
     key = make_key(workload)
     body = ask("nobody answers")
     fingerprint = keys.request_fingerprint(body)
-    raw = keys.entry_key(workload="patient", version=1, fingerprint=fingerprint)
+    raw = keys.entry_key(workload="patient", version=1, fingerprint=fingerprint, upstream=store.key_space())
     assert locks.acquire(store.full_key(keys.lock_key(raw)), token="stuck-holder", ttl_seconds=30)
     response = post(key, body, slug="patient")
     assert response["X-Respcache"] == "miss"

@@ -67,7 +67,7 @@ class OptionalApiKeyAuthenticationScheme(ApiKeyAuthenticationScheme):  # type: i
 
 _ERRORS = {
     400: "invalid_request_error: not JSON, not an object, model/messages/max_tokens missing or of the "
-    "wrong type, NaN/Infinity, nesting too deep.",
+    "wrong type, NaN/Infinity, nesting too deep, more JSON values than the limit (a million by default).",
     401: "authentication_error: no key, or an unknown, revoked or expired one.",
     403: "permission_error: the key may not call this workload.",
     404: "not_found_error: unknown workload.",

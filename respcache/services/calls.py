@@ -10,6 +10,10 @@ Redis failing is decided by the guard (guard.py): the call is served from the up
 (fail-open), a cache error is counted (kept in the process until Redis answers again) and
 logged; the caller never sees a Redis error. Upstream errors are never stored; the lock
 holder's error is handed to the callers waiting on it, who stop waiting at once.
+
+A call reads and writes the key space of the configured upstream kind (``store.key_space``:
+anthropic or simulated), so a simulated answer is never served as a real one, nor the reverse;
+an ``upstream`` object passed in (a test's seam) is taken to be of the configured kind.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from respcache import keys, stats, store
+from respcache.conf import app_settings
 from respcache.exceptions import InvalidRequest, UpstreamError
 from respcache.selectors import Policy
 from respcache.services import guard, stampede
@@ -117,6 +122,8 @@ class Call:
     ) -> None:
         self.policy = policy
         self.slug = policy.slug
+        #: Whose key space the call reads and writes (the configured upstream kind).
+        self.upstream_kind = store.key_space()
         self.body = body
         self.raw_body = raw_body
         self.fingerprint = fingerprint
@@ -151,7 +158,7 @@ class Call:
     def without_cache(self, outcome: str, errors: Counts) -> CachedResult:
         """Redis failed: answer from the upstream. Identical calls in this process share one
         upstream call meanwhile (there is no Redis lock to share it across processes)."""
-        key = (type(self).__name__, self.slug, self.fingerprint, outcome)
+        key = (type(self).__name__, self.slug, self.upstream_kind, self.fingerprint, outcome)
         result, shared = _without_cache.do(key, lambda: self.answer_from_upstream(outcome, outcome, counts=errors))
         if shared:
             self.count(Counts.outcome(outcome) + errors)
@@ -161,14 +168,14 @@ class Call:
         """Refresh, hit, or a miss filled once under the key's lock. Raises CacheUnavailable."""
         if no_cache:
             version = self.lookup("").version
-            names = None if no_store else Names.build(self.slug, version, self.fingerprint)
+            names = None if no_store else Names.build(self.slug, version, self.fingerprint, self.upstream_kind)
             return self.answer_from_upstream(REFRESH, REFRESH, names)
         found = self.lookup(HIT)
         if found.entry is not None:
             return self.answer(HIT, found)
         if no_store:
             return self.answer_from_upstream(MISS, MISS)
-        return stampede.fill(self, Names.build(self.slug, found.version, self.fingerprint))
+        return stampede.fill(self, Names.build(self.slug, found.version, self.fingerprint, self.upstream_kind))
 
     def result(
         self,
@@ -232,6 +239,7 @@ class Call:
             workload=self.slug,
             db_version=self.policy.key_version,
             fingerprint=self.fingerprint,
+            upstream=self.upstream_kind,
             outcome=outcome,
             bucket_keys=self.bucket_keys,
             bucket_ttls=self.bucket_ttls,
@@ -337,11 +345,13 @@ def new_call(
     monotonic: Callable[[], float],
     endpoint: str = keys.MESSAGES,
 ) -> CallKind:
-    """A call of ``kind`` for this request; raises InvalidRequest for a body too deeply nested."""
+    """A call of ``kind`` for this request; raises InvalidRequest for a body nested deeper than
+    ``MAX_JSON_DEPTH`` levels within a message or field."""
+    max_depth = int(app_settings.MAX_JSON_DEPTH)
     try:
-        fingerprint = keys.request_fingerprint(body, beta=beta, endpoint=endpoint)
+        fingerprint = keys.request_fingerprint(body, beta=beta, endpoint=endpoint, max_depth=max_depth)
     except keys.TooDeep as exc:
-        raise InvalidRequest(str(exc)) from exc
+        raise InvalidRequest(f"Request body too deeply nested: {exc} (the MAX_JSON_DEPTH limit).") from exc
     return kind(
         policy=policy,
         body=body,

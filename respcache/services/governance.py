@@ -188,8 +188,9 @@ def api_key_create(
 
 
 def entry_delete(workload: Workload, *, version: int, fingerprint: str, actor: str, user: Any = None) -> int:
-    """Delete one stored entry (and its meta) now; audited. Returns 1, or 0 if it was gone."""
-    deleted = store.entry_delete(workload.slug, version, fingerprint)
+    """Delete one stored entry (and its meta) of the configured upstream's key space now;
+    audited. Returns 1, or 0 if it was gone."""
+    deleted = store.entry_delete(workload.slug, version, fingerprint, upstream=store.key_space())
     audit(
         actor=actor,
         user=user,

@@ -79,8 +79,10 @@ class Names:
     failure: str
 
     @classmethod
-    def build(cls, slug: str, version: int, fingerprint: str) -> Names:
-        raw = keys.entry_key(workload=slug, version=version, fingerprint=fingerprint)
+    def build(cls, slug: str, version: int, fingerprint: str, upstream: str | None = None) -> Names:
+        """The names in ``upstream``'s key space (the configured upstream's by default)."""
+        space = upstream or store.key_space()
+        raw = keys.entry_key(workload=slug, version=version, fingerprint=fingerprint, upstream=space)
         return cls(
             entry=store.full_key(raw),
             meta=store.full_key(keys.meta_key(raw)),

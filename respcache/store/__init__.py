@@ -22,7 +22,17 @@ from respcache.store.browse import (
     scan_entries,
     server_info,
 )
-from respcache.store.connection import breaker, client, full_key, guarded, location, script, totals_key, version_key
+from respcache.store.connection import (
+    breaker,
+    client,
+    full_key,
+    guarded,
+    key_space,
+    location,
+    script,
+    totals_key,
+    version_key,
+)
 from respcache.store.entries import (
     Lookup,
     announce_policies_changed,
@@ -74,6 +84,7 @@ __all__ = [
     "full_key",
     "guarded",
     "iter_entry_keys",
+    "key_space",
     "location",
     "lookup",
     "ok_message",

@@ -44,7 +44,8 @@ def iter_entry_keys(pattern: str, *, count: int = 1000) -> Iterator[str]:
 
 
 def count_entries(workload: str) -> int:
-    """How many entries (all key versions) ``purge`` would delete now: one SCAN walk."""
+    """How many entries (all key versions and key spaces) ``purge`` would delete now: one SCAN
+    walk."""
     return sum(1 for _ in iter_entry_keys(keys.entry_pattern(workload=workload)))
 
 
@@ -76,9 +77,16 @@ def _info(fingerprint: str, version: int, meta: Sequence[Any], pttl: Any) -> Ent
 
 
 def scan_entries(
-    workload: str, version: int, *, cursor: int = 0, page_size: int = 100, max_calls: int = 10
+    workload: str,
+    version: int,
+    *,
+    cursor: int = 0,
+    page_size: int = 100,
+    max_calls: int = 10,
+    upstream: str = keys.ANTHROPIC,
 ) -> EntryPage:
-    """One page of the entries of ``workload`` at ``version``, from SCAN cursor ``cursor``.
+    """One page of the entries of ``workload`` at ``version`` in ``upstream``'s key space, from
+    SCAN cursor ``cursor``.
 
     SCAN (never KEYS) with COUNT ``page_size`` until a page is full, the scan completes or
     ``max_calls`` calls were made; a stretch of the keyspace with no match makes COUNT grow, so a
@@ -88,7 +96,8 @@ def scan_entries(
     A page holds what those SCAN calls returned: about ``page_size`` entries, possibly more.
     """
     redis_client = client()
-    pattern = str(cache().client.make_pattern(keys.entry_pattern(workload=workload, version=version)))
+    raw_pattern = keys.entry_pattern(workload=workload, version=version, upstream=upstream)
+    pattern = str(cache().client.make_pattern(raw_pattern))
     found: list[bytes] = []
     count, calls = page_size, 0
     with guarded():
@@ -103,7 +112,7 @@ def scan_entries(
         fingerprints = sorted({k.decode().rsplit(":", 1)[1] for k in found})
         pipe = redis_client.pipeline(transaction=False)
         for fingerprint in fingerprints:
-            raw = keys.entry_key(workload=workload, version=version, fingerprint=fingerprint)
+            raw = keys.entry_key(workload=workload, version=version, fingerprint=fingerprint, upstream=upstream)
             pipe.hmget(full_key(keys.meta_key(raw)), META_FIELDS)
             pipe.pttl(full_key(raw))
         replies = pipe.execute() if fingerprints else []
@@ -111,9 +120,12 @@ def scan_entries(
     return EntryPage(entries=entries, next_cursor=int(cursor), scan_calls=calls)
 
 
-def entry_get(workload: str, version: int, fingerprint: str) -> tuple[EntryInfo, Entry | None] | None:
-    """An entry's accounting and its decoded record (None if unreadable); None when it is gone."""
-    raw_key = keys.entry_key(workload=workload, version=version, fingerprint=fingerprint)
+def entry_get(
+    workload: str, version: int, fingerprint: str, upstream: str = keys.ANTHROPIC
+) -> tuple[EntryInfo, Entry | None] | None:
+    """An entry of ``upstream``'s key space: its accounting and its decoded record (None if
+    unreadable); None when it is gone."""
+    raw_key = keys.entry_key(workload=workload, version=version, fingerprint=fingerprint, upstream=upstream)
     key = full_key(raw_key)
     with guarded():
         pipe = client().pipeline(transaction=False)

@@ -71,7 +71,7 @@ def location() -> str:
 # What the hit path would otherwise recompute on every call (the bench counted 70 calls a hit
 # in make_key and get_redis_connection): dropped when CACHES or RESPCACHE change.
 _prefix: list[str] = []  # the alias's "prefix:version:", once known
-_workload_keys: dict[str, tuple[str, str, str, str]] = {}
+_workload_keys: dict[tuple[str, str], tuple[str, str, str, str]] = {}
 #: Script name -> registered Script (a Script keeps its client, hence dropped with the rest).
 _scripts: dict[str, Any] = {}
 
@@ -121,15 +121,24 @@ def totals_key(workload: str) -> str:
     return full_key(keys.totals_key(workload))
 
 
-def workload_keys(workload: str) -> tuple[str, str, str, str]:
-    """A workload's version key, totals key, and entry and meta key prefixes (all full), built
-    once: the lookup script appends "<version>:<fingerprint>" to the prefixes."""
-    found = _workload_keys.get(workload)
+def key_space() -> str:
+    """The upstream kind whose key space calls read and write: the configured one
+    (``RESPCACHE["UPSTREAM"]``, else anthropic when ANTHROPIC_API_KEY is set), the kind
+    ``upstream.get_upstream()`` answers with. The store's functions take the kind as an
+    argument (anthropic's by default); callers that serve calls pass this."""
+    return app_settings.upstream_kind
+
+
+def workload_keys(workload: str, upstream: str = keys.ANTHROPIC) -> tuple[str, str, str, str]:
+    """A workload's version key, totals key, and entry and meta key prefixes in ``upstream``'s
+    key space (all full), built once: the lookup script appends "<version>:<fingerprint>" to
+    the prefixes."""
+    found = _workload_keys.get((workload, upstream))
     if found is None:
-        found = _workload_keys[workload] = (
+        found = _workload_keys[workload, upstream] = (
             version_key(workload),
             totals_key(workload),
-            full_key(keys.entry_prefix(workload)),
-            full_key(keys.meta_prefix(workload)),
+            full_key(keys.entry_prefix(workload, upstream)),
+            full_key(keys.meta_prefix(workload, upstream)),
         )
     return found

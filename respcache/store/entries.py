@@ -65,17 +65,19 @@ def lookup(
     outcome: str,
     bucket_keys: Sequence[str],
     bucket_ttls: Sequence[int],
+    upstream: str = keys.ANTHROPIC,
     fetch: bool = True,
     extra: dict[str, int] | None = None,
 ) -> Lookup:
-    """Resolve the current key version and read the entry; count ``outcome`` if found.
+    """Resolve the current key version and read the entry of ``upstream``'s key space; count
+    ``outcome`` if found.
 
     An empty ``outcome`` only resolves the version: nothing is counted, no read is marked.
     ``fetch=False`` counts a read of an entry the caller already holds (a waiter handed it by
     the writer's message) without reading it again; ``extra`` counter fields are added with
     the outcome, in the same round trip.
     """
-    version_, totals, entries, metas = workload_keys(workload)
+    version_, totals, entries, metas = workload_keys(workload, upstream)
     args: list[Any] = [
         db_version,
         entries,
@@ -185,7 +187,8 @@ def current_version(workload: str, db_version: int) -> int:
 
 
 def purge(workload: str) -> int:
-    """Delete every entry (all key versions) of ``workload`` with their meta; return how many."""
+    """Delete every entry (all key versions, every upstream's key space) of ``workload`` with
+    their meta; return how many."""
     redis_cache = cache()
     with guarded():
         deleted = redis_cache.delete_pattern(keys.entry_pattern(workload=workload), itersize=1000)
@@ -193,9 +196,10 @@ def purge(workload: str) -> int:
     return int(deleted or 0)
 
 
-def entry_delete(workload: str, version: int, fingerprint: str) -> int:
-    """Delete one entry and its meta hash; returns 1 if the entry existed, else 0."""
-    raw = keys.entry_key(workload=workload, version=version, fingerprint=fingerprint)
+def entry_delete(workload: str, version: int, fingerprint: str, upstream: str = keys.ANTHROPIC) -> int:
+    """Delete one entry of ``upstream``'s key space and its meta hash; returns 1 if the entry
+    existed, else 0."""
+    raw = keys.entry_key(workload=workload, version=version, fingerprint=fingerprint, upstream=upstream)
     with guarded():
         pipe = client().pipeline(transaction=True)
         pipe.delete(full_key(raw))

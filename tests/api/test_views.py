@@ -186,6 +186,14 @@ def test_unknown_workload_is_404(sdk: Any, fake: Any) -> None:
     assert info.value.body["error"]["type"] == "not_found_error"
 
 
+def nested_tool_results(levels: int) -> bytes:
+    """A body whose one message holds ``levels`` tool_result blocks, each inside the last (as
+    bytes: orjson would not serialise it)."""
+    block = b'{"type":"tool_result","tool_use_id":"t","content":['
+    inner = block * levels + b'{"type":"text","text":"x"}' + b"]}" * levels
+    return b'{"model":"m","max_tokens":10,"messages":[{"role":"user","content":[' + inner + b"]}]}"
+
+
 @pytest.mark.parametrize(
     "content",
     [
@@ -204,6 +212,9 @@ def test_unknown_workload_is_404(sdk: Any, fake: Any) -> None:
         b'{"model": "m", "max_tokens": 10, "messages": [], "temperature": NaN}',
         b'{"model": "m", "max_tokens": 10, "messages": [], "temperature": Infinity}',
         b'{"model": "m", "max_tokens": 10, "messages": [], "x": ' + b"[" * 300 + b"]" * 300 + b"}",
+        nested_tool_results(300),  # 603 levels: parsed, too deep to hash
+        nested_tool_results(450),  # 903 levels: normalising it once overflowed Python's stack (a 500)
+        nested_tool_results(10_000),  # deeper than the JSON parser goes
         b'{"model": "m", "max_tokens": 10, "messages": [], "stream": "yes"}',
         b"\xff\xfe",
     ],
@@ -216,6 +227,49 @@ def test_bad_bodies_are_400_in_anthropic_format(live_server: Any, api_key: str, 
     assert payload["error"]["type"] == "invalid_request_error"
     assert payload["error"]["message"]
     assert fake.message_calls() == []
+
+
+@pytest.mark.parametrize("levels", [126, 450, 10_000])
+def test_nested_tool_results_too_deep_name_the_limit(live_server: Any, api_key: str, levels: int) -> None:
+    response = post(live_server, "intents", api_key, nested_tool_results(levels))
+    assert response.status_code == 400, response.text
+    message = response.json()["error"]["message"]
+    if levels < 500:
+        assert "deeper than 254 levels within a message or field (the MAX_JSON_DEPTH limit)" in message
+    else:
+        assert message == "Request body nests deeper than 1024 levels, the JSON parser's limit."
+
+
+def test_nested_tool_results_within_the_limit_are_answered(live_server: Any, api_key: str) -> None:
+    # 125 levels: the message (1), its content (2), a block and its content per level, the text (253).
+    response = post(live_server, "intents", api_key, nested_tool_results(125))
+    assert response.status_code == 200, response.text
+    assert response.headers["x-respcache"] == "miss"
+
+
+def test_simulated_and_real_answers_live_in_key_spaces_of_their_own(
+    sdk: Any, fake: Any, settings: Any, workload: Workload
+) -> None:
+    """The same body asked of the simulated upstream and then of Anthropic is a miss (the
+    simulated answer is never served as a real one), and each kind then hits its own entry."""
+    client = sdk()
+
+    def asked_of(kind: str) -> tuple[str, str, str]:
+        settings.RESPCACHE = {**settings.RESPCACHE, "UPSTREAM": kind}
+        response = create(client, ask())
+        return response.headers["x-respcache"], response.parse().id, response.headers["x-respcache-key"]
+
+    simulated, real = asked_of("simulated"), asked_of("anthropic")
+    assert (simulated[0], real[0]) == ("miss", "miss")
+    assert simulated[1].startswith("msg_sim_") and not real[1].startswith("msg_sim_")
+    assert len(fake.message_calls()) == 1
+    assert asked_of("simulated") == ("hit", *simulated[1:])
+    assert asked_of("anthropic") == ("hit", *real[1:])
+    assert simulated[2] == real[2]  # X-Respcache-Key is the request's, whoever answers it
+    assert len(fake.message_calls()) == 1
+
+    assert services.workload_purge(workload, actor="test") == 2  # a purge empties both
+    assert asked_of("simulated")[0] == asked_of("anthropic")[0] == "miss"
 
 
 def test_bad_body_through_sdk_raises_bad_request(sdk: Any, fake: Any) -> None:
