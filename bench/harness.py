@@ -25,6 +25,28 @@ from project import embedded_redis
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def redis_server_command(binary: str, socket: Path, folder: Path) -> list[str]:
+    """A private redis-server on a unix socket in ``folder``, keeping nothing on disk (bench and
+    faults start theirs alike)."""
+    return [
+        binary,
+        "--port",
+        "0",
+        "--unixsocket",
+        str(socket),
+        "--unixsocketperm",
+        "700",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        str(folder),
+        "--databases",
+        "16",
+    ]
+
+
 class StartError(RuntimeError):
     """A process the bench needs did not start; the message ends with its log."""
 
@@ -141,26 +163,7 @@ class Harness:
 
     def start_redis(self) -> str:
         """A redis-server of our own on a unix socket in the temporary folder; its URL (db 0)."""
-        process = self.spawn(
-            "redis",
-            [
-                embedded_redis.binary(),
-                "--port",
-                "0",
-                "--unixsocket",
-                str(self.redis_socket),
-                "--unixsocketperm",
-                "700",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.dir),
-                "--databases",
-                "16",
-            ],
-        )
+        process = self.spawn("redis", redis_server_command(embedded_redis.binary(), self.redis_socket, self.dir))
         deadline = time.monotonic() + 10
         while not self._redis_answers():
             if process.popen.poll() is not None or time.monotonic() > deadline:

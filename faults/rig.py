@@ -32,7 +32,7 @@ from typing import IO, Any
 
 import redis
 
-from bench.harness import ROOT, Harness, Process, StartError
+from bench.harness import ROOT, Harness, Process, StartError, redis_server_command
 from faults import procs
 from faults.callers import Caller, Outcome, new_tag
 from faults.commands import Commands
@@ -175,26 +175,7 @@ class Rig(Harness):
     def start_redis(self) -> str:
         """A redis-server of ours on the folder's unix socket (again after a kill: empty)."""
         binary = shutil.which("redis-server") or embedded_redis.binary()
-        process = self.spawn(
-            "redis",
-            [
-                binary,
-                "--port",
-                "0",
-                "--unixsocket",
-                str(self.redis_socket),
-                "--unixsocketperm",
-                "700",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.dir),
-                "--databases",
-                "16",
-            ],
-        )
+        process = self.spawn("redis", redis_server_command(binary, self.redis_socket, self.dir))
         deadline = time.monotonic() + 10
         while not self._redis_answers():
             if process.popen.poll() is not None or time.monotonic() > deadline:

@@ -56,6 +56,7 @@ __all__ = [
     "cached_message_create",
     "is_cacheable",
     "new_call",
+    "run_call",
 ]
 
 
@@ -364,6 +365,12 @@ def new_call(
     )
 
 
+def run_call(kind: type[Call], *, no_cache: bool, no_store: bool, **request: Any) -> CachedResult:
+    """Build a call of ``kind`` for the request (``new_call``'s arguments) and run it: the one
+    body behind ``cached_message_create``, ``cached_count_tokens`` and ``cached_message_stream``."""
+    return new_call(kind, **request).run(no_cache=no_cache, no_store=no_store)
+
+
 def cached_message_create(
     *,
     policy: Policy,
@@ -384,8 +391,10 @@ def cached_message_create(
     ``no_cache`` skips the lookup (``refresh``); ``no_store`` does not store the answer.
     Raises InvalidRequest for a body too deeply nested and UpstreamError for upstream errors.
     """
-    call = new_call(
+    return run_call(
         Call,
+        no_cache=no_cache,
+        no_store=no_store,
         policy=policy,
         body=body,
         raw_body=raw_body,
@@ -395,7 +404,6 @@ def cached_message_create(
         clock=clock,
         monotonic=monotonic,
     )
-    return call.run(no_cache=no_cache, no_store=no_store)
 
 
 def cached_count_tokens(
@@ -416,8 +424,10 @@ def cached_count_tokens(
     Its entries live in their own key space (the endpoint is hashed into the key). A count is
     deterministic, so it is cached whenever the workload is enabled, whatever the temperature.
     """
-    call = new_call(
+    return run_call(
         CountTokensCall,
+        no_cache=no_cache,
+        no_store=no_store,
         policy=policy,
         body=body,
         raw_body=raw_body,
@@ -428,4 +438,3 @@ def cached_count_tokens(
         monotonic=monotonic,
         endpoint=keys.COUNT_TOKENS,
     )
-    return call.run(no_cache=no_cache, no_store=no_store)

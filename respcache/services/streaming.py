@@ -17,7 +17,7 @@ from respcache import locks, sse, store
 from respcache.exceptions import UpstreamError, UpstreamUnavailable
 from respcache.selectors import Policy
 from respcache.services import stampede
-from respcache.services.calls import CachedResult, Call, failed_call, new_call
+from respcache.services.calls import CachedResult, Call, failed_call, run_call
 from respcache.services.counting import NO_COUNTS, Counts
 from respcache.services.stampede import ABANDONED, Names
 from respcache.upstream import Upstream, UpstreamResponse, UpstreamStream
@@ -208,8 +208,10 @@ def cached_message_stream(
     error before the first byte is raised (its status kept); after it, it ends the stream as an
     ``error`` event. Iterate the stream to its end or close it: that releases the key's lock.
     """
-    call = new_call(
+    return run_call(
         StreamCall,
+        no_cache=no_cache,
+        no_store=no_store,
         policy=policy,
         body=body,
         raw_body=raw_body,
@@ -219,4 +221,3 @@ def cached_message_stream(
         clock=clock,
         monotonic=monotonic,
     )
-    return call.run(no_cache=no_cache, no_store=no_store)
