@@ -410,3 +410,27 @@ def test_redis_down_identical_concurrent_calls_share_one_upstream_call(
     call(workload, ask("redis is back"))  # the kept counts reach Redis with this one
     totals = stats.totals("intents", "5m")
     assert (totals["miss"], totals["cache_error"], totals["upstream_calls"]) == (11, 10, 2)
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        pytest.param(b"RC\x09\x00" + b'{"stored_at":1,"model":"m"}\n{}', id="another schema"),
+        pytest.param(b"RC\x01\x02" + b"\xff\xff\x00\x00 not lz4 at all", id="damaged payload"),
+    ],
+)
+def test_an_unreadable_record_counts_as_a_miss_not_a_hit(
+    fake: Any, workload: Workload, record: bytes, redis_db: Any
+) -> None:
+    """A record this release cannot read is a miss in the numbers too: the lookup script does
+    not count another schema, and a damaged payload's counted read is taken back."""
+    body = ask("unreadable record")
+    n_ = names(workload, body)
+    redis_db.set(n_.entry, record, px=60_000)
+    redis_db.hset(n_.meta, mapping={"reads": 0, "in": 7, "out": 9})
+    result = call(workload, body)
+    assert (result.status, result.outcome) == ("miss", "miss")
+    assert len(fake.message_calls()) == 1
+    totals = stats.totals("intents", "5m")
+    assert (totals["hit"], totals["wait"], totals["miss"]) == (0, 0, 1)
+    assert (totals["saved_in"], totals["saved_out"]) == (0, 0)
