@@ -249,6 +249,8 @@ RESPCACHE: dict[str, Any] = {
     "CACHE_ALIAS": "respcache",
     "UPSTREAM": os.environ.get("RESPCACHE_UPSTREAM", ""),
     "METRICS_TOKEN": os.environ.get("RESPCACHE_METRICS_TOKEN", ""),
+    # In production /metrics needs its token unless this opens it on purpose (respcache.E009).
+    "METRICS_PUBLIC": _env_bool("RESPCACHE_METRICS_PUBLIC", False),
 }
 
 LOGGING: dict[str, Any] = {

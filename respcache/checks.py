@@ -98,6 +98,23 @@ def check_upstream_chosen(app_configs: Any = None, **kwargs: Any) -> list[Any]:
     return []
 
 
+@register(Tags.security, deploy=True)
+def check_metrics_protected(app_configs: Any = None, **kwargs: Any) -> list[Any]:
+    """A deployment's /metrics needs its token, or is opened without one by name."""
+    if app_settings.METRICS_TOKEN or app_settings.METRICS_PUBLIC:
+        return []
+    return [
+        Error(
+            "/metrics has no token: RESPCACHE_METRICS_TOKEN is unset and RESPCACHE_METRICS_PUBLIC is off.",
+            hint="Set RESPCACHE_METRICS_TOKEN (Prometheus sends it with its `authorization` scrape "
+            "option), or RESPCACHE_METRICS_PUBLIC=1 to serve /metrics without one on purpose (behind "
+            "a load balancer that guards it). With the production settings on, /metrics answers 403 "
+            "until one of them is set.",
+            id="respcache.E009",
+        )
+    ]
+
+
 def _is_int(value: Any, low: int, high: float) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
 

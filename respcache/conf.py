@@ -49,8 +49,11 @@ DEFAULTS: dict[str, Any] = {
     # worker, which keeps it cheap per call; 0 writes each line during its call.
     "CALL_LOG_BATCH_SECONDS": 0.1,
     # When set, /metrics requires "Authorization: Bearer <this token>" (Prometheus'
-    # `authorization` scrape option); empty: open, protect it at the load balancer instead.
+    # `authorization` scrape option). Empty: open on a laptop, refused (403) in production
+    # unless METRICS_PUBLIC says it is open on purpose (protected at the load balancer).
     "METRICS_TOKEN": "",
+    # True: /metrics is served without a token in production too (system check respcache.E009).
+    "METRICS_PUBLIC": False,
 }
 
 
@@ -91,6 +94,18 @@ class AppSettings:
         """Whether the simulated upstream answers without having been asked for by name (no
         ``UPSTREAM``, no ``ANTHROPIC_API_KEY``): fine on a laptop, never in production."""
         return not (self.UPSTREAM or "").strip() and self.upstream_kind == "simulated"
+
+    @property
+    def production(self) -> bool:
+        """Whether the project runs with production settings: its ``PRODUCTION`` setting when it
+        has one (project/settings.py: DEBUG off and a real secret key), else DEBUG off."""
+        return bool(getattr(settings, "PRODUCTION", not settings.DEBUG))
+
+    @property
+    def metrics_closed(self) -> bool:
+        """Whether /metrics refuses every scrape: production, no ``METRICS_TOKEN`` to check, and
+        not opened on purpose with ``METRICS_PUBLIC``."""
+        return self.production and not self.METRICS_TOKEN and not self.METRICS_PUBLIC
 
 
 app_settings = AppSettings(DEFAULTS)

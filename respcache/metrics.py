@@ -21,7 +21,9 @@ Samples, each labelled ``workload``:
 - ``respcache_workload_key_version``, ``respcache_workload_enabled``;
 
 and ``respcache_redis_up`` (0: Redis did not answer this scrape; the counters are left out).
-Set ``RESPCACHE["METRICS_TOKEN"]`` to require ``Authorization: Bearer <token>``.
+Set ``RESPCACHE["METRICS_TOKEN"]`` to require ``Authorization: Bearer <token>``. In production
+(``app_settings.production``) without a token, every scrape is refused with 403 unless
+``RESPCACHE["METRICS_PUBLIC"]`` opens it on purpose; ``check --deploy`` says so (respcache.E009).
 """
 
 from __future__ import annotations
@@ -136,6 +138,13 @@ def _authorized(request: HttpRequest) -> bool:
 @require_GET
 def metrics(request: HttpRequest) -> HttpResponse:
     """Prometheus exposition (text format, or OpenMetrics when the scraper asks for it)."""
+    if app_settings.metrics_closed:
+        return HttpResponse(
+            "/metrics is closed: set RESPCACHE_METRICS_TOKEN (scrapers send it as a Bearer token), "
+            "or RESPCACHE_METRICS_PUBLIC=1 to serve it without one on purpose.\n",
+            status=403,
+            content_type="text/plain",
+        )
     if not _authorized(request):
         response = HttpResponse("authentication required\n", status=401, content_type="text/plain")
         response["WWW-Authenticate"] = 'Bearer realm="metrics"'

@@ -64,6 +64,9 @@ class Workload(models.Model):
         permissions = [
             ("bump_workload", _("Can bump a workload's key version")),
             ("purge_workload", _("Can purge a workload's entries")),
+            # The answers are data: the entry browser lists any staff user with view_workload
+            # the entries' hashes, sizes, reads and TTLs, but only this shows what they say.
+            ("view_entry_content", _("Can read cached answers")),
         ]
 
     def __str__(self) -> str:
@@ -103,7 +106,8 @@ class ApiKey(AbstractAPIKey):
 
 
 class AuditEntry(models.Model):
-    """Who changed what, when: bumps, purges, enable/disable and policy edits."""
+    """Who changed what, when: bumps, purges, enable/disable and policy edits; and who read
+    which stored answer (``view_entry``: the entry's key version and fingerprint in ``after``)."""
 
     class Action(models.TextChoices):
         CREATE = "create", _("create")
@@ -113,6 +117,7 @@ class AuditEntry(models.Model):
         DISABLE = "disable", _("disable")
         EDIT = "edit", _("edit policy")
         DELETE_ENTRY = "delete_entry", _("delete entry")
+        VIEW_ENTRY = "view_entry", _("view entry content")
 
     created_at = models.DateTimeField(_("when"), auto_now_add=True, db_index=True)
     user = models.ForeignKey(

@@ -14,6 +14,7 @@ if embedded_redis.wanted():
 
 from project.settings import *  # noqa: E402,F403
 from project.settings import BASE_DIR, CACHES, DATABASES, REDIS_URL  # noqa: E402
+from project.settings import RESPCACHE as PROJECT_RESPCACHE  # noqa: E402
 
 TEST_REDIS_DB = int(os.environ.get("RESPCACHE_TEST_REDIS_DB", "13"))
 
@@ -43,4 +44,8 @@ RESPCACHE = {
     "CACHE_ALIAS": "respcache",
     "UPSTREAM": os.environ.get("RESPCACHE_TEST_UPSTREAM", "simulated"),
     "LOCAL_CACHE_SECONDS": 0,
+    # From the environment as in production (RESPCACHE_METRICS_TOKEN, RESPCACHE_METRICS_PUBLIC):
+    # a server a test starts with the production settings needs them for /metrics.
+    "METRICS_TOKEN": PROJECT_RESPCACHE["METRICS_TOKEN"],
+    "METRICS_PUBLIC": PROJECT_RESPCACHE["METRICS_PUBLIC"],
 }

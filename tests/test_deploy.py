@@ -155,6 +155,7 @@ PRODUCTION = {
     "DJANGO_SECRET_KEY": "rc-" + "p9Wm3Xk7Qv2Ls8Dn5Ty4Hb6Jg1Fz0Rc" * 2,
     "DJANGO_ALLOWED_HOSTS": "127.0.0.1",
     "DJANGO_SECURE_PROXY_SSL_HEADER": "1",
+    "RESPCACHE_METRICS_TOKEN": "scrape-token",
 }
 
 
@@ -192,6 +193,7 @@ def test_in_production_the_api_refuses_plain_http_and_never_redirects(
         # Pages keep Django's redirect; /metrics keeps its exemption.
         admin = httpx.get(f"{url}/admin/", follow_redirects=False)
         assert admin.status_code == 301 and admin.headers["location"].startswith("https://127.0.0.1")
-        assert httpx.get(f"{url}/metrics").status_code == 200
+        assert httpx.get(f"{url}/metrics").status_code == 401  # its token, required in production
+        assert httpx.get(f"{url}/metrics", headers={"Authorization": "Bearer scrape-token"}).status_code == 200
         client.close()
         proxied.close()

@@ -38,6 +38,7 @@ PRODUCTION_ENV = {
     "DATABASE_URL": "postgres://respcache:pw@db.example.com:5432/respcache",
     "REDIS_URL": "rediss://:redis-pw@redis.example.com:6380/0",
     "ANTHROPIC_API_KEY": "sk-ant-test",
+    "RESPCACHE_METRICS_TOKEN": "scrape-token",
 }
 ENV_NAMES = {
     "DJANGO_DEBUG",
@@ -63,6 +64,8 @@ ENV_NAMES = {
     "DJANGO_NUM_PROXIES",
     "RESPCACHE_MANAGEMENT_ANON_RATE",
     "RESPCACHE_MANAGEMENT_USER_RATE",
+    "RESPCACHE_METRICS_TOKEN",
+    "RESPCACHE_METRICS_PUBLIC",
 }
 
 

@@ -1,20 +1,60 @@
 """Caller API keys in the admin: created here (the raw key is shown once), listed with their
-workloads, revoked by an action through ``respcache.services``."""
+workloads, revoked by an action through ``respcache.services``.
+
+A key that manages a workload may bump and purge it through the REST API: granting that (on a
+new key or an existing one) needs the granting user to hold both ``respcache.bump_workload`` and
+``respcache.purge_workload``, or the form is refused naming the workloads."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from django import forms
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils.html import format_html_join
+from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy, ngettext
 from rest_framework_api_key.admin import APIKeyModelAdmin
 
 from respcache import services
 from respcache.conf import app_settings
 from respcache.models import ApiKey
+
+#: What a user needs to grant a key the management of a workload: what that key may then do.
+MANAGEMENT_PERMISSIONS = ("respcache.bump_workload", "respcache.purge_workload")
+
+
+def can_grant_management(user: Any) -> bool:
+    """Whether ``user`` may give a key ``managed_workloads`` (model permissions: they hold for
+    every workload, so a superuser, or a user with both bump and purge, may grant any)."""
+    return bool(user.has_perms(MANAGEMENT_PERMISSIONS))
+
+
+def management_grant_form(base: type[forms.ModelForm[ApiKey]], user: Any) -> type[forms.ModelForm[ApiKey]]:
+    """``base`` with a check of the managed workloads it would add against ``user``'s permissions."""
+
+    class ManagementGrantForm(base):  # type: ignore[valid-type,misc]  # a class built at run time
+        def clean_managed_workloads(self) -> Any:
+            chosen = self.cleaned_data.get("managed_workloads")
+            if chosen is None or can_grant_management(user):
+                return chosen
+            already = set(self.instance.managed_workloads.values_list("pk", flat=True)) if self.instance.pk else set()
+            added = sorted(w.slug for w in chosen if w.pk not in already)
+            if added:
+                raise forms.ValidationError(
+                    _(
+                        "You cannot grant management of %(workloads)s: a managing key may bump and "
+                        "purge, so granting it needs both the “Can bump a workload's key version” "
+                        "and “Can purge a workload's entries” permissions."
+                    )
+                    % {"workloads": ", ".join(added)},
+                    code="management_not_permitted",
+                )
+            return chosen
+
+    return ManagementGrantForm
 
 
 class ApiKeyAdmin(APIKeyModelAdmin):
@@ -36,6 +76,9 @@ class ApiKeyAdmin(APIKeyModelAdmin):
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[ApiKey]:
         return super().get_queryset(request).prefetch_related("workloads")
+
+    def get_form(self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any) -> Any:
+        return management_grant_form(super().get_form(request, obj, change, **kwargs), request.user)
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> tuple[str, ...]:
         return (*super().get_readonly_fields(request, obj), "last_used_at")

@@ -53,7 +53,11 @@ def _safe_next(request: HttpRequest, fallback: str) -> str:
 
 class WorkloadPagesMixin(_ModelAdmin):
     """The extra pages of a workload, for a ModelAdmin of Workload that defines
-    ``has_bump_permission`` and ``has_purge_permission``."""
+    ``has_bump_permission`` and ``has_purge_permission``.
+
+    The entry browser lists entries to anyone who may view the workload (hashes, sizes, reads,
+    TTLs: never what they say); an entry's page shows the stored answer, so it needs
+    ``respcache.view_entry_content`` too, and each view of it is in the audit trail."""
 
     #: Entries listed per page of the entry browser (about: a page is what SCAN returned).
     entries_per_page = 100
@@ -63,6 +67,9 @@ class WorkloadPagesMixin(_ModelAdmin):
 
     def has_purge_permission(self, request: HttpRequest, obj: Workload | None = None) -> bool:
         raise NotImplementedError
+
+    def has_view_entry_content_permission(self, request: HttpRequest, obj: Workload | None = None) -> bool:
+        return bool(request.user.has_perm("respcache.view_entry_content"))
 
     def get_urls(self) -> list[URLPattern]:
         def view(func: Any) -> Any:
@@ -104,6 +111,7 @@ class WorkloadPagesMixin(_ModelAdmin):
             "title": title,
             "has_bump_permission": self.has_bump_permission(request, workload),
             "has_purge_permission": self.has_purge_permission(request, workload),
+            "has_view_entry_content_permission": self.has_view_entry_content_permission(request, workload),
             **extra,
         }
 
@@ -235,6 +243,8 @@ class WorkloadPagesMixin(_ModelAdmin):
 
     def entry_view(self, request: HttpRequest, object_id: str, version: int, fingerprint: str) -> TemplateResponse:
         workload = self._workload(request, object_id)
+        if not self.has_view_entry_content_permission(request, workload):
+            raise PermissionDenied
         if not FINGERPRINT.fullmatch(fingerprint):
             raise Http404(_("Not an entry key: %s") % fingerprint)
         context = self._context(
@@ -252,6 +262,9 @@ class WorkloadPagesMixin(_ModelAdmin):
         if found is None:
             raise Http404(_("This entry is gone (expired, evicted, purged or deleted)."))
         info, entry = found
+        services.entry_viewed(
+            workload, version=version, fingerprint=fingerprint, actor=actor(request), user=request.user
+        )
         message_json, texts = presenters.message_texts(entry.message) if entry is not None else ("", [])
         context.update(
             info=info,

@@ -26,6 +26,7 @@ __all__ = [
     "api_key_revoke",
     "audit",
     "entry_delete",
+    "entry_viewed",
     "record_policy_change",
     "workload_bump",
     "workload_purge",
@@ -200,6 +201,18 @@ def entry_delete(workload: Workload, *, version: int, fingerprint: str, actor: s
         entries_purged=deleted,
     )
     return deleted
+
+
+def entry_viewed(workload: Workload, *, version: int, fingerprint: str, actor: str, user: Any = None) -> None:
+    """Record that ``actor`` read a stored answer's content (the admin's entry page): who, which
+    workload, which entry (its key version and fingerprint, in ``after``)."""
+    audit(
+        actor=actor,
+        user=user,
+        action=AuditEntry.Action.VIEW_ENTRY,
+        workload=workload,
+        after={"key_version": version, "fingerprint": fingerprint},
+    )
 
 
 def api_key_revoke(api_keys: Iterable[ApiKey]) -> int:
