@@ -20,6 +20,12 @@ stored hash stays valid) changes where and how many hashes run, not what they co
 
 Outside a gevent worker (``manage.py``, tests, a thread-based server) the hash runs inline,
 still one at a time per process.
+
+Cheap refusals flood too: 8 connections of ``Authorization: Basic`` to ``/api/`` (about 3 ms of
+CPU each, refused unread) took a caller's hit p50 to 19x in ``make bench``, because every one in
+flight is a greenlet the loop runs between a hit's steps. ``ManagementBulkheadMiddleware`` admits
+one request at a time per worker outside the call path (the others park), which brought the
+mixed flood's ratio back under the 1.5x target.
 """
 
 from __future__ import annotations
@@ -97,6 +103,7 @@ def _low_priority(work: Callable[[], T]) -> T:
 
 
 _gate = _Gate(slots=1)
+_bulkhead = _Gate(slots=1)
 
 
 class BoundedPBKDF2PasswordHasher(PBKDF2PasswordHasher):
@@ -111,6 +118,14 @@ class BoundedPBKDF2PasswordHasher(PBKDF2PasswordHasher):
         return _gate.run(lambda: parent(password, salt, iterations), self.max_wait)
 
 
+def busy(message: str) -> HttpResponse:
+    """503 with ``Retry-After`` (and a length: this can answer before CommonMiddleware sets one)."""
+    response = HttpResponse(message, status=503, content_type="text/plain; charset=utf-8")
+    response["Retry-After"] = "5"
+    response["Content-Length"] = str(len(response.content))
+    return response
+
+
 class HashingBusyMiddleware:
     """A sign-in refused by the hashing gate gets 503 and ``Retry-After``, never a 500."""
 
@@ -123,10 +138,34 @@ class HashingBusyMiddleware:
     def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
         if not isinstance(exception, PasswordHashingBusy):
             return None
-        response = HttpResponse(
-            "Too many sign-ins are being checked at once; try again in a moment.\n",
-            status=503,
-            content_type="text/plain; charset=utf-8",
-        )
-        response["Retry-After"] = "5"
-        return response
+        return busy("Too many sign-ins are being checked at once; try again in a moment.\n")
+
+
+class ManagementBulkheadMiddleware:
+    """At most ``slots`` requests per worker at once outside the call path; the others wait.
+
+    A flood of cheap refusals (Basic auth on ``/api/``, sign-ins) is still CPU in the worker that
+    serves the calls: in a gevent worker every flooding request in flight is a greenlet that the
+    event loop runs between the steps of a hit, so a hit waits behind all of them. Admitting one
+    at a time bounds that to one; the waiting ones are parked greenlets and cost nothing. Calls
+    (``/w/``), ``/healthz``, ``/metrics`` and static files never wait here. A request that waited
+    ``max_wait`` seconds gets 503 with ``Retry-After``.
+    """
+
+    max_wait = 10.0
+    exempt = ("/w/", "/healthz", "/metrics", "/static/")
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+        self.gate = _bulkhead  # one per process, whichever handler instance uses it
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        if request.path.startswith(self.exempt):
+            return self.get_response(request)
+        self.gate._ready()
+        if not self.gate.semaphore.acquire(timeout=self.max_wait):
+            return busy("Too many management requests at once; try again in a moment.\n")
+        try:
+            return self.get_response(request)
+        finally:
+            self.gate.semaphore.release()

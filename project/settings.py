@@ -53,6 +53,9 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First: the management pages and API wait here, one at a time per worker, so that a flood of
+    # them cannot crowd out the calls the worker serves (project/login_guard.py).
+    "project.login_guard.ManagementBulkheadMiddleware",
     # Before SecurityMiddleware: with SECURE_SSL_REDIRECT on, API calls over plain HTTP get a 403
     # instead of its redirect (the key has crossed in clear; clients would send it again).
     "respcache.api.middleware.HttpsOnlyApiMiddleware",

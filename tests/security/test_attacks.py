@@ -102,6 +102,40 @@ def test_a_sign_in_that_cannot_get_a_hashing_slot_gets_503(django_user_model: An
     assert "try again" in response.content.decode()
 
 
+@pytest.fixture
+def management_slot_taken(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.setattr(login_guard.ManagementBulkheadMiddleware, "max_wait", 0.0)
+    gate = login_guard._bulkhead
+    gate._ready()
+    assert gate.semaphore.acquire(timeout=1)
+    yield
+    gate.semaphore.release()
+
+
+def test_management_requests_wait_for_the_workers_slot_and_calls_never_do(
+    make_workload: Any, make_key: Any, management_slot_taken: None
+) -> None:
+    key = make_key(make_workload("intents"))
+    client = Client()
+    for path in ("/api/workloads/", LOGIN):
+        refused = client.get(path)
+        assert refused.status_code == 503 and refused["Retry-After"] == "5", path
+        assert int(refused["Content-Length"]) == len(refused.content)
+    call = client.post(
+        "/w/intents/v1/messages", orjson.dumps(ask()), content_type="application/json", HTTP_X_API_KEY=key
+    )
+    assert call.status_code == 200
+    assert client.get("/healthz").status_code == 200
+
+
+def test_the_management_slot_is_given_back(make_workload: Any) -> None:
+    make_workload("intents")
+    for _ in range(3):  # slots = 1: a slot kept by the first request would refuse the next ones
+        assert Client().get("/api/workloads/").status_code == 401
+    assert login_guard._bulkhead.semaphore.acquire(timeout=0)
+    login_guard._bulkhead.semaphore.release()
+
+
 # --- floods against gunicorn ------------------------------------------------------------------
 
 
@@ -177,6 +211,8 @@ def login_flood(server: Server) -> Callable[[httpx.Client], httpx.Response]:
     def send(client: httpx.Client) -> httpx.Response:
         if "csrftoken" not in client.cookies:
             page = client.get(server.url + LOGIN)
+            if page.status_code != 200:  # 503: the worker's management slot stayed taken
+                return page
             client.headers["x-csrf-form"] = re.findall(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.text)[0]
         username = "ops" if secrets.randbelow(2) else f"user{secrets.token_hex(4)}"
         form = {"csrfmiddlewaretoken": client.headers["x-csrf-form"], "username": username, "password": "guess"}
@@ -192,7 +228,9 @@ def test_hits_are_served_during_a_basic_auth_flood(server: Server, make_workload
     assert answers == [(200, "hit")] * len(answers)
     assert not flood.errors, flood.errors[:3]
     assert sum(flood.statuses.values()) > 8
-    assert set(flood.statuses) <= {401, 429}, flood.statuses  # refused unread, then throttled
+    # Refused unread, then throttled; 503 when the worker's management slot stayed taken.
+    assert set(flood.statuses) <= {401, 429, 503}, flood.statuses
+    assert flood.statuses[401] > 0, flood.statuses
 
 
 def test_hits_are_served_during_a_login_flood(server: Server, make_workload: Any, make_key: Any) -> None:
