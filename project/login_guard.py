@@ -35,6 +35,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import orjson
 from django.contrib.auth.hashers import PBKDF2PasswordHasher
 from django.http import HttpRequest, HttpResponse
 from rest_framework.throttling import BaseThrottle
@@ -119,8 +120,10 @@ class BoundedPBKDF2PasswordHasher(PBKDF2PasswordHasher):
 
 
 def busy(message: str) -> HttpResponse:
-    """503 with ``Retry-After`` (and a length: this can answer before CommonMiddleware sets one)."""
-    response = HttpResponse(message, status=503, content_type="text/plain; charset=utf-8")
+    """503 ``api_error`` in the Anthropic error format, with ``Retry-After`` and a length (this
+    can answer before CommonMiddleware would set one)."""
+    body = orjson.dumps({"type": "error", "error": {"type": "api_error", "message": message}})
+    response = HttpResponse(body, status=503, content_type="application/json")
     response["Retry-After"] = "5"
     response["Content-Length"] = str(len(response.content))
     return response
@@ -138,7 +141,7 @@ class HashingBusyMiddleware:
     def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
         if not isinstance(exception, PasswordHashingBusy):
             return None
-        return busy("Too many sign-ins are being checked at once; try again in a moment.\n")
+        return busy("Too many sign-ins are being checked at once; try again in a moment.")
 
 
 class ManagementBulkheadMiddleware:
@@ -164,7 +167,7 @@ class ManagementBulkheadMiddleware:
             return self.get_response(request)
         self.gate._ready()
         if not self.gate.semaphore.acquire(timeout=self.max_wait):
-            return busy("Too many management requests at once; try again in a moment.\n")
+            return busy("Too many management requests at once; try again in a moment.")
         try:
             return self.get_response(request)
         finally:
