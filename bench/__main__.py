@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import keybuild, loadgen
+from bench import flood, keybuild, loadgen
 from bench.harness import ROOT, Harness, web_concurrency
 from bench.report import Row, as_json, machine, percentile, ratio, render
 
@@ -777,24 +777,27 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         help="write the results as JSON here (default: bench/results.json, none with --quick)",
     )
+    parser.add_argument("--only", choices=["flood"], help="run only this section (after the setup)")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore", message="No directory at")  # whitenoise, before collectstatic
     plan = QUICK if args.quick else Plan()
-    out = args.out or (None if args.quick else ROOT / "bench" / "results.json")
+    out = args.out or (None if args.quick or args.only else ROOT / "bench" / "results.json")
     started = time.monotonic()
     load_before = os.getloadavg()[0]
     with Harness() as harness:
         bench = Bench(harness, plan)
         bench.start()
-        wires = bench.prepare_hits()
-        bench.hit_rows(wires)
-        bench.redis_cost_rows(wires)
-        bench.cpu_rows(wires)
-        bench.db_rows(wires)
-        bench.miss_rows()
-        bench.stampede_rows()
-        bench.key_rows()
-        bench.memory_rows()
+        if args.only is None:
+            wires = bench.prepare_hits()
+            bench.hit_rows(wires)
+            bench.redis_cost_rows(wires)
+            bench.cpu_rows(wires)
+            bench.db_rows(wires)
+            bench.miss_rows()
+            bench.stampede_rows()
+            bench.key_rows()
+            bench.memory_rows()
+        flood.add_rows(bench)
         workers = web_concurrency()
         redis_version = bench.redis_version
     now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")

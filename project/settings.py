@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,7 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "axes",
     "rest_framework",
     "rest_framework_api_key",
     "drf_spectacular",
@@ -51,6 +53,9 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First: the management pages and API wait here, one at a time per worker, so that a flood of
+    # them cannot crowd out the calls the worker serves (project/login_guard.py).
+    "project.login_guard.ManagementBulkheadMiddleware",
     # Before SecurityMiddleware: with SECURE_SSL_REDIRECT on, API calls over plain HTTP get a 403
     # instead of its redirect (the key has crossed in clear; clients would send it again).
     "respcache.api.middleware.HttpsOnlyApiMiddleware",
@@ -62,6 +67,9 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "project.login_guard.HashingBusyMiddleware",
+    # Last, as django-axes asks: turns a locked-out sign-in into its 429 page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "project.urls"
@@ -167,6 +175,33 @@ if _SENTINELS:
     # which has no blocking variant: it keeps redis-py's limit of connections, raised.
     _REDIS_OPTIONS.pop("CONNECTION_POOL_CLASS", None)
     _REDIS_OPTIONS["CONNECTION_POOL_KWARGS"].pop("timeout", None)
+
+# The admin sign-in is guarded against guessing by django-axes: after RESPCACHE_LOGIN_FAILURE_LIMIT
+# failed sign-ins of one username from one client address, that pair is refused (429, without a
+# password check, even with the right password) for RESPCACHE_LOGIN_COOLOFF_MINUTES. The counts
+# live in respcache's Redis (one key per pair, expiring with the cool-off): shared by every worker
+# and machine, and no database write on a failed sign-in (under SQLite a write can wait on the
+# file lock, which would hold up a gevent worker's whole event loop).
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_HANDLER = "axes.handlers.cache.AxesCacheHandler"
+AXES_CACHE = "respcache"
+AXES_FAILURE_LIMIT = int(os.environ.get("RESPCACHE_LOGIN_FAILURE_LIMIT", "5"))
+AXES_COOLOFF_TIME = timedelta(minutes=float(os.environ.get("RESPCACHE_LOGIN_COOLOFF_MINUTES", "15")))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_CLIENT_IP_CALLABLE = "project.login_guard.client_ip"  # the throttles' client IP (DJANGO_NUM_PROXIES)
+# The hashes run off the event loop, one at a time per worker (project/login_guard.py); the
+# first hasher stores new passwords, the others still verify stored ones.
+PASSWORD_HASHERS = [
+    "project.login_guard.BoundedPBKDF2PasswordHasher",
+    "django.contrib.auth.hashers.PBKDF2SHA1PasswordHasher",
+    "django.contrib.auth.hashers.Argon2PasswordHasher",
+    "django.contrib.auth.hashers.BCryptSHA256PasswordHasher",
+    "django.contrib.auth.hashers.ScryptPasswordHasher",
+]
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},

@@ -37,7 +37,10 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     (BASE_DIR / ".run").mkdir(exist_ok=True)  # a fresh clone with REDIS_URL set has none yet
     DATABASES["default"]["TEST"] = {"NAME": str(BASE_DIR / ".run" / "test-db.sqlite3")}
 
-PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # fast test users
+# Fast test users; a server a test starts to measure the real hashing (tests/security/) keeps the
+# project's bounded PBKDF2 with RESPCACHE_TEST_REAL_HASHERS=1.
+if os.environ.get("RESPCACHE_TEST_REAL_HASHERS") != "1":
+    PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 # A server a test starts (tests/test_deploy.py) sets RESPCACHE_TEST_UPSTREAM=anthropic to reach
 # the fake Messages API; never RESPCACHE_UPSTREAM, which may point a developer's shell at Anthropic.
 RESPCACHE = {

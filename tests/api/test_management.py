@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 import pytest
 from django.contrib.auth.models import Permission, User
+from django.http import HttpRequest
 from django.test import override_settings
 from django.utils.module_loading import import_string
 from rest_framework.test import APIClient
@@ -122,7 +123,7 @@ def test_basic_auth_is_refused_without_hashing_a_password(two: Any, password_has
     assert password_hashes == {}
     assert Workload.objects.get(slug="intents").key_version == 1
     # The counting sees real hashing: signing in with the same password hashes it.
-    assert APIClient().login(username="alice", password=PASSWORD)
+    assert APIClient().login(request=HttpRequest(), username="alice", password=PASSWORD)
     assert password_hashes["verify"] >= 1
 
 
@@ -292,7 +293,7 @@ def test_wrong_methods_are_405_in_the_error_format(two: Any) -> None:
 def test_session_auth_works_and_enforces_csrf_on_posts(two: Any) -> None:
     make_user("bumper", perms=("bump_workload",))
     client = APIClient(enforce_csrf_checks=True)
-    assert client.login(username="bumper", password=PASSWORD)
+    assert client.login(request=HttpRequest(), username="bumper", password=PASSWORD)
     assert client.get("/api/workloads/").status_code == 200
     refused = client.post("/api/workloads/intents/bump/")
     assert refused.status_code == 403 and "CSRF" in error_of(refused)["message"]

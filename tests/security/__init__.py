@@ -1,0 +1,1 @@
+"""Attacks on the service: floods, guessing, and what must hold during them."""
