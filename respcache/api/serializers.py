@@ -60,6 +60,8 @@ class WorkloadSerializer(serializers.ModelSerializer[Workload]):
             "strict",
             "lock_ttl",
             "wait_max",
+            "max_upstream_per_minute",
+            "max_tokens_per_day",
             "description",
             "updated_at",
             "stats",

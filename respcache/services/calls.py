@@ -14,10 +14,20 @@ holder's error is handed to the callers waiting on it, who stop waiting at once.
 A call reads and writes the key space of the configured upstream kind (``store.key_space``:
 anthropic or simulated), so a simulated answer is never served as a real one, nor the reverse;
 an ``upstream`` object passed in (a test's seam) is taken to be of the configured kind.
+
+Budgets: every call about to go upstream (miss, fall-through, refresh, bypass, and one served
+without the cache while Redis fails) first spends one of the workload's upstream calls of the
+minute, checking its tokens of the day, in one atomic script (``Call.spend_budget``); over
+budget it raises BudgetExceeded (429) and asks nothing. Hits and waits never touch the budget,
+so a hit costs no extra round trip. The answer's tokens are added to the day's once it has
+come (``Call.spend_tokens``). A workload without budgets costs no round trip for them, and a
+Redis error means the budget is not enforced (guard.BUDGET). ``count_tokens`` calls spend no
+tokens and are not budgeted.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -25,7 +35,7 @@ from typing import Any, TypeVar
 
 from respcache import keys, stats, store
 from respcache.conf import app_settings
-from respcache.exceptions import InvalidRequest, UpstreamError
+from respcache.exceptions import BudgetExceeded, InvalidRequest, UpstreamError
 from respcache.selectors import Policy
 from respcache.services import guard, stampede
 from respcache.services.counting import (
@@ -225,6 +235,7 @@ class Call:
         waking the waiters) unless ``names`` is None. A failure releases the lock at once.
         ``counts`` are counted with the call (a cache error)."""
         with stampede.holding(names, token, lock_ttl=self.policy.lock_ttl, workload=self.slug):
+            self.spend_budget(outcome, counts)
             # Stored: the call's counters ride in the write's round trip instead of their own.
             response = self.ask_upstream(outcome, counted_now=names is None, counts=counts)
         if names is not None:
@@ -232,6 +243,53 @@ class Call:
         return self.result(status, response.body, outcome, tokens=(response.input_tokens, response.output_tokens))
 
     # The Redis and upstream touches.
+
+    def spend_budget(self, outcome: str, counts: Counts = NO_COUNTS) -> None:
+        """Before going upstream: spend one of the workload's upstream calls of this minute, or,
+        over budget, count the call as ``outcome`` refused (with ``counts``) and raise
+        BudgetExceeded. No round trip for a workload without budgets; none enforced if Redis
+        fails (guard.BUDGET)."""
+        policy = self.policy
+        if not (policy.max_upstream_per_minute or policy.max_tokens_per_day):
+            return
+        now = self.clock()
+        windows = store.budgets.Windows.at(self.slug, now)
+        verdict = guard.fail_open(
+            guard.BUDGET,
+            lambda: store.budgets.spend_call(
+                windows,
+                now=now,
+                per_minute=policy.max_upstream_per_minute,
+                tokens_per_day=policy.max_tokens_per_day,
+            ),
+            lambda _: store.budgets.OK,
+            workload=self.slug,
+        )
+        if verdict == store.budgets.OK:
+            return
+        self.count(Counts.outcome(outcome) + Counts.budget_refused() + counts)
+        if verdict == store.budgets.OVER_DAY:
+            ends, what = windows.day_ends, f"{policy.max_tokens_per_day} upstream tokens per day"
+        else:
+            ends, what = windows.minute_ends, f"{policy.max_upstream_per_minute} upstream calls per minute"
+        raise BudgetExceeded(
+            f"Workload {self.slug!r} is over its budget of {what}; cached answers are still served.",
+            retry_after=math.ceil(ends - now),
+        )
+
+    def spend_tokens(self, input_tokens: int | None, output_tokens: int | None) -> None:
+        """Add an upstream answer's tokens to the workload's day, when it has a token budget."""
+        tokens = (input_tokens or 0) + (output_tokens or 0)
+        if not self.policy.max_tokens_per_day or tokens <= 0:
+            return
+        now = self.clock()
+        windows = store.budgets.Windows.at(self.slug, now)
+        guard.fail_open(
+            guard.BUDGET,
+            lambda: store.budgets.spend_tokens(windows, tokens, now=now),
+            guard.nothing,
+            workload=self.slug,
+        )
 
     def lookup(self, outcome: str, *, read_entry: bool = True, counts: Counts = NO_COUNTS) -> store.Lookup:
         """Resolve the key version and read the entry, counting ``outcome`` (and ``counts``) if
@@ -268,6 +326,8 @@ class Call:
             self.count(failed_call(outcome, started) + counts)
             raise
         self.upstream_ms = response.latency_ms
+        if self.reports_usage:
+            self.spend_tokens(response.input_tokens, response.output_tokens)
         if counted_now:
             self.count(self.call_counts(outcome, response) + counts)
         return response
@@ -325,6 +385,9 @@ class CountTokensCall(Call):
 
     def cacheable(self) -> bool:
         return self.policy.enabled
+
+    def spend_budget(self, outcome: str, counts: Counts = NO_COUNTS) -> None:
+        """A count spends no tokens: never budgeted."""
 
     def request_upstream(self) -> UpstreamResponse:
         return self.upstream.count_tokens(self.raw_body, self.body, headers=self.headers)
