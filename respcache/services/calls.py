@@ -15,19 +15,12 @@ A call reads and writes the key space of the configured upstream kind (``store.k
 anthropic or simulated), so a simulated answer is never served as a real one, nor the reverse;
 an ``upstream`` object passed in (a test's seam) is taken to be of the configured kind.
 
-Budgets: every call about to go upstream (miss, fall-through, refresh, bypass, and one served
-without the cache while Redis fails) first spends one of the workload's upstream calls of the
-minute, checking its tokens of the day, in one atomic script (``Call.spend_budget``); over
-budget it raises BudgetExceeded (429) and asks nothing. Hits and waits never touch the budget,
-so a hit costs no extra round trip. The answer's tokens are added to the day's once it has
-come (``Call.spend_tokens``). A workload without budgets costs no round trip for them, and a
-Redis error means the budget is not enforced (guard.BUDGET). ``count_tokens`` calls spend no
-tokens and are not budgeted.
+Budgets (budgets.py): a call about to go upstream first spends the workload's budget
+(``Call.spend_budget``), or is refused with BudgetExceeded (429); hits and waits never do.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -35,9 +28,9 @@ from typing import Any, TypeVar
 
 from respcache import keys, stats, store
 from respcache.conf import app_settings
-from respcache.exceptions import BudgetExceeded, InvalidRequest, UpstreamError
+from respcache.exceptions import InvalidRequest, UpstreamError
 from respcache.selectors import Policy
-from respcache.services import guard, stampede
+from respcache.services import budgets, guard, stampede
 from respcache.services.counting import (
     BYPASS,
     FALLTHROUGH,
@@ -245,51 +238,16 @@ class Call:
     # The Redis and upstream touches.
 
     def spend_budget(self, outcome: str, counts: Counts = NO_COUNTS) -> None:
-        """Before going upstream: spend one of the workload's upstream calls of this minute, or,
-        over budget, count the call as ``outcome`` refused (with ``counts``) and raise
-        BudgetExceeded. No round trip for a workload without budgets; none enforced if Redis
-        fails (guard.BUDGET)."""
-        policy = self.policy
-        if not (policy.max_upstream_per_minute or policy.max_tokens_per_day):
-            return
-        now = self.clock()
-        windows = store.budgets.Windows.at(self.slug, now)
-        verdict = guard.fail_open(
-            guard.BUDGET,
-            lambda: store.budgets.spend_call(
-                windows,
-                now=now,
-                per_minute=policy.max_upstream_per_minute,
-                tokens_per_day=policy.max_tokens_per_day,
-            ),
-            lambda _: store.budgets.OK,
-            workload=self.slug,
-        )
-        if verdict == store.budgets.OK:
-            return
-        self.count(Counts.outcome(outcome) + Counts.budget_refused() + counts)
-        if verdict == store.budgets.OVER_DAY:
-            ends, what = windows.day_ends, f"{policy.max_tokens_per_day} upstream tokens per day"
-        else:
-            ends, what = windows.minute_ends, f"{policy.max_upstream_per_minute} upstream calls per minute"
-        raise BudgetExceeded(
-            f"Workload {self.slug!r} is over its budget of {what}; cached answers are still served.",
-            retry_after=math.ceil(ends - now),
-        )
+        """Before going upstream: spend the workload's budget, or, over it, count the call as
+        ``outcome`` refused (with ``counts``) and raise BudgetExceeded."""
+        refused = budgets.refusal(self.policy, now=self.clock())
+        if refused is not None:
+            self.count(Counts.outcome(outcome) + Counts.budget_refused() + counts)
+            raise refused
 
     def spend_tokens(self, input_tokens: int | None, output_tokens: int | None) -> None:
-        """Add an upstream answer's tokens to the workload's day, when it has a token budget."""
-        tokens = (input_tokens or 0) + (output_tokens or 0)
-        if not self.policy.max_tokens_per_day or tokens <= 0:
-            return
-        now = self.clock()
-        windows = store.budgets.Windows.at(self.slug, now)
-        guard.fail_open(
-            guard.BUDGET,
-            lambda: store.budgets.spend_tokens(windows, tokens, now=now),
-            guard.nothing,
-            workload=self.slug,
-        )
+        """Add an upstream answer's tokens to the workload's day (if it has a token budget)."""
+        budgets.spend_tokens(self.policy, (input_tokens or 0) + (output_tokens or 0), now=self.clock())
 
     def lookup(self, outcome: str, *, read_entry: bool = True, counts: Counts = NO_COUNTS) -> store.Lookup:
         """Resolve the key version and read the entry, counting ``outcome`` (and ``counts``) if
