@@ -22,6 +22,7 @@ from django.test import Client
 from django.urls import reverse
 
 from respcache import selectors, services, stats, store
+from respcache.services import stampede
 from respcache.exceptions import BudgetExceeded
 from respcache.models import AuditEntry, Workload
 from tests.conftest import ask, redis_down
@@ -215,6 +216,14 @@ def test_waiters_on_a_refused_holder_are_refused_with_it(fake: Any, workload: Wo
     }
     assert len(fake.message_calls()) == 1
     assert stats.totals("intents", "5m")["budget_refused"] == 12
+
+
+def test_a_holders_refusal_reaches_its_waiters_as_a_refusal() -> None:
+    """What a refused holder tells its waiters (its failure record too): a budget refusal with
+    its retry-after, not an upstream error."""
+    again = stampede.error_from_message(stampede.error_message(BudgetExceeded("over", retry_after=42)))
+    assert isinstance(again, BudgetExceeded)
+    assert (again.status_code, again.error_type, again.headers()) == (429, "rate_limit_error", {"retry-after": "42"})
 
 
 def test_a_waiter_that_would_fall_through_is_held_to_the_budget(fake: Any, workload: Workload) -> None:
