@@ -22,9 +22,9 @@ from django.test import Client
 from django.urls import reverse
 
 from respcache import selectors, services, stats, store
-from respcache.services import stampede
 from respcache.exceptions import BudgetExceeded
 from respcache.models import AuditEntry, Workload
+from respcache.services import stampede
 from tests.conftest import ask, redis_down
 from tests.test_counting import in_process_sdk, redis_round_trips, status
 from tests.test_gunicorn import Server, gunicorn
