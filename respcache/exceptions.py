@@ -6,6 +6,8 @@
     ├── PermissionDenied         403 permission_error
     ├── WorkloadNotFound         404 not_found_error
     ├── RequestTooLarge          413 request_too_large
+    ├── BudgetExceeded           429 rate_limit_error, with retry-after (the workload's budget
+    │                            refused a call that would go upstream)
     ├── UpstreamError            the upstream's own status and error body
     │   └── UpstreamUnavailable  502 api_error (the upstream could not be reached)
     ├── DatabaseUnavailable      503 api_error (the database failed and nothing is known of the
@@ -59,6 +61,21 @@ class WorkloadNotFound(RespcacheError):
 class RequestTooLarge(RespcacheError):
     status_code = 413
     error_type = "request_too_large"
+
+
+class BudgetExceeded(RespcacheError):
+    """The workload's budget refused a call that would have gone upstream; ``retry_after`` is
+    the seconds until the window that is spent (the minute's, or the day's) ends."""
+
+    status_code = 429
+    error_type = "rate_limit_error"
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = max(1, int(retry_after))
+
+    def headers(self) -> dict[str, str]:
+        return {"retry-after": str(self.retry_after)}
 
 
 class UpstreamError(RespcacheError):

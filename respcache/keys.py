@@ -295,6 +295,8 @@ def request_fingerprint(
 #   respcache:policies                          the channel that says "policies changed"
 #   respcache:s:<slug>:m:<start> / :h:<start>   a minute / hour counter bucket
 #   respcache:s:<slug>:total                    the all-time counters
+#   respcache:b:<slug>:m:<start> / :d:<start>   budget: upstream calls of a UTC minute / tokens
+#                                               of a UTC day (expire when the window ends)
 #
 # Those are the names of the anthropic upstream's key space. The simulated upstream's entries
 # (and their meta, lock, channel and failure names) carry its kind after the slug,
@@ -401,3 +403,17 @@ def bucket_key(*, workload: str, width_seconds: int, start: int) -> str:
 def totals_key(workload: str) -> str:
     """The workload's all-time counters; never expire."""
     return f"respcache:s:{workload}:total"
+
+
+#: The budget window kinds in a budget counter's name, by window width in seconds.
+_BUDGET_KINDS = {60: "m", 86400: "d"}
+
+
+def budget_key(*, workload: str, width_seconds: int, start: int) -> str:
+    """The budget counter of ``workload`` for the window ``width_seconds`` wide (60: upstream
+    calls of a minute, 86400: upstream tokens of a day) that starts at ``start`` (Unix seconds)."""
+    try:
+        kind = _BUDGET_KINDS[width_seconds]
+    except KeyError:
+        raise ValueError(f"no budget window is {width_seconds} s wide") from None
+    return f"respcache:b:{workload}:{kind}:{start}"

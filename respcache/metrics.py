@@ -13,7 +13,8 @@ Samples, each labelled ``workload``:
 - ``respcache_requests_total{outcome}``: hit, wait (lock waits that were served), miss,
   fallthrough (lock waits that gave up after ``wait_max``), bypass, refresh;
 - ``respcache_upstream_latency_seconds`` (summary: ``_count`` upstream calls, ``_sum`` seconds),
-  ``respcache_upstream_errors_total``, ``respcache_cache_errors_total``;
+  ``respcache_upstream_errors_total``, ``respcache_cache_errors_total``,
+  ``respcache_budget_refused_total`` (calls the workload's budget refused with 429);
 - ``respcache_tokens_saved_total{kind="input"|"output"}``;
 - ``respcache_entries_written_total``, ``respcache_entries_first_read_total``;
 - ``respcache_hit_rate``, ``respcache_stampede_rate``, ``respcache_dead_write_rate`` (``window``),
@@ -78,6 +79,11 @@ class RespcacheCollector:
             "Redis failures the calls were served around (fail-open).",
             labels=["workload"],
         )
+        budget_refused = CounterMetricFamily(
+            "respcache_budget_refused",
+            "Calls that would have gone upstream, refused by the workload's budget (429).",
+            labels=["workload"],
+        )
         tokens_saved = CounterMetricFamily(
             "respcache_tokens_saved",
             "Tokens hits and waits did not spend (stored usage).",
@@ -102,6 +108,7 @@ class RespcacheCollector:
             latency.add_metric([slug], count_value=counts["upstream_calls"], sum_value=counts["upstream_ms"] / 1000)
             upstream_errors.add_metric([slug], counts["upstream_error"])
             cache_errors.add_metric([slug], counts["cache_error"])
+            budget_refused.add_metric([slug], counts["budget_refused"])
             tokens_saved.add_metric([slug, "input"], counts["saved_in"])
             tokens_saved.add_metric([slug, "output"], counts["saved_out"])
             written.add_metric([slug], counts["written"])
@@ -111,7 +118,7 @@ class RespcacheCollector:
                 value = getattr(window, name)
                 if value is not None:
                     family.add_metric([slug, GAUGE_WINDOW], value)
-        yield from (requests, latency, upstream_errors, cache_errors, tokens_saved, written, first_read)
+        yield from (requests, latency, upstream_errors, cache_errors, budget_refused, tokens_saved, written, first_read)
         yield from rates.values()
         yield from _policy_metrics(workloads)
 

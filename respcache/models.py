@@ -53,6 +53,24 @@ class Workload(models.Model):
             "itself. The default covers the upstream timeout (300 s) plus one lock TTL."
         ),
     )
+    max_upstream_per_minute = models.PositiveIntegerField(
+        _("max upstream calls per minute"),
+        default=0,
+        help_text=_(
+            "Budget: calls that would go upstream (miss, fall-through, refresh, bypass) beyond "
+            "this many in one UTC minute get 429 rate_limit_error; hits and waits are still "
+            "served. 0: no limit."
+        ),
+    )
+    max_tokens_per_day = models.PositiveIntegerField(
+        _("max upstream tokens per day"),
+        default=0,
+        help_text=_(
+            "Budget: once the upstream's answers of this UTC day used this many tokens (input "
+            "plus output), calls that would go upstream get 429 rate_limit_error; hits and "
+            "waits are still served. 0: no limit."
+        ),
+    )
     description = models.TextField(_("description"), blank=True)
     created_at = models.DateTimeField(_("created at"), auto_now_add=True)
     updated_at = models.DateTimeField(_("updated at"), auto_now=True)

@@ -58,6 +58,9 @@ class Policy:
     strict: bool
     lock_ttl: float
     wait_max: float
+    #: Budgets (0: no limit): upstream calls per UTC minute, upstream tokens per UTC day.
+    max_upstream_per_minute: int = 0
+    max_tokens_per_day: int = 0
 
     @classmethod
     def from_model(cls, workload: Workload) -> Policy:
@@ -70,6 +73,8 @@ class Policy:
             strict=workload.strict,
             lock_ttl=workload.lock_ttl,
             wait_max=workload.wait_max,
+            max_upstream_per_minute=workload.max_upstream_per_minute,
+            max_tokens_per_day=workload.max_tokens_per_day,
         )
 
 

@@ -5,7 +5,9 @@ read for the 5m, 1h and 24h windows) and in a one-hour bucket (kept
 ``HOUR_BUCKET_RETENTION_SECONDS``, read for 7d). Fields:
 
 - outcomes, one per call: hit, wait, miss, fallthrough, bypass, refresh;
-- upstream_error, cache_error; upstream_calls and upstream_ms (summed latency of every call,
+- upstream_error, cache_error; budget_refused (calls the workload's budget refused: each is
+  also counted under the outcome it would have had, and made no upstream call);
+  upstream_calls and upstream_ms (summed latency of every call,
   failed ones included; a stream's counted when it ends);
 - saved_in, saved_out: tokens a hit or wait did not spend (the stored usage);
 - written: entries stored;
@@ -40,6 +42,7 @@ OUTCOMES = ("hit", "wait", "miss", "fallthrough", "bypass", "refresh")
 FIELDS = OUTCOMES + (
     "upstream_error",
     "cache_error",
+    "budget_refused",
     "upstream_calls",
     "upstream_ms",
     "saved_in",

@@ -372,6 +372,8 @@ def _form(workload: Workload, **changes: Any) -> dict[str, Any]:
         "strict": "on" if workload.strict else "",
         "lock_ttl": workload.lock_ttl,
         "wait_max": workload.wait_max,
+        "max_upstream_per_minute": workload.max_upstream_per_minute,
+        "max_tokens_per_day": workload.max_tokens_per_day,
     }
     data.update(changes)
     return {k: v for k, v in data.items() if v != ""}
@@ -431,7 +433,15 @@ def test_policy_edit_does_not_undo_a_concurrent_bump(admin_client: Client, workl
 def test_creating_a_workload_in_the_admin_is_audited(admin_client: Client, db: Any) -> None:
     response = admin_client.post(
         reverse("admin:respcache_workload_add"),
-        {"slug": "new-one", "enabled": "on", "ttl_seconds": 600, "lock_ttl": 60, "wait_max": 30},
+        {
+            "slug": "new-one",
+            "enabled": "on",
+            "ttl_seconds": 600,
+            "lock_ttl": 60,
+            "wait_max": 30,
+            "max_upstream_per_minute": 0,
+            "max_tokens_per_day": 0,
+        },
     )
     assert response.status_code == 302, response.content
     entry = AuditEntry.objects.get()

@@ -246,6 +246,7 @@ def test_scripts_are_the_lua_files_registered_once_and_dropped_on_a_settings_cha
     settings.CACHES = {**settings.CACHES}  # a new client may come with it: register again
     assert store.script("lookup") is not lookup_script
     assert sorted(p.name for p in SCRIPTS.iterdir()) == [
+        "budget.lua",
         "extend.lua",
         "lookup.lua",
         "lookup_ro.lua",

@@ -38,6 +38,7 @@ OUTCOME_SERIES = [
 ERROR_SERIES = [
     charts.Series("upstream_error", gettext_lazy("upstream errors"), "#c62828"),
     charts.Series("cache_error", gettext_lazy("cache errors (Redis)"), "#6a1b9a"),
+    charts.Series("budget_refused", gettext_lazy("refused by the budget"), "#f9a825"),
 ]
 TOKEN_SERIES = [
     charts.Series("saved_in", gettext_lazy("input tokens saved"), "#3949ab"),
@@ -105,6 +106,7 @@ def number_rows(totals: dict[str, Totals]) -> list[tuple[str, list[str]]]:
         row(_("upstream latency (mean)"), latency),
         row(_("upstream errors"), lambda t: f"{t['upstream_error']:,}"),
         row(_("cache errors (Redis)"), lambda t: f"{t['cache_error']:,}"),
+        row(_("refused by the budget"), lambda t: f"{t['budget_refused']:,}"),
     ]
 
 

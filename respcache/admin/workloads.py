@@ -93,6 +93,17 @@ class WorkloadAdmin(WorkloadPagesMixin, admin.ModelAdmin):  # type: ignore[type-
                     "description": propagation,
                 },
             ),
+            (
+                _("Budget"),
+                {
+                    "fields": ["max_upstream_per_minute", "max_tokens_per_day"],
+                    "description": _(
+                        "Limits on what this workload spends upstream (0: none). Over budget, a "
+                        "call that would go upstream gets 429 rate_limit_error with retry-after; "
+                        "hits and waits are still served."
+                    ),
+                },
+            ),
         ]
 
     def get_readonly_fields(self, request: HttpRequest, obj: Workload | None = None) -> Any:

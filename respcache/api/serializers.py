@@ -24,6 +24,9 @@ class StatsSerializer(serializers.Serializer[dict[str, Any]]):
     refresh = serializers.IntegerField()
     upstream_error = serializers.IntegerField()
     cache_error = serializers.IntegerField(help_text="Redis failures served around (fail-open).")
+    budget_refused = serializers.IntegerField(
+        help_text="Calls that would have gone upstream, refused by the workload's budget (429)."
+    )
     upstream_calls = serializers.IntegerField()
     upstream_ms = serializers.IntegerField(help_text="Summed upstream latency, milliseconds.")
     saved_in = serializers.IntegerField(help_text="Input tokens hits and waits did not spend.")
@@ -60,6 +63,8 @@ class WorkloadSerializer(serializers.ModelSerializer[Workload]):
             "strict",
             "lock_ttl",
             "wait_max",
+            "max_upstream_per_minute",
+            "max_tokens_per_day",
             "description",
             "updated_at",
             "stats",

@@ -14,6 +14,9 @@ holder's error is handed to the callers waiting on it, who stop waiting at once.
 A call reads and writes the key space of the configured upstream kind (``store.key_space``:
 anthropic or simulated), so a simulated answer is never served as a real one, nor the reverse;
 an ``upstream`` object passed in (a test's seam) is taken to be of the configured kind.
+
+Budgets (budgets.py): a call about to go upstream first spends the workload's budget
+(``Call.spend_budget``), or is refused with BudgetExceeded (429); hits and waits never do.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from respcache import keys, stats, store
 from respcache.conf import app_settings
 from respcache.exceptions import InvalidRequest, UpstreamError
 from respcache.selectors import Policy
-from respcache.services import guard, stampede
+from respcache.services import budgets, guard, stampede
 from respcache.services.counting import (
     BYPASS,
     FALLTHROUGH,
@@ -225,6 +228,7 @@ class Call:
         waking the waiters) unless ``names`` is None. A failure releases the lock at once.
         ``counts`` are counted with the call (a cache error)."""
         with stampede.holding(names, token, lock_ttl=self.policy.lock_ttl, workload=self.slug):
+            self.spend_budget(outcome, counts)
             # Stored: the call's counters ride in the write's round trip instead of their own.
             response = self.ask_upstream(outcome, counted_now=names is None, counts=counts)
         if names is not None:
@@ -232,6 +236,18 @@ class Call:
         return self.result(status, response.body, outcome, tokens=(response.input_tokens, response.output_tokens))
 
     # The Redis and upstream touches.
+
+    def spend_budget(self, outcome: str, counts: Counts = NO_COUNTS) -> None:
+        """Before going upstream: spend the workload's budget, or, over it, count the call as
+        ``outcome`` refused (with ``counts``) and raise BudgetExceeded."""
+        refused = budgets.refusal(self.policy, now=self.clock())
+        if refused is not None:
+            self.count(Counts.outcome(outcome) + Counts.budget_refused() + counts)
+            raise refused
+
+    def spend_tokens(self, input_tokens: int | None, output_tokens: int | None) -> None:
+        """Add an upstream answer's tokens to the workload's day (if it has a token budget)."""
+        budgets.spend_tokens(self.policy, (input_tokens or 0) + (output_tokens or 0), now=self.clock())
 
     def lookup(self, outcome: str, *, read_entry: bool = True, counts: Counts = NO_COUNTS) -> store.Lookup:
         """Resolve the key version and read the entry, counting ``outcome`` (and ``counts``) if
@@ -268,6 +284,8 @@ class Call:
             self.count(failed_call(outcome, started) + counts)
             raise
         self.upstream_ms = response.latency_ms
+        if self.reports_usage:
+            self.spend_tokens(response.input_tokens, response.output_tokens)
         if counted_now:
             self.count(self.call_counts(outcome, response) + counts)
         return response
@@ -325,6 +343,9 @@ class CountTokensCall(Call):
 
     def cacheable(self) -> bool:
         return self.policy.enabled
+
+    def spend_budget(self, outcome: str, counts: Counts = NO_COUNTS) -> None:
+        """A count spends no tokens: never budgeted."""
 
     def request_upstream(self) -> UpstreamResponse:
         return self.upstream.count_tokens(self.raw_body, self.body, headers=self.headers)

@@ -61,6 +61,11 @@ class Counts(Mapping[str, int]):
         return cls({"upstream_error": 1})
 
     @classmethod
+    def budget_refused(cls) -> Counts:
+        """The workload's budget refused a call that would have gone upstream."""
+        return cls({"budget_refused": 1})
+
+    @classmethod
     def cache_error(cls) -> Counts:
         """Redis failed the call: it was served without the cache, or its answer not stored."""
         return cls({"cache_error": 1})

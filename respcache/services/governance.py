@@ -36,7 +36,17 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-POLICY_FIELDS = ("enabled", "ttl_seconds", "key_version", "strict", "lock_ttl", "wait_max", "description")
+POLICY_FIELDS = (
+    "enabled",
+    "ttl_seconds",
+    "key_version",
+    "strict",
+    "lock_ttl",
+    "wait_max",
+    "max_upstream_per_minute",
+    "max_tokens_per_day",
+    "description",
+)
 
 
 def _snapshot(workload: Workload) -> dict[str, Any]:

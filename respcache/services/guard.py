@@ -15,6 +15,8 @@ CALL           the lookup, lock or wait failed: answered from the       yes, wit
                upstream (as ``miss``, or ``refresh`` for no-cache)      call's counts
 WRITE          the answer is not stored; the counts that rode in the    yes, with those
                write are counted on their own                           counts
+BUDGET         the workload's budget is not enforced for this call (it  no
+               goes upstream); its tokens are not added to the day's
 COUNT          the counters are kept in the process and sent with the   no
                next batch that reaches Redis (stats.keep_pending)
 RELEASE        the lock expires by itself after ``lock_ttl``            no
@@ -58,6 +60,7 @@ class Touch:
 
 CALL = Touch("Redis unavailable", "serving from the upstream", cache_error=True)
 WRITE = Touch("answer not stored", "its counts are counted on their own", cache_error=True)
+BUDGET = Touch("budget not checked", "the call is not held to it (fail-open)", cache_error=False)
 COUNT = Touch("counters not written", "kept for the next batch", cache_error=False)
 RELEASE = Touch("lock not released", "it expires by itself after lock_ttl", cache_error=False)
 ANNOUNCE = Touch("change not announced", "other workers see it within LOCAL_CACHE_SECONDS", cache_error=False)

@@ -23,7 +23,8 @@ States and transitions (each state is one method of ``Stampede``, named after it
     PARK         a message ....................................... HEARD
                  a liveness interval passed ...................... CHECK
                  wait_max passed ................................. FALL_THROUGH
-    HEARD        ``error:<json>`` ................................ raise the holder's error
+    HEARD        ``error:<json>`` ................................ raise the holder's error (or
+                                                                   its budget refusal)
                  ``ok<record>`` .................................. answer ``wait`` from it
                  ``ok`` (no record), RESUBSCRIBED (the Pub/Sub
                  connection was re-opened: re-check) ............. READ
@@ -32,7 +33,7 @@ States and transitions (each state is one method of ``Stampede``, named after it
                  could not store) just arrived: pass it on ....... HEARD
                  (leaves the channel)
                  the entry is there now: release (ok) ............ answer ``wait``
-                 otherwise: ask the upstream once (renewing the
+                 otherwise (the budget allowing): ask the upstream once (renewing the
                  lock), store, release and wake the waiters ...... answer ``miss``
     FALL_THROUGH (leaves the channel first)
                  ask the upstream, store without the lock ........ answer ``miss``, counted
@@ -58,7 +59,7 @@ from typing import Generic, Protocol, TypeVar
 import orjson
 
 from respcache import keys, locks, store
-from respcache.exceptions import UpstreamError
+from respcache.exceptions import BudgetExceeded, UpstreamError
 from respcache.selectors import Policy
 from respcache.services import guard
 from respcache.services.counting import FALLTHROUGH, MISS, NO_COUNTS, WAIT, Counts
@@ -92,21 +93,25 @@ class Names:
         )
 
 
-def error_message(exc: UpstreamError) -> bytes:
-    """The holder's upstream error as its waiters receive it (``error:<json>``)."""
-    return ERROR + orjson.dumps(
-        {
-            "status": exc.status_code,
-            "type": exc.error_type,
-            "message": exc.message,
-            "body": base64.b64encode(exc.body()).decode(),
-            "headers": exc.headers(),
-        }
-    )
+def error_message(exc: UpstreamError | BudgetExceeded) -> bytes:
+    """The holder's upstream error, or its budget refusal, as its waiters receive it
+    (``error:<json>``): a waiter would have gone upstream itself, so it is refused too."""
+    data = {
+        "status": exc.status_code,
+        "type": exc.error_type,
+        "message": exc.message,
+        "body": base64.b64encode(exc.body()).decode(),
+        "headers": exc.headers(),
+    }
+    if isinstance(exc, BudgetExceeded):
+        data["budget_retry_after"] = exc.retry_after
+    return ERROR + orjson.dumps(data)
 
 
-def error_from_message(message: bytes) -> UpstreamError:
+def error_from_message(message: bytes) -> UpstreamError | BudgetExceeded:
     data = orjson.loads(message[len(ERROR) :])
+    if "budget_retry_after" in data:
+        return BudgetExceeded(data["message"], retry_after=int(data["budget_retry_after"]))
     return UpstreamError(
         data["message"],
         status_code=int(data["status"]),
@@ -153,7 +158,7 @@ def released_on_failure(names: Names | None, token: str, *, workload: str) -> It
     """If the body fails while ``token`` holds the lock, release it and tell the waiters why."""
     try:
         yield
-    except UpstreamError as exc:
+    except (UpstreamError, BudgetExceeded) as exc:
         if token and names is not None:
             release(names, token, error_message(exc), workload=workload)
         raise
@@ -302,8 +307,10 @@ class Stampede(Generic[R]):
         message = self.message
         assert message is not None
         if message.startswith(ERROR):
-            self.call.count(Counts.upstream_error())
-            raise error_from_message(message)
+            error = error_from_message(message)
+            refused = isinstance(error, BudgetExceeded)
+            self.call.count(Counts.budget_refused() if refused else Counts.upstream_error())
+            raise error
         if message == ABANDONED:
             return State.CHECK  # the holder stopped without an answer: take over
         if not message.startswith(OK):

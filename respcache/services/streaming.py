@@ -54,6 +54,7 @@ class StreamCall(Call):
         renewing = stampede.renewal(names, token, self.policy.lock_ttl)
         try:
             with stampede.released_on_failure(names, token, workload=self.slug):
+                self.spend_budget(outcome, counts)
                 try:
                     opened = self.upstream.stream(self.raw_body, self.body, headers=self.headers)
                 except UpstreamError:
@@ -168,6 +169,10 @@ class Tee:
             if self.token and self.names is not None:
                 reason = stampede.error_message(self.failure) if self.failure is not None else ABANDONED
                 stampede.release(self.names, self.token, reason, workload=call.slug)
+        message = self.assembler.message
+        if message is not None:  # the usage the stream reported, even a broken one's
+            usage = UpstreamResponse(body=b"", message=message, latency_ms=0)
+            call.spend_tokens(usage.input_tokens, usage.output_tokens)
         latency_ms = (time.perf_counter() - self.opened.started) * 1000
         failed = Counts.upstream_error() if self.failure is not None else NO_COUNTS
         call.count(Counts.upstream_time(latency_ms) + failed)

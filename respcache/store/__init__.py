@@ -8,10 +8,12 @@
 - ``connection``: the client, the scripts, the cache alias's prefix on every ``keys`` name.
 - ``entries``: the hit path's lookup, the write, key versions, purge, delete, ping.
 - ``browse``: what the admin reads (SCAN pages, one entry, server info).
+- ``budgets``: workloads' budgets (upstream calls per minute, tokens per day).
 
 Callers use the names below, as ``from respcache import store; store.lookup(...)``.
 """
 
+from respcache.store import budgets
 from respcache.store.browse import (
     EntryInfo,
     EntryPage,
@@ -74,6 +76,7 @@ __all__ = [
     "announce_policies_changed",
     "ServerInfo",
     "breaker",
+    "budgets",
     "client",
     "count_entries",
     "current_version",

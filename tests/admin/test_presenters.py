@@ -42,7 +42,7 @@ def test_number_rows_put_each_window_in_its_column() -> None:
         "5m": Totals("5m", {}),
         "1h": Totals("1h", {"hit": 1000, "wait": 234, "miss": 1234, "upstream_calls": 4, "upstream_ms": 1000}),
         "24h": Totals("24h", {"exp_written": 4, "exp_read": 1, "saved_in": 12345, "saved_out": 6}),
-        "7d": Totals("7d", {"bypass": 2, "refresh": 3, "cache_error": 7}),
+        "7d": Totals("7d", {"bypass": 2, "refresh": 3, "cache_error": 7, "budget_refused": 4}),
     }
     rows = dict(presenters.number_rows(totals))
     assert list(rows) == [
@@ -60,6 +60,7 @@ def test_number_rows_put_each_window_in_its_column() -> None:
         "upstream latency (mean)",
         "upstream errors",
         "cache errors (Redis)",
+        "refused by the budget",
     ]
     assert rows["requests"] == ["0", "2,468", "0", "5"]
     assert rows["hit rate"] == ["–", "50.0%", "–", "–"]  # no lookup, no rate
@@ -69,6 +70,7 @@ def test_number_rows_put_each_window_in_its_column() -> None:
     assert rows["tokens saved (in / out)"][2] == "12,345 / 6"
     assert rows["upstream latency (mean)"] == ["–", "250 ms", "–", "–"]
     assert rows["bypass / refresh"][3] == "2 / 3" and rows["cache errors (Redis)"][3] == "7"
+    assert rows["refused by the budget"] == ["0", "0", "0", "4"]
 
 
 def test_server_rows_say_what_the_server_did_not_report() -> None:

@@ -16,7 +16,15 @@ from respcache.models import AuditEntry, Workload
 
 pytestmark = pytest.mark.django_db
 
-FORM = {"enabled": "on", "ttl_seconds": 600, "lock_ttl": 10, "wait_max": 310, "description": ""}
+FORM = {
+    "enabled": "on",
+    "ttl_seconds": 600,
+    "lock_ttl": 10,
+    "wait_max": 310,
+    "max_upstream_per_minute": 0,
+    "max_tokens_per_day": 0,
+    "description": "",
+}
 
 
 def test_add_and_continue_goes_to_the_saved_workload(admin_client: Client, caplog: Any) -> None:

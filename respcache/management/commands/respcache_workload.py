@@ -14,7 +14,9 @@ def describe(workload: Any) -> str:
     return (
         f"workload {workload.slug}: enabled={workload.enabled} ttl={workload.ttl_seconds}s "
         f"key_version={workload.key_version} strict={workload.strict} "
-        f"lock_ttl={workload.lock_ttl:g}s wait_max={workload.wait_max:g}s"
+        f"lock_ttl={workload.lock_ttl:g}s wait_max={workload.wait_max:g}s "
+        f"max_upstream_per_minute={workload.max_upstream_per_minute} "
+        f"max_tokens_per_day={workload.max_tokens_per_day}"
     )
 
 
@@ -40,6 +42,19 @@ class Command(BaseCommand):
         parser.add_argument(
             "--wait-max", type=float, metavar="SECONDS", help="How long a caller waits for another's answer."
         )
+        parser.add_argument(
+            "--max-upstream-per-minute",
+            type=int,
+            metavar="N",
+            help="Budget: upstream calls per UTC minute, beyond which calls that would go upstream get 429 (0: none).",
+        )
+        parser.add_argument(
+            "--max-tokens-per-day",
+            type=int,
+            metavar="N",
+            help="Budget: upstream tokens (input + output) per UTC day, beyond which calls that would go "
+            "upstream get 429 (0: none).",
+        )
         parser.add_argument("--description")
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -49,6 +64,8 @@ class Command(BaseCommand):
             "strict": options["strict"],
             "lock_ttl": options["lock_ttl"],
             "wait_max": options["wait_max"],
+            "max_upstream_per_minute": options["max_upstream_per_minute"],
+            "max_tokens_per_day": options["max_tokens_per_day"],
             "description": options["description"],
         }
         fields = {k: v for k, v in fields.items() if v is not None}
