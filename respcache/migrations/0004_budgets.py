@@ -5,7 +5,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("respcache", "0002_lock_liveness_defaults"),
+        ("respcache", "0003_entry_content_permission"),
     ]
 
     operations = [
