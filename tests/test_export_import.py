@@ -200,3 +200,46 @@ def test_simulated_answers_are_not_imported_as_real_ones(workload: Workload, tmp
     settings.RESPCACHE = {**settings.RESPCACHE, "UPSTREAM": "anthropic"}
     with pytest.raises(CommandError, match="line 1: the entries are 'simulated' answers"):
         run_import("intents", str(path))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_export_to_a_real_stdout_and_import_from_stdin(fake: Any, workload: Workload, tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from django.conf import settings as django_settings
+
+    from tests.test_deploy import database_url
+
+    path = _exported(fake, tmp_path, ("a", "b"))
+    run_import("intents", str(path))
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "tests.settings",
+        "REDIS_URL": django_settings.CACHES["respcache"]["LOCATION"],
+        "DATABASE_URL": database_url(),
+        "RESPCACHE_TEST_UPSTREAM": "anthropic",
+    }
+    manage = [sys.executable, "manage.py"]
+    base = Path(__file__).resolve().parent.parent
+    done = subprocess.run([*manage, "respcache_export", "intents"], cwd=base, env=env, capture_output=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+
+    def entries(data: bytes) -> list[dict[str, Any]]:  # without the TTL left, which runs down
+        found = [orjson.loads(line) for line in data.splitlines()[1:]]
+        return sorted(({k: v for k, v in e.items() if k != "ttl_ms"} for e in found), key=str)
+
+    assert entries(done.stdout) == entries(path.read_bytes())
+    assert b"exported 2 entries of intents" in done.stderr
+    Workload.objects.create(slug="copy")
+    loaded = subprocess.run(
+        [*manage, "respcache_import", "copy", "-"],
+        cwd=base,
+        env=env,
+        input=done.stdout,
+        capture_output=True,
+        timeout=60,
+    )
+    assert loaded.returncode == 0, loaded.stderr
+    assert loaded.stdout == b"imported 2 entries into copy\n" and entry_count("copy") == 2

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any, BinaryIO
+from collections.abc import Iterable
+from typing import Any, Protocol
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from respcache import selectors
 from respcache.exceptions import CacheUnavailable
 from respcache.services import transfer
+
+
+class Sink(Protocol):
+    def write(self, data: bytes, /) -> int: ...
+
+    def flush(self) -> None: ...
 
 
 class Command(BaseCommand):
@@ -37,13 +44,13 @@ class Command(BaseCommand):
         unreadable = f", {counts['unreadable']} unreadable left out" if counts["unreadable"] else ""
         self.stderr.write(f"exported {counts['entries']} entries of {workload.slug}{unreadable}")
 
-    def _stdout_bytes(self) -> BinaryIO:
+    def _stdout_bytes(self) -> Sink:
         out = self.stdout._out  # Django's OutputWrapper around the real stream
-        buffer = getattr(out, "buffer", None)
+        buffer: Sink | None = getattr(out, "buffer", None)
         return buffer if buffer is not None else _TextSink(out)
 
     @staticmethod
-    def _write(out: BinaryIO, lines: Any) -> None:
+    def _write(out: Sink, lines: Iterable[bytes]) -> None:
         for line in lines:
             out.write(line)
         out.flush()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import IO, Any, cast
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from rich.console import Console
@@ -65,7 +65,7 @@ class Command(BaseCommand):
         report: Callable[[str], None] = self.stderr.write
         if not self.stderr.isatty():
             return replay.run(report, self._plain_progress(replay.summary.total))
-        console = Console(file=self.stderr._out, stderr=True)
+        console = Console(file=cast(IO[str], self.stderr._out), stderr=True)
         columns = (TextColumn("replay"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"))
         with Progress(*columns, TimeRemainingColumn(), console=console, transient=False) as bar:
             task = bar.add_task("", total=replay.summary.total)
