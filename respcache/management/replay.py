@@ -115,6 +115,13 @@ class Summary:
 
 
 @dataclass(frozen=True)
+class Fed:
+    """The feeder read every line: ``lines`` of them were not blank."""
+
+    lines: int
+
+
+@dataclass(frozen=True)
 class Done:
     """One line's end: an outcome with the tokens it saved, an error, or a bad line."""
 
@@ -126,7 +133,7 @@ class Done:
     bad: str = ""
 
 
-def prepare(number: int, raw: bytes) -> tuple[dict[str, Any], bytes, bool]:
+def prepare(raw: bytes) -> tuple[dict[str, Any], bytes, bool]:
     """The line's body and bytes as the endpoint would take them; InvalidRequest if it would
     refuse them. A streaming body is turned into a plain one (the third value says so)."""
     body = parse_message_body(raw.strip())
@@ -171,19 +178,21 @@ class Replay:
         self.concurrency = concurrency
         self.stop = threading.Event()
         self.work: queue.Queue[tuple[int, dict[str, Any], bytes] | None] = queue.Queue(maxsize=2 * concurrency)
-        self.results: queue.Queue[Done | int] = queue.Queue()
+        #: Done lines; a call's line number when it starts; ``Fed`` when every line was read.
+        self.results: queue.Queue[Done | int | Fed] = queue.Queue()
         #: Lines whose call started and has not been collected yet.
         self.in_flight: set[int] = set()
 
     def feed(self) -> None:
-        number = 0
+        lines = 0
         for number, raw in enumerate(self.lines, start=1):
             if self.stop.is_set():
                 break
             if not raw.strip():
                 continue
+            lines += 1
             try:
-                body, data, streamed = prepare(number, raw)
+                body, data, streamed = prepare(raw)
             except InvalidRequest as exc:
                 self.results.put(Done(number, bad=exc.message))
                 continue
@@ -197,6 +206,7 @@ class Replay:
                     continue
         for _ in range(self.concurrency):
             self.work.put(None)
+        self.results.put(Fed(lines))
 
     def serve(self) -> None:
         while not self.stop.is_set():
@@ -229,7 +239,7 @@ class Replay:
                 return
             if isinstance(got, int):
                 self.in_flight.add(got)
-            else:
+            elif isinstance(got, Done):
                 self.in_flight.discard(got.number)
                 self.record(got, report)
 
@@ -243,11 +253,15 @@ class Replay:
         ]
         for thread in threads:
             thread.start()
+        fed: int | None = None
         try:
-            while self.summary.done < self.summary.total:
+            while fed is None or self.summary.done < fed:
                 try:
                     got = self.results.get(timeout=0.2)
                 except queue.Empty:
+                    continue
+                if isinstance(got, Fed):
+                    fed = self.summary.total = got.lines  # the file may have changed since counted
                     continue
                 if isinstance(got, int):
                     self.in_flight.add(got)
