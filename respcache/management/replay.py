@@ -185,28 +185,33 @@ class Replay:
 
     def feed(self) -> None:
         lines = 0
-        for number, raw in enumerate(self.lines, start=1):
-            if self.stop.is_set():
-                break
-            if not raw.strip():
-                continue
-            lines += 1
-            try:
-                body, data, streamed = prepare(raw)
-            except InvalidRequest as exc:
-                self.results.put(Done(number, bad=exc.message))
-                continue
-            if streamed:
-                self.summary.streamed += 1
-            while not self.stop.is_set():
-                try:
-                    self.work.put((number, body, data), timeout=0.1)
+        try:
+            for number, raw in enumerate(self.lines, start=1):
+                if self.stop.is_set():
                     break
-                except queue.Full:
-                    continue
-        for _ in range(self.concurrency):
-            self.work.put(None)
-        self.results.put(Fed(lines))
+                if raw.strip():
+                    lines += 1
+                    self.feed_line(number, raw)
+        finally:  # whatever happens, the collector learns how many lines there were
+            if not self.stop.is_set():
+                for _ in range(self.concurrency):
+                    self.work.put(None)
+            self.results.put(Fed(lines))
+
+    def feed_line(self, number: int, raw: bytes) -> None:
+        try:
+            body, data, streamed = prepare(raw)
+        except InvalidRequest as exc:
+            self.results.put(Done(number, bad=exc.message))
+            return
+        if streamed:
+            self.summary.streamed += 1
+        while not self.stop.is_set():
+            try:
+                self.work.put((number, body, data), timeout=0.1)
+                return
+            except queue.Full:
+                continue
 
     def serve(self) -> None:
         while not self.stop.is_set():

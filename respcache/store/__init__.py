@@ -8,6 +8,7 @@
 - ``connection``: the client, the scripts, the cache alias's prefix on every ``keys`` name.
 - ``entries``: the hit path's lookup, the write, key versions, purge, delete, ping.
 - ``browse``: what the admin reads (SCAN pages, one entry, server info).
+- ``transfer``: entries read out whole and written back (export and import).
 
 Callers use the names below, as ``from respcache import store; store.lookup(...)``.
 """
