@@ -54,6 +54,25 @@ DEFAULTS: dict[str, Any] = {
     "METRICS_TOKEN": "",
     # True: /metrics is served without a token in production too (system check respcache.E009).
     "METRICS_PUBLIC": False,
+    # Prices in USD per million tokens, {"model": {"input": 3.0, "output": 15.0}}, added to (or
+    # replacing entries of) DEFAULT_MODEL_PRICES: respcache_replay estimates the cost it saved.
+    "MODEL_PRICES": {},
+}
+
+#: Anthropic's list prices (USD per million tokens) of current Claude models, base input and
+#: output; a model name ending in a date (-20250929) or -latest is looked up without it.
+DEFAULT_MODEL_PRICES: dict[str, dict[str, float]] = {
+    "claude-opus-4-5": {"input": 5.0, "output": 25.0},
+    "claude-opus-4-1": {"input": 15.0, "output": 75.0},
+    "claude-opus-4-0": {"input": 15.0, "output": 75.0},
+    "claude-opus-4": {"input": 15.0, "output": 75.0},
+    "claude-sonnet-4-5": {"input": 3.0, "output": 15.0},
+    "claude-sonnet-4-0": {"input": 3.0, "output": 15.0},
+    "claude-sonnet-4": {"input": 3.0, "output": 15.0},
+    "claude-3-7-sonnet": {"input": 3.0, "output": 15.0},
+    "claude-haiku-4-5": {"input": 1.0, "output": 5.0},
+    "claude-3-5-haiku": {"input": 0.8, "output": 4.0},
+    "claude-3-haiku": {"input": 0.25, "output": 1.25},
 }
 
 

@@ -6,7 +6,8 @@
   explicit state machine;
 - streaming.py: ``cached_message_stream``, the stream call and its tee;
 - governance.py: workloads, bump, purge, keys, entries, audit;
-- counting.py: what a call counts (``Counts``); guard.py: what a Redis error means for a call.
+- counting.py: what a call counts (``Counts``); guard.py: what a Redis error means for a call;
+- transfer.py: a workload's entries exported as JSON Lines and imported (the commands use it).
 
 The views, the admin and the commands use the names below; the modules' other names are the
 package's own.

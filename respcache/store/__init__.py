@@ -9,6 +9,7 @@
 - ``entries``: the hit path's lookup, the write, key versions, purge, delete, ping.
 - ``browse``: what the admin reads (SCAN pages, one entry, server info).
 - ``budgets``: workloads' budgets (upstream calls per minute, tokens per day).
+- ``transfer``: entries read out whole and written back (export and import).
 
 Callers use the names below, as ``from respcache import store; store.lookup(...)``.
 """
