@@ -280,6 +280,62 @@ def request_fingerprint(
     return digest.hexdigest()
 
 
+# --- per-field fingerprints (the miss explainer) ---------------------------------------------
+# What a stored request is compared by when a later one misses: a short hash of each top-level
+# field of the same canonical form the key hashes (``_structural`` then ``_part``), and of each
+# message by index, so "the closest stored request differs in system" means exactly that the
+# canonical bytes of ``system`` differ. Never on the hit path: only a miss computes them.
+
+#: Bytes of each field's BLAKE2b digest (hex doubles it): 2**-64 odds that two different values
+#: of one field look equal, plenty for naming which fields differ.
+FIELD_DIGEST_BYTES = 8
+#: The name of the ``anthropic-beta`` header's values among the fields (they are in the key).
+BETA_FIELD = "anthropic-beta"
+
+
+def _short_hash(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=FIELD_DIGEST_BYTES).hexdigest()
+
+
+def message_field(index: int) -> str:
+    """The field name of the message at ``index``: ``messages[<index>]``."""
+    return f"messages[{index}]"
+
+
+def field_fingerprints(
+    body: dict[str, Any],
+    *,
+    beta: str | Iterable[str] | None = (),
+    max_depth: int = DEFAULT_MAX_DEPTH,
+) -> dict[str, str]:
+    """A short hash (hex) of each field that goes into the key: every top-level field but
+    ``messages`` by name, each message as ``messages[i]``, and the beta values (when any) as
+    ``anthropic-beta``. Two requests have equal keys (same endpoint) exactly when, up to a hash
+    collision, these are equal. Raises TooDeep as ``request_fingerprint`` does."""
+    doc = _structural(body, max_depth)
+    out: dict[str, str] = {}
+    for name in sorted(doc):
+        value = doc[name]
+        if name == "messages" and type(value) is list:
+            for i, message in enumerate(value):
+                out[message_field(i)] = _short_hash(_part(message, max_depth))
+        else:
+            out[name] = _short_hash(_part(value, max_depth))
+    betas = _beta_values(beta)
+    if betas:
+        out[BETA_FIELD] = _short_hash(orjson.dumps(betas))
+    return out
+
+
+def request_shape(body: dict[str, Any], *, endpoint: str = MESSAGES) -> str:
+    """What requests must share to be compared by the miss explainer: the endpoint, and the
+    number and roles of the messages (not the model, so "differs in model" can be said). A short
+    hash, part of the shape index's key name."""
+    messages = body.get("messages")
+    roles = [m.get("role") if type(m) is dict else None for m in messages] if type(messages) is list else None
+    return _short_hash(orjson.dumps([endpoint, roles]))
+
+
 # --- Redis key and channel names --------------------------------------------------------------
 # Every name respcache gives a Redis key or channel is built here, raw: the store puts each
 # under the cache alias's own "prefix:version:" (Django's default key function). A workload
@@ -292,6 +348,7 @@ def request_fingerprint(
 #   respcache:l:<slug>:<version>:<fingerprint>  its stampede lock
 #   respcache:c:<slug>:<version>:<fingerprint>  the channel that wakes its waiters
 #   respcache:f:<slug>:<version>:<fingerprint>  its lock holder's failure, for a few seconds
+#   respcache:x:<slug>:<version>:<shape>        recent requests of one shape (the miss explainer)
 #   respcache:policies                          the channel that says "policies changed"
 #   respcache:s:<slug>:m:<start> / :h:<start>   a minute / hour counter bucket
 #   respcache:s:<slug>:total                    the all-time counters
@@ -401,3 +458,17 @@ def bucket_key(*, workload: str, width_seconds: int, start: int) -> str:
 def totals_key(workload: str) -> str:
     """The workload's all-time counters; never expire."""
     return f"respcache:s:{workload}:total"
+
+
+_SHAPES = "respcache:x:"
+
+
+def shape_index_key(*, workload: str, version: int, shape: str, upstream: str = ANTHROPIC) -> str:
+    """The bounded list of the field fingerprints of recent entries of one request shape
+    (``request_shape``) at one key version: where the miss explainer finds candidates."""
+    return f"{_SHAPES}{_space(workload, upstream)}{version}:{shape}"
+
+
+def shape_index_pattern(*, workload: str) -> str:
+    """Glob matching every shape index of a workload (all versions and key spaces): purged with it."""
+    return _pattern(_SHAPES, workload, None, ANTHROPIC)
