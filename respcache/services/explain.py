@@ -4,7 +4,7 @@ recent requests of its shape (``store.recent_requests``).
 "Shape" (``keys.request_shape``): the endpoint and the number and roles of the messages. A
 miss is ``new`` when no live stored request of the same workload, key version and shape exists,
 or when the closest one equals it in no field; otherwise it ``differs`` in the fields of the
-closest one (the most fields equal; the newest among ties) whose fingerprints are not equal.
+closest one (the most fields equal, then the fewest differing; the newest among ties) whose fingerprints are not equal.
 Each miss is counted under one reason (``reason``): the first of model, system, tools,
 max_tokens, other (any other top-level field) and messages in which it differs, so a changed
 configuration shows before changed input.
@@ -70,18 +70,18 @@ def explain(
     """Compare a request's ``fields`` with the candidates stored after ``live_after`` (older ones
     have expired), leaving out the request's own entry (``fingerprint``: another caller may have
     just stored it)."""
-    best: tuple[int, tuple[str, ...]] | None = None
+    best: tuple[int, int, tuple[str, ...]] | None = None
     for item in candidates:
         if item.stored_at < live_after or fingerprint.startswith(item.fingerprint):
             continue
         names = set(fields) | set(item.fields)
         differs = tuple(sorted((n for n in names if fields.get(n) != item.fields.get(n)), key=_order))
         equal = len(names) - len(differs)
-        if best is None or equal > best[0]:
-            best = (equal, differs)
+        if best is None or (equal, -len(differs)) > best[:2]:
+            best = (equal, -len(differs), differs)
     if best is None or best[0] == 0:
         return Explanation()
-    return Explanation(differs=best[1])
+    return Explanation(differs=best[2])
 
 
 # --- summaries --------------------------------------------------------------------------------

@@ -158,6 +158,7 @@ def hot_entries(
             if len(found) >= max_entries:
                 complete = False
                 break
+        complete = complete and len(found) <= max_entries
         fingerprints = sorted(found)[:max_entries]
         pipe = redis_client.pipeline(transaction=False)
         for fingerprint in fingerprints:
