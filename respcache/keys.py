@@ -345,6 +345,7 @@ def request_shape(body: dict[str, Any], *, endpoint: str = MESSAGES) -> str:
 #   respcache:v:<slug>                          the workload's key version (Redis's copy)
 #   respcache:e:<slug>:<version>:<fingerprint>  an entry (the record)
 #   respcache:m:<slug>:<version>:<fingerprint>  its accounting hash (same TTL)
+#   respcache:n:<slug>:<version>:<fingerprint>  its notes: request fields and summary (same TTL)
 #   respcache:l:<slug>:<version>:<fingerprint>  its stampede lock
 #   respcache:c:<slug>:<version>:<fingerprint>  the channel that wakes its waiters
 #   respcache:f:<slug>:<version>:<fingerprint>  its lock holder's failure, for a few seconds
@@ -366,6 +367,7 @@ def request_shape(body: dict[str, Any], *, endpoint: str = MESSAGES) -> str:
 
 _ENTRY, _META, _LOCK, _CHANNEL = "respcache:e:", "respcache:m:", "respcache:l:", "respcache:c:"
 _FAILURE = "respcache:f:"
+_NOTES = "respcache:n:"
 #: The bucket kind in a counter bucket's name, by bucket width in seconds.
 _BUCKET_KINDS = {60: "m", 3600: "h"}
 
@@ -424,6 +426,19 @@ def meta_prefix(workload: str, upstream: str = ANTHROPIC) -> str:
 def meta_pattern(*, workload: str, version: int | None = None, upstream: str = ANTHROPIC) -> str:
     """Glob matching the meta hashes of a workload's entries, as ``entry_pattern`` matches them."""
     return _pattern(_META, workload, version, upstream)
+
+
+def notes_key(key: str) -> str:
+    """What the entry says for people and the miss explainer (its request's per-field fingerprint
+    and its summary), beside it with the same TTL; never read by the hit path. A string of its
+    own, not fields of the meta hash: values that long would turn Redis's compact encoding of
+    every meta hash into a full hash table (about 1 KB more per entry, measured)."""
+    return _NOTES + key.removeprefix(_ENTRY)
+
+
+def notes_pattern(*, workload: str) -> str:
+    """Glob matching the notes of every entry of a workload (all versions and key spaces)."""
+    return _pattern(_NOTES, workload, None, ANTHROPIC)
 
 
 def lock_key(key: str) -> str:

@@ -237,6 +237,7 @@ def test_stats_page_has_charts_of_outcomes_hit_rate_tokens_latency_and_errors(
         "Hit rate: (hit + wait) / (hit + wait + miss + fallthrough)",
         "Tokens saved by hits and waits",
         "Mean upstream latency (ms)",
+        "Misses by why they missed: new input, or what the closest stored request differs in",
         "Errors",
     ]
 
@@ -257,12 +258,12 @@ def test_stats_page_has_charts_of_outcomes_hit_rate_tokens_latency_and_errors(
     assert points and all(0 <= p <= 1 for p in points)
     assert "50.0%" in page  # the 1h hit rate in the numbers table: 2 hits of 4 lookups
     for window in ("24h", "7d"):
-        assert len(_svgs(html(admin_client.get(url("stats", workload.pk), {"window": window})))) == 5
+        assert len(_svgs(html(admin_client.get(url("stats", workload.pk), {"window": window})))) == 6
 
 
 def test_stats_page_with_an_unknown_window_says_so(admin_client: Client, workload: Workload) -> None:
     page = html(admin_client.get(url("stats", workload.pk), {"window": "3w"}, follow=True))
-    assert "Unknown window 3w" in page and len(_svgs(page)) == 5
+    assert "Unknown window 3w" in page and len(_svgs(page)) == 6
 
 
 def test_unknown_workload_pages_are_404(admin_client: Client, db: Any) -> None:
@@ -523,7 +524,7 @@ def test_entry_browser_lists_the_current_versions_entries(
     page = html(admin_client.get(url("entries", workload.pk)))
     listed = set(re.findall(r'title="([0-9a-f]{64})"', page))
     assert listed == fingerprints
-    assert "3 entries on this page." in page and "End of the scan." in page
+    assert "3 entries on this page." in page and "End of the list." in page
     assert "claude-test-1" in page
     rows = {r.fingerprint: r for r in store.scan_entries("intents", 1, upstream=store.key_space()).entries}
     assert sorted(r.reads for r in rows.values()) == [0, 0, 1]

@@ -213,9 +213,9 @@ def test_the_misses_endpoint_is_in_the_openapi_schema(client: Client, db: Any) -
 # --- what each entry keeps, and the entry browser ------------------------------------------------
 
 
-def meta_of(redis_db: Any, fingerprint: str) -> dict[bytes, bytes]:
+def notes_of(redis_db: Any, fingerprint: str) -> tuple[bytes, bytes]:
     raw = keys.entry_key(workload="intents", version=1, fingerprint=fingerprint, upstream=store.key_space())
-    return dict(redis_db.hgetall(store.full_key(keys.meta_key(raw))))
+    return store.decode_notes(redis_db.get(store.full_key(keys.notes_key(raw))))
 
 
 def test_each_entry_keeps_its_fields_and_a_capped_summary_with_its_ttl(
@@ -223,21 +223,28 @@ def test_each_entry_keeps_its_fields_and_a_capped_summary_with_its_ttl(
 ) -> None:
     body = ask("U" * 1000, system="S" * 1000)
     fingerprint = post(client, api_key, body)["X-Respcache-Key"]
-    meta = meta_of(redis_db, fingerprint)
-    summary = store.decode_summary(meta[b"summary"])
+    fields, encoded_summary = notes_of(redis_db, fingerprint)
+    summary = store.decode_summary(encoded_summary)
     assert summary is not None and summary["system"] == "S" * 199 + "…" and summary["user"] == "U" * 199 + "…"
     assert summary["answer"]
-    assert store.decode_fields(meta[b"fields"]) == keys.field_fingerprints(body)
+    assert store.decode_fields(fields) == keys.field_fingerprints(body)
     raw = keys.entry_key(workload="intents", version=1, fingerprint=fingerprint, upstream=store.key_space())
     entry_ttl = redis_db.pttl(store.full_key(raw))
-    assert abs(redis_db.pttl(store.full_key(keys.meta_key(raw))) - entry_ttl) < 5000
+    assert abs(redis_db.pttl(store.full_key(keys.notes_key(raw))) - entry_ttl) < 5000
+    meta = redis_db.hgetall(store.full_key(keys.meta_key(raw)))
+    assert b"summary" not in meta and redis_db.object("encoding", store.full_key(keys.meta_key(raw))) in (
+        b"listpack",
+        b"ziplist",
+    )
     index = store.shape_index("intents", 1, keys.request_shape(body), store.key_space())
     assert redis_db.llen(index) == 1 and abs(redis_db.pttl(index) - entry_ttl) < 5000
     for n in range(explain.INDEX_KEEP + 5):
         post(client, api_key, ask(f"question {n}"), explained=False)
     assert redis_db.llen(index) == explain.INDEX_KEEP  # bounded
+    services.entry_delete(workload, version=1, fingerprint=fingerprint, actor="test")
+    assert redis_db.exists(store.full_key(keys.notes_key(raw))) == 0
     services.workload_purge(workload, actor="test")
-    assert redis_db.exists(index) == 0
+    assert redis_db.exists(index) == 0 and not list(redis_db.scan_iter("*respcache:n:*"))
 
 
 def entries_page(admin_client: Client, workload: Workload, **params: Any) -> str:

@@ -351,6 +351,7 @@ class Call:
                 workload=self.slug,
                 key=names.entry,
                 meta=names.meta,
+                notes=names.notes,
                 lock=names.lock,
                 channel=names.channel,
                 token=token,

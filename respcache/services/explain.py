@@ -25,7 +25,7 @@ from respcache.store import IndexItem
 #: Characters kept of each part of a summary.
 SUMMARY_CHARS = 200
 #: Recent requests a shape index keeps (and the explainer compares against).
-INDEX_KEEP = 64
+INDEX_KEEP = 32
 
 NEW = "new"
 #: The reasons a miss is counted under, in the order a miss that differs in several is named.

@@ -12,7 +12,7 @@ from redis.exceptions import ResponseError
 from respcache import keys
 from respcache.store.connection import cache, client, full_key, guarded
 from respcache.store.fields import META_FIELDS
-from respcache.store.records import Entry, decode_record, decode_summary
+from respcache.store.records import Entry, decode_notes, decode_record, decode_summary
 
 
 @dataclass(frozen=True)
@@ -59,8 +59,8 @@ def _to_int(value: Any) -> int | None:
         return None
 
 
-def _info(fingerprint: str, version: int, meta: Sequence[Any], pttl: Any) -> EntryInfo:
-    reads, tokens_in, tokens_out, stored_at, size, model, summary = meta
+def _info(fingerprint: str, version: int, meta: Sequence[Any], pttl: Any, notes: bytes | None = None) -> EntryInfo:
+    reads, tokens_in, tokens_out, stored_at, size, model = meta
     ttl_ms = _to_int(pttl)
     try:
         stored = float(stored_at) if stored_at is not None else None
@@ -76,8 +76,13 @@ def _info(fingerprint: str, version: int, meta: Sequence[Any], pttl: Any) -> Ent
         stored_at=stored,
         size=_to_int(size),
         model=model.decode(errors="replace") if isinstance(model, bytes) else (model or ""),
-        summary=decode_summary(summary),
+        summary=decode_summary(decode_notes(notes)[1]),
     )
+
+
+def _notes_key(workload: str, version: int, fingerprint: str, upstream: str) -> str:
+    raw = keys.entry_key(workload=workload, version=version, fingerprint=fingerprint, upstream=upstream)
+    return full_key(keys.notes_key(raw))
 
 
 def scan_entries(
@@ -119,8 +124,11 @@ def scan_entries(
             raw = keys.entry_key(workload=workload, version=version, fingerprint=fingerprint, upstream=upstream)
             pipe.hmget(full_key(keys.meta_key(raw)), META_FIELDS)
             pipe.pttl(full_key(raw))
-        replies = pipe.execute() if fingerprints else []
-    entries = [_info(fp, version, replies[2 * i], replies[2 * i + 1]) for i, fp in enumerate(fingerprints)]
+        if fingerprints:  # the summaries in one command, whatever the page's size
+            pipe.mget([_notes_key(workload, version, fp, upstream) for fp in fingerprints])
+        replies = pipe.execute() if fingerprints else [[]]
+    notes = replies[-1]
+    entries = [_info(fp, version, replies[2 * i], replies[2 * i + 1], notes[i]) for i, fp in enumerate(fingerprints)]
     return EntryPage(entries=entries, next_cursor=int(cursor), scan_calls=calls)
 
 
@@ -165,8 +173,11 @@ def hot_entries(
             raw = keys.entry_key(workload=workload, version=version, fingerprint=fingerprint, upstream=upstream)
             pipe.hmget(full_key(keys.meta_key(raw)), META_FIELDS)
             pipe.pttl(full_key(raw))
-        replies = pipe.execute() if fingerprints else []
-    entries = [_info(fp, version, replies[2 * i], replies[2 * i + 1]) for i, fp in enumerate(fingerprints)]
+        if fingerprints:  # the summaries in one command, whatever the page's size
+            pipe.mget([_notes_key(workload, version, fp, upstream) for fp in fingerprints])
+        replies = pipe.execute() if fingerprints else [[]]
+    notes = replies[-1]
+    entries = [_info(fp, version, replies[2 * i], replies[2 * i + 1], notes[i]) for i, fp in enumerate(fingerprints)]
     if text:
         needle = text.casefold()
         entries = [e for e in entries if e.summary and any(needle in v.casefold() for v in e.summary.values())]
@@ -186,10 +197,11 @@ def entry_get(
         pipe.get(key)
         pipe.hmget(full_key(keys.meta_key(raw_key)), META_FIELDS)
         pipe.pttl(key)
-        raw, meta, pttl = pipe.execute()
+        pipe.get(full_key(keys.notes_key(raw_key)))
+        raw, meta, pttl, notes = pipe.execute()
     if raw is None:
         return None
-    info = _info(fingerprint, version, meta, pttl)
+    info = _info(fingerprint, version, meta, pttl, notes)
     if info.size is None:
         info = replace(info, size=len(raw))
     return info, decode_record(raw)

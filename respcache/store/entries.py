@@ -33,7 +33,15 @@ from respcache.store.connection import (
     version_key,
     workload_keys,
 )
-from respcache.store.records import HEADER, Entry, IndexItem, decode_index_item, decode_record, ok_message
+from respcache.store.records import (
+    HEADER,
+    Entry,
+    IndexItem,
+    decode_index_item,
+    decode_record,
+    encode_notes,
+    ok_message,
+)
 
 
 @dataclass(frozen=True)
@@ -125,6 +133,7 @@ def write(
     workload: str,
     key: str,
     meta: str,
+    notes: str,
     lock: str,
     channel: str,
     token: str,
@@ -144,8 +153,8 @@ def write(
     """Store a record with its accounting, release ``token``'s lock, wake the waiters, and add
     ``counts`` (non-zero values) to the current buckets and the totals.
 
-    ``request_fields`` and ``summary`` (records.encode_fields / encode_summary) are kept in the
-    meta hash, read by the admin and the explainer only; ``index`` pushes the request onto its
+    ``request_fields`` and ``summary`` (records.encode_fields / encode_summary) are kept as the
+    entry's ``notes`` (keys.notes_key), read by the admin and the explainer only; ``index`` pushes the request onto its
     shape index. Returns whether the lock was still ours. All keys are full (prefixed) keys.
     """
     extra: list[Any] = []
@@ -154,7 +163,7 @@ def write(
             extra += (name, value)
     with guarded():
         released = script("write")(
-            keys=[key, meta, lock, *bucket_keys, totals_key(workload), index.key if index else ""],
+            keys=[key, meta, lock, *bucket_keys, totals_key(workload), index.key if index else "", notes],
             args=[
                 record,
                 int(ttl_seconds * 1000),
@@ -168,8 +177,7 @@ def write(
                 *bucket_ttls,
                 ok_message(record),
                 *fields.WRITE_FIELDS,
-                request_fields,
-                summary,
+                encode_notes(request_fields, summary) if request_fields or summary else b"",
                 index.item if index else b"",
                 index.keep if index else 0,
                 *extra,
@@ -228,6 +236,7 @@ def purge(workload: str) -> int:
     with guarded():
         deleted = redis_cache.delete_pattern(keys.entry_pattern(workload=workload), itersize=1000)
         redis_cache.delete_pattern(keys.meta_pattern(workload=workload), itersize=1000)
+        redis_cache.delete_pattern(keys.notes_pattern(workload=workload), itersize=1000)
         redis_cache.delete_pattern(keys.shape_index_pattern(workload=workload), itersize=1000)
     return int(deleted or 0)
 
@@ -239,7 +248,7 @@ def entry_delete(workload: str, version: int, fingerprint: str, upstream: str = 
     with guarded():
         pipe = client().pipeline(transaction=True)
         pipe.delete(full_key(raw))
-        pipe.delete(full_key(keys.meta_key(raw)))
+        pipe.delete(full_key(keys.meta_key(raw)), full_key(keys.notes_key(raw)))
         deleted, _ = pipe.execute()
     return int(deleted)
 

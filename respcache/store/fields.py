@@ -26,12 +26,9 @@ SIZE = "size"
 MODEL = "model"
 EXPIRY_MINUTE_BUCKET = "xm"  # the expiry buckets' keys, where its first read counts EXP_READ
 EXPIRY_HOUR_BUCKET = "xh"
-# Read by people and the miss explainer, never by the hit path (lookup.lua does not name them).
-REQUEST_FIELDS = "fields"  # the request's per-field fingerprint (records.encode_fields)
-SUMMARY = "summary"  # start of the system prompt and last user turn, first line of the answer
 
 #: The meta fields the admin lists (browse.py reads them in this order).
-META_FIELDS = (READS, INPUT_TOKENS, OUTPUT_TOKENS, STORED_AT, SIZE, MODEL, SUMMARY)
+META_FIELDS = (READS, INPUT_TOKENS, OUTPUT_TOKENS, STORED_AT, SIZE, MODEL)
 
 #: ARGV names of scripts/lookup.lua, in the order it reads them (see the script's header).
 LOOKUP_FIELDS = (
@@ -57,6 +54,4 @@ WRITE_FIELDS = (
     EXPIRY_HOUR_BUCKET,
     WRITTEN,
     EXP_WRITTEN,
-    REQUEST_FIELDS,
-    SUMMARY,
 )

@@ -138,6 +138,20 @@ def decode_fields(raw: bytes | None) -> dict[str, str] | None:
     return {str(k): v for k, v in value.items()}
 
 
+def encode_notes(fields: bytes, summary: bytes) -> bytes:
+    """An entry's notes key: its encoded fields (compact JSON, no newline), a newline, and its
+    encoded summary (any bytes: a wrapper may have sealed them)."""
+    return fields + b"\n" + summary
+
+
+def decode_notes(raw: bytes | None) -> tuple[bytes, bytes]:
+    """The encoded fields and summary of a notes value (empty when missing)."""
+    if not raw:
+        return b"", b""
+    fields, _sep, summary = raw.partition(b"\n")
+    return fields, summary
+
+
 @dataclass(frozen=True)
 class IndexItem:
     """One recent request in a shape index: its key fingerprint, when it was stored, its fields."""
