@@ -519,10 +519,6 @@ class Bench:
             meta = store.full_key(
                 keys.meta_key(keys.entry_key(workload=WORKLOAD, version=version, fingerprint=fingerprint))
             )
-            # The notes (request fields and summary) count as the entry's too.
-            notes = store.full_key(
-                keys.notes_key(keys.entry_key(workload=WORKLOAD, version=version, fingerprint=fingerprint))
-            )
             stored_at = float(self.redis.hget(meta, "stored_at") or "nan")
             wakeups += [r.arrived_epoch - stored_at for r in responses if r.header("x-respcache") == "wait"]
             woken.update(self._wake_counts() - totals_before)
