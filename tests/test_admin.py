@@ -245,7 +245,7 @@ def test_stats_page_has_charts_of_outcomes_hit_rate_tokens_latency_and_errors(
         group = next(g for g in chart.iter(f"{ns}g") if g.get("data-series") == name)
         return sum(float(e.get("data-value", 0)) for e in group)
 
-    outcomes, hit_rate, tokens, _latency, errors = charts
+    outcomes, hit_rate, tokens, _latency, misses, errors = charts
     assert {n: series_total(outcomes, n) for n in ("hit", "miss", "bypass", "wait")} == {
         "hit": 2,
         "miss": 2,
@@ -253,6 +253,7 @@ def test_stats_page_has_charts_of_outcomes_hit_rate_tokens_latency_and_errors(
         "wait": 0,
     }
     assert series_total(tokens, "saved_in") == stats.totals("intents", "1h")["saved_in"] > 0
+    assert series_total(misses, "miss_new") == 1 and series_total(misses, "miss_messages") == 1  # "a", then "b"
     assert series_total(errors, "upstream_error") == 0 and b"No errors in this window" in ET.tostring(errors)
     points = [float(c.get("data-value")) for c in hit_rate.iter(f"{ns}circle")]  # type: ignore[arg-type]
     assert points and all(0 <= p <= 1 for p in points)

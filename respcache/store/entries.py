@@ -133,7 +133,6 @@ def write(
     workload: str,
     key: str,
     meta: str,
-    notes: str,
     lock: str,
     channel: str,
     token: str,
@@ -146,6 +145,7 @@ def write(
     bucket_keys: Sequence[str],
     bucket_ttls: Sequence[int],
     counts: dict[str, int] | None = None,
+    notes: str = "",
     request_fields: bytes = b"",
     summary: bytes = b"",
     index: Indexing | None = None,
@@ -153,8 +153,8 @@ def write(
     """Store a record with its accounting, release ``token``'s lock, wake the waiters, and add
     ``counts`` (non-zero values) to the current buckets and the totals.
 
-    ``request_fields`` and ``summary`` (records.encode_fields / encode_summary) are kept as the
-    entry's ``notes`` (keys.notes_key), read by the admin and the explainer only; ``index`` pushes the request onto its
+    ``request_fields`` and ``summary`` (records.encode_fields / encode_summary) are kept under
+    ``notes`` (the entry's keys.notes_key; '' = none), read by the admin and the explainer only; ``index`` pushes the request onto its
     shape index. Returns whether the lock was still ours. All keys are full (prefixed) keys.
     """
     extra: list[Any] = []
