@@ -65,7 +65,7 @@ def test_miss_reasons_chart_and_entry_page_in_chromium(
             assert box is not None and box["width"] > 300 and box["height"] > 80
             for series in ("miss_new", "miss_system", "miss_max_tokens"):
                 assert chart.locator(f'g[data-series="{series}"] rect').count() > 0, series
-            assert "Miss reasons" in chart.inner_text("h2")
+            assert "Miss reasons" in chart.locator("h2").inner_text()
             chart.screenshot(path=str(DOCS / "admin-miss-reasons.png"))
 
             page.goto(f"{base}/admin/respcache/workload/{workload.pk}/entries/")

@@ -40,13 +40,13 @@ ERROR_SERIES = [
     charts.Series("cache_error", gettext_lazy("cache errors (Redis)"), "#6a1b9a"),
 ]
 MISS_REASON_SERIES = [
-    charts.Series("miss_new", gettext_lazy("new input"), "#90a4ae"),
+    charts.Series("miss_new", gettext_lazy("new"), "#90a4ae"),
     charts.Series("miss_model", gettext_lazy("model"), "#6a1b9a"),
     charts.Series("miss_system", gettext_lazy("system"), "#c62828"),
     charts.Series("miss_tools", gettext_lazy("tools"), "#ef6c00"),
     charts.Series("miss_max_tokens", gettext_lazy("max_tokens"), "#f9a825"),
-    charts.Series("miss_other", gettext_lazy("another field"), "#8d6e63"),
-    charts.Series("miss_messages", gettext_lazy("messages[i]"), "#1e88e5"),
+    charts.Series("miss_other", gettext_lazy("other"), "#8d6e63"),
+    charts.Series("miss_messages", gettext_lazy("messages"), "#1e88e5"),
 ]
 TOKEN_SERIES = [
     charts.Series("saved_in", gettext_lazy("input tokens saved"), "#3949ab"),
@@ -197,6 +197,7 @@ def stats_charts(series: list[tuple[int, dict[str, int]]], window: str) -> list[
                 MISS_REASON_SERIES,
                 title=_("Misses by why they missed: new input, or what the closest stored request differs in"),
                 empty=_("No explained misses in this window"),
+                width=charts.WIDTH + 60,  # room for seven legend items on one line
             ),
         ),
         (
