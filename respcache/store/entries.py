@@ -155,7 +155,8 @@ def write(
 
     ``request_fields`` and ``summary`` (records.encode_fields / encode_summary) are kept under
     ``notes`` (the entry's keys.notes_key; '' = none), read by the admin and the explainer
-    only; ``index`` pushes the request onto its shape index. Returns whether the lock was still ours. All keys are full (prefixed) keys.
+    only; ``index`` pushes the request onto its shape index. Returns whether the lock was still
+    ours. All keys are full (prefixed) keys.
     """
     extra: list[Any] = []
     for name, value in (counts or {}).items():
