@@ -655,6 +655,10 @@ class Bench:
             meta = store.full_key(
                 keys.meta_key(keys.entry_key(workload=WORKLOAD, version=version, fingerprint=fingerprint))
             )
+            # The notes (request fields and summary) count as the entry's too.
+            notes = store.full_key(
+                keys.notes_key(keys.entry_key(workload=WORKLOAD, version=version, fingerprint=fingerprint))
+            )
             record = self.redis.get(entry)
             decoded = store.decode_record(record)
             if decoded is None:
@@ -662,13 +666,13 @@ class Bench:
             with override_settings(RESPCACHE={"CACHE_ALIAS": "respcache", "COMPRESS_MIN_BYTES": 1 << 62}):
                 plain = store.encode_record(decoded.message, stored_at=decoded.stored_at, model=decoded.model)
             self.redis.set("bench:plain", plain)
-            meta_bytes = self.memory(meta)
+            meta_bytes = self.memory(meta) + self.memory(notes)
             compressed = self.memory(entry) + meta_bytes
             uncompressed = self.memory("bench:plain") + meta_bytes
             self.redis.delete("bench:plain")
             self.rows.append(
                 Row.compare(
-                    f"memory per entry {label} (entry + meta)",
+                    f"memory per entry {label} (entry + meta + notes)",
                     compressed,
                     "bytes",
                     uncompressed,

@@ -280,6 +280,62 @@ def request_fingerprint(
     return digest.hexdigest()
 
 
+# --- per-field fingerprints (the miss explainer) ---------------------------------------------
+# What a stored request is compared by when a later one misses: a short hash of each top-level
+# field of the same canonical form the key hashes (``_structural`` then ``_part``), and of each
+# message by index, so "the closest stored request differs in system" means exactly that the
+# canonical bytes of ``system`` differ. Never on the hit path: only a miss computes them.
+
+#: Bytes of each field's BLAKE2b digest (hex doubles it): 2**-64 odds that two different values
+#: of one field look equal, plenty for naming which fields differ.
+FIELD_DIGEST_BYTES = 8
+#: The name of the ``anthropic-beta`` header's values among the fields (they are in the key).
+BETA_FIELD = "anthropic-beta"
+
+
+def _short_hash(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=FIELD_DIGEST_BYTES).hexdigest()
+
+
+def message_field(index: int) -> str:
+    """The field name of the message at ``index``: ``messages[<index>]``."""
+    return f"messages[{index}]"
+
+
+def field_fingerprints(
+    body: dict[str, Any],
+    *,
+    beta: str | Iterable[str] | None = (),
+    max_depth: int = DEFAULT_MAX_DEPTH,
+) -> dict[str, str]:
+    """A short hash (hex) of each field that goes into the key: every top-level field but
+    ``messages`` by name, each message as ``messages[i]``, and the beta values (when any) as
+    ``anthropic-beta``. Two requests have equal keys (same endpoint) exactly when, up to a hash
+    collision, these are equal. Raises TooDeep as ``request_fingerprint`` does."""
+    doc = _structural(body, max_depth)
+    out: dict[str, str] = {}
+    for name in sorted(doc):
+        value = doc[name]
+        if name == "messages" and type(value) is list:
+            for i, message in enumerate(value):
+                out[message_field(i)] = _short_hash(_part(message, max_depth))
+        else:
+            out[name] = _short_hash(_part(value, max_depth))
+    betas = _beta_values(beta)
+    if betas:
+        out[BETA_FIELD] = _short_hash(orjson.dumps(betas))
+    return out
+
+
+def request_shape(body: dict[str, Any], *, endpoint: str = MESSAGES) -> str:
+    """What requests must share to be compared by the miss explainer: the endpoint, and the
+    number and roles of the messages (not the model, so "differs in model" can be said). A short
+    hash, part of the shape index's key name."""
+    messages = body.get("messages")
+    roles = [m.get("role") if type(m) is dict else None for m in messages] if type(messages) is list else None
+    return _short_hash(orjson.dumps([endpoint, roles]))
+
+
 # --- Redis key and channel names --------------------------------------------------------------
 # Every name respcache gives a Redis key or channel is built here, raw: the store puts each
 # under the cache alias's own "prefix:version:" (Django's default key function). A workload
@@ -289,9 +345,11 @@ def request_fingerprint(
 #   respcache:v:<slug>                          the workload's key version (Redis's copy)
 #   respcache:e:<slug>:<version>:<fingerprint>  an entry (the record)
 #   respcache:m:<slug>:<version>:<fingerprint>  its accounting hash (same TTL)
+#   respcache:n:<slug>:<version>:<fingerprint>  its notes: request fields and summary (same TTL)
 #   respcache:l:<slug>:<version>:<fingerprint>  its stampede lock
 #   respcache:c:<slug>:<version>:<fingerprint>  the channel that wakes its waiters
 #   respcache:f:<slug>:<version>:<fingerprint>  its lock holder's failure, for a few seconds
+#   respcache:x:<slug>:<version>:<shape>        recent requests of one shape (the miss explainer)
 #   respcache:policies                          the channel that says "policies changed"
 #   respcache:s:<slug>:m:<start> / :h:<start>   a minute / hour counter bucket
 #   respcache:s:<slug>:total                    the all-time counters
@@ -311,6 +369,7 @@ def request_fingerprint(
 
 _ENTRY, _META, _LOCK, _CHANNEL = "respcache:e:", "respcache:m:", "respcache:l:", "respcache:c:"
 _FAILURE = "respcache:f:"
+_NOTES = "respcache:n:"
 #: The bucket kind in a counter bucket's name, by bucket width in seconds.
 _BUCKET_KINDS = {60: "m", 3600: "h"}
 
@@ -371,6 +430,19 @@ def meta_pattern(*, workload: str, version: int | None = None, upstream: str = A
     return _pattern(_META, workload, version, upstream)
 
 
+def notes_key(key: str) -> str:
+    """What the entry says for people and the miss explainer (its request's per-field fingerprint
+    and its summary), beside it with the same TTL; never read by the hit path. A string of its
+    own, not fields of the meta hash: values that long would turn Redis's compact encoding of
+    every meta hash into a full hash table (about 1 KB more per entry, measured)."""
+    return _NOTES + key.removeprefix(_ENTRY)
+
+
+def notes_pattern(*, workload: str) -> str:
+    """Glob matching the notes of every entry of a workload (all versions and key spaces)."""
+    return _pattern(_NOTES, workload, None, ANTHROPIC)
+
+
 def lock_key(key: str) -> str:
     return _LOCK + key.removeprefix(_ENTRY)
 
@@ -417,3 +489,15 @@ def budget_key(*, workload: str, width_seconds: int, start: int) -> str:
     except KeyError:
         raise ValueError(f"no budget window is {width_seconds} s wide") from None
     return f"respcache:b:{workload}:{kind}:{start}"
+_SHAPES = "respcache:x:"
+
+
+def shape_index_key(*, workload: str, version: int, shape: str, upstream: str = ANTHROPIC) -> str:
+    """The bounded list of the field fingerprints of recent entries of one request shape
+    (``request_shape``) at one key version: where the miss explainer finds candidates."""
+    return f"{_SHAPES}{_space(workload, upstream)}{version}:{shape}"
+
+
+def shape_index_pattern(*, workload: str) -> str:
+    """Glob matching every shape index of a workload (all versions and key spaces): purged with it."""
+    return _pattern(_SHAPES, workload, None, ANTHROPIC)

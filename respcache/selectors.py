@@ -315,6 +315,13 @@ def workload_entries_page(
     return store.scan_entries(workload.slug, version, cursor=cursor, page_size=page_size, upstream=store.key_space())
 
 
+def workload_hot_entries(
+    workload: Workload, *, version: int, max_entries: int = 10_000, text: str = ""
+) -> store.HotEntries:
+    """The entries calls read now, most read first (see store.hot_entries)."""
+    return store.hot_entries(workload.slug, version, upstream=store.key_space(), max_entries=max_entries, text=text)
+
+
 def workload_entry(
     workload: Workload, *, version: int, fingerprint: str
 ) -> tuple[store.EntryInfo, store.Entry | None] | None:

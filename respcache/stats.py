@@ -11,6 +11,7 @@ read for the 5m, 1h and 24h windows) and in a one-hour bucket (kept
   failed ones included; a stream's counted when it ends);
 - saved_in, saved_out: tokens a hit or wait did not spend (the stored usage);
 - written: entries stored;
+- miss_<reason>: misses by why they missed (``MISS_REASONS``, the miss explainer);
 - exp_written, exp_read: counted in the bucket of the entry's *expiry* time; an entry whose
   expiry is past and that was never read is a dead write, so over a window
   dead-write rate = (exp_written - exp_read) / exp_written of the buckets in it.
@@ -53,6 +54,16 @@ FIELDS = OUTCOMES + (
 )
 #: Fields of the all-time totals hash.
 TOTAL_FIELDS = tuple(f for f in FIELDS if not f.startswith("exp_")) + ("first_read",)
+#: Why a miss missed (services/explain.py): new input, or the field kind in which the closest
+#: stored request differs; counted as ``miss_<reason>`` in the buckets and totals.
+MISS_REASONS = ("new", "model", "system", "tools", "max_tokens", "other", "messages")
+
+
+def miss_reason_field(reason: str) -> str:
+    """The counter field of a miss reason."""
+    return f"miss_{reason}"
+
+
 WINDOWS = {"5m": 300, "1h": 3600, "24h": 86400, "7d": 7 * 86400}
 MINUTE, HOUR = 60, 3600
 
@@ -217,6 +228,10 @@ class Totals:
     def upstream_latency_ms(self) -> float | None:
         calls = self["upstream_calls"]
         return self["upstream_ms"] / calls if calls else None
+
+    def miss_reasons(self) -> dict[str, int]:
+        """The misses explained over the window, by reason (MISS_REASONS, zeros included)."""
+        return {reason: self[miss_reason_field(reason)] for reason in MISS_REASONS}
 
     def as_dict(self) -> dict[str, Any]:
         return {

@@ -237,6 +237,7 @@ def test_stats_page_has_charts_of_outcomes_hit_rate_tokens_latency_and_errors(
         "Hit rate: (hit + wait) / (hit + wait + miss + fallthrough)",
         "Tokens saved by hits and waits",
         "Mean upstream latency (ms)",
+        "Misses by why they missed: new input, or what the closest stored request differs in",
         "Errors",
     ]
 
@@ -244,7 +245,7 @@ def test_stats_page_has_charts_of_outcomes_hit_rate_tokens_latency_and_errors(
         group = next(g for g in chart.iter(f"{ns}g") if g.get("data-series") == name)
         return sum(float(e.get("data-value", 0)) for e in group)
 
-    outcomes, hit_rate, tokens, _latency, errors = charts
+    outcomes, hit_rate, tokens, _latency, misses, errors = charts
     assert {n: series_total(outcomes, n) for n in ("hit", "miss", "bypass", "wait")} == {
         "hit": 2,
         "miss": 2,
@@ -252,17 +253,18 @@ def test_stats_page_has_charts_of_outcomes_hit_rate_tokens_latency_and_errors(
         "wait": 0,
     }
     assert series_total(tokens, "saved_in") == stats.totals("intents", "1h")["saved_in"] > 0
+    assert series_total(misses, "miss_new") == 1 and series_total(misses, "miss_messages") == 1  # "a", then "b"
     assert series_total(errors, "upstream_error") == 0 and b"No errors in this window" in ET.tostring(errors)
     points = [float(c.get("data-value")) for c in hit_rate.iter(f"{ns}circle")]  # type: ignore[arg-type]
     assert points and all(0 <= p <= 1 for p in points)
     assert "50.0%" in page  # the 1h hit rate in the numbers table: 2 hits of 4 lookups
     for window in ("24h", "7d"):
-        assert len(_svgs(html(admin_client.get(url("stats", workload.pk), {"window": window})))) == 5
+        assert len(_svgs(html(admin_client.get(url("stats", workload.pk), {"window": window})))) == 6
 
 
 def test_stats_page_with_an_unknown_window_says_so(admin_client: Client, workload: Workload) -> None:
     page = html(admin_client.get(url("stats", workload.pk), {"window": "3w"}, follow=True))
-    assert "Unknown window 3w" in page and len(_svgs(page)) == 5
+    assert "Unknown window 3w" in page and len(_svgs(page)) == 6
 
 
 def test_unknown_workload_pages_are_404(admin_client: Client, db: Any) -> None:
@@ -533,7 +535,7 @@ def test_entry_browser_lists_the_current_versions_entries(
     page = html(admin_client.get(url("entries", workload.pk)))
     listed = set(re.findall(r'title="([0-9a-f]{64})"', page))
     assert listed == fingerprints
-    assert "3 entries on this page." in page and "End of the scan." in page
+    assert "3 entries on this page." in page and "End of the list." in page
     assert "claude-test-1" in page
     rows = {r.fingerprint: r for r in store.scan_entries("intents", 1, upstream=store.key_space()).entries}
     assert sorted(r.reads for r in rows.values()) == [0, 0, 1]

@@ -112,7 +112,7 @@ def test_quick_bench_end_to_end(tmp_path: Path) -> None:
         "miss 1 KB: p50",
         "stampede of 20: waiters served after the write, p99",
         "key building 100 KB: canonicalise + SHA-256",
-        "memory per entry 20 KB (entry + meta)",
+        "memory per entry 20 KB (entry + meta + notes)",
     ):
         assert measure in rows, measure
     assert rows["Redis round trips per hit, 1 KB"]["value"] <= 2

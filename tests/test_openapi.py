@@ -34,6 +34,7 @@ CONTRACT_PATHS = {
     "/w/{workload}/v1/messages/count_tokens": "post",
     "/api/workloads/": "get",
     "/api/workloads/{slug}/stats/": "get",
+    "/api/workloads/{slug}/misses/": "get",
     "/api/workloads/{slug}/bump/": "post",
     "/api/workloads/{slug}/purge/": "post",
 }
@@ -56,7 +57,7 @@ def test_schema_covers_the_contract() -> None:
     body = messages["requestBody"]["content"]["application/json"]["schema"]
     assert body == {"$ref": "#/components/schemas/MessageParam"}
     ok = messages["responses"]["200"]
-    assert set(ok["headers"]) == {"X-Respcache", "X-Respcache-Key", "Age"}
+    assert set(ok["headers"]) == {"X-Respcache", "X-Respcache-Key", "Age", "X-Respcache-Miss"}
     assert ok["headers"]["X-Respcache"]["schema"]["enum"] == ["bypass", "hit", "miss", "refresh", "wait"]
     for status in ("400", "401", "403", "404", "413", "502"):
         error = messages["responses"][status]["content"]["application/json"]["schema"]

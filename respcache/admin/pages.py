@@ -61,6 +61,8 @@ class WorkloadPagesMixin(_ModelAdmin):
 
     #: Entries listed per page of the entry browser (about: a page is what SCAN returned).
     entries_per_page = 100
+    #: Entries the hottest-first list reads at most (a larger workload is sorted among those).
+    entries_sort_max = 10_000
 
     def has_bump_permission(self, request: HttpRequest, obj: Workload | None = None) -> bool:
         raise NotImplementedError
@@ -211,13 +213,47 @@ class WorkloadPagesMixin(_ModelAdmin):
     # --- the entry browser ---
 
     def entries_view(self, request: HttpRequest, object_id: str) -> TemplateResponse:
+        """Hottest first (the default: the entries' read counters, over at most
+        ``entries_sort_max`` entries), or in SCAN order page by page (``?cursor=``); ``?q=``
+        keeps the entries whose summary holds the text (with ``view_entry_content`` only: a filter
+        over what entries say would otherwise read them out a guess at a time)."""
         workload = self._workload(request, object_id)
+        may_read = self.has_view_entry_content_permission(request, workload)
+        text = request.GET.get("q", "").strip()[:200] if may_read else ""
+        if "cursor" in request.GET:
+            return self._entries_in_scan_order(request, workload, text)
+        raw_page = request.GET.get("page", "1")
+        number = int(raw_page) if raw_page.isdigit() and 0 < len(raw_page) < 7 and int(raw_page) > 0 else 1
+        context = self._context(request, workload, _("Entries: %s") % workload.slug, q=text, order="reads")
+        try:
+            version = selectors.workload_current_version(workload)
+            hot = selectors.workload_hot_entries(
+                workload, version=version, max_entries=self.entries_sort_max, text=text
+            )
+        except CacheUnavailable as exc:
+            context["redis_error"] = str(exc)
+            return TemplateResponse(request, TEMPLATES + "entries.html", context)
+        size = self.entries_per_page
+        shown = hot.entries[(number - 1) * size : number * size]
+        context.update(
+            current_version=version,
+            hot=hot,
+            page_number=number,
+            previous_page=number - 1 if number > 1 else None,
+            next_page=number + 1 if number * size < len(hot.entries) else None,
+            rows=self._entry_rows(workload, version, shown),
+        )
+        return TemplateResponse(request, TEMPLATES + "entries.html", context)
+
+    def _entries_in_scan_order(self, request: HttpRequest, workload: Workload, text: str) -> TemplateResponse:
         raw_cursor = request.GET.get("cursor", "0")
         valid = CURSOR.fullmatch(raw_cursor) is not None and int(raw_cursor) < 2**64  # Redis's range
         cursor = int(raw_cursor) if valid else 0
         if not valid:
             messages.error(request, _("The cursor must be a whole number; starting from the beginning."))
-        context = self._context(request, workload, _("Entries: %s") % workload.slug, cursor=cursor)
+        context = self._context(
+            request, workload, _("Entries: %s") % workload.slug, cursor=cursor, q=text, order="scan"
+        )
         try:
             version = selectors.workload_current_version(workload)
             page = selectors.workload_entries_page(
@@ -226,20 +262,23 @@ class WorkloadPagesMixin(_ModelAdmin):
         except CacheUnavailable as exc:
             context["redis_error"] = str(exc)
             return TemplateResponse(request, TEMPLATES + "entries.html", context)
-        now = timezone.now().timestamp()
-        context.update(
-            current_version=version,
-            page=page,
-            rows=[
-                presenters.entry_row(
-                    e,
-                    url=reverse("admin:respcache_workload_entry", args=[workload.pk, version, e.fingerprint]),
-                    now=now,
-                )
-                for e in page.entries
-            ],
-        )
+        entries = page.entries
+        if text:
+            needle = text.casefold()
+            entries = [e for e in entries if e.summary and any(needle in v.casefold() for v in e.summary.values())]
+        context.update(current_version=version, page=page, rows=self._entry_rows(workload, version, entries))
         return TemplateResponse(request, TEMPLATES + "entries.html", context)
+
+    def _entry_rows(self, workload: Workload, version: int, entries: list[Any]) -> list[dict[str, Any]]:
+        now = timezone.now().timestamp()
+        return [
+            presenters.entry_row(
+                e,
+                url=reverse("admin:respcache_workload_entry", args=[workload.pk, version, e.fingerprint]),
+                now=now,
+            )
+            for e in entries
+        ]
 
     def entry_view(self, request: HttpRequest, object_id: str, version: int, fingerprint: str) -> TemplateResponse:
         workload = self._workload(request, object_id)
@@ -265,12 +304,10 @@ class WorkloadPagesMixin(_ModelAdmin):
         services.entry_viewed(
             workload, version=version, fingerprint=fingerprint, actor=actor(request), user=request.user
         )
-        message_json, texts = presenters.message_texts(entry.message) if entry is not None else ("", [])
         context.update(
             info=info,
             entry=entry,
-            message_json=message_json,
-            texts=texts,
+            content=presenters.entry_content(info.summary, entry.message if entry is not None else None),
             stored_at=presenters.local_time(info.stored_at),
             ttl=presenters.duration(info.ttl_ms / 1000) if info.ttl_ms is not None else "–",
         )

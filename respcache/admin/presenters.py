@@ -40,6 +40,15 @@ ERROR_SERIES = [
     charts.Series("cache_error", gettext_lazy("cache errors (Redis)"), "#6a1b9a"),
     charts.Series("budget_refused", gettext_lazy("refused by the budget"), "#f9a825"),
 ]
+MISS_REASON_SERIES = [
+    charts.Series("miss_new", gettext_lazy("new"), "#90a4ae"),
+    charts.Series("miss_model", gettext_lazy("model"), "#6a1b9a"),
+    charts.Series("miss_system", gettext_lazy("system"), "#c62828"),
+    charts.Series("miss_tools", gettext_lazy("tools"), "#ef6c00"),
+    charts.Series("miss_max_tokens", gettext_lazy("max_tokens"), "#f9a825"),
+    charts.Series("miss_other", gettext_lazy("other"), "#8d6e63"),
+    charts.Series("miss_messages", gettext_lazy("messages"), "#1e88e5"),
+]
 TOKEN_SERIES = [
     charts.Series("saved_in", gettext_lazy("input tokens saved"), "#3949ab"),
     charts.Series("saved_out", gettext_lazy("output tokens saved"), "#8e24aa"),
@@ -183,6 +192,17 @@ def stats_charts(series: list[tuple[int, dict[str, int]]], window: str) -> list[
             ),
         ),
         (
+            _("Miss reasons"),
+            charts.stacked_bars(
+                labels,
+                values,
+                MISS_REASON_SERIES,
+                title=_("Misses by why they missed: new input, or what the closest stored request differs in"),
+                empty=_("No explained misses in this window"),
+                width=charts.WIDTH + 60,  # room for seven legend items on one line
+            ),
+        ),
+        (
             _("Errors"),
             charts.stacked_bars(labels, values, ERROR_SERIES, title=_("Errors"), empty=_("No errors in this window")),
         ),
@@ -202,6 +222,16 @@ def entry_row(info: EntryInfo, *, url: str, now: float) -> dict[str, Any]:
         "ttl": duration(info.ttl_ms / 1000) if info.ttl_ms is not None else "–",
         "size": filesizeformat(info.size) if info.size is not None else "–",
     }
+
+
+def entry_content(summary: dict[str, str] | None, message: bytes | None) -> dict[str, Any]:
+    """What an entry says, for the page that shows it: its request summary and, when given, the
+    whole answer (indented JSON and its text blocks). The one place entry content is made
+    viewable: a permission check on content belongs around its callers."""
+    content: dict[str, Any] = {"summary": summary or {}}
+    if message is not None:
+        content["message_json"], content["texts"] = message_texts(message)
+    return content
 
 
 def message_texts(raw: bytes) -> tuple[str, list[str]]:

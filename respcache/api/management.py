@@ -1,4 +1,5 @@
-"""The REST management API: list workloads with their numbers, read one's stats, bump, purge.
+"""The REST management API: list workloads with their numbers, read one's stats and miss reasons,
+bump, purge.
 
 For staff users with an admin session (bump and purge need the ``respcache.bump_workload`` /
 ``respcache.purge_workload`` permissions) and for API keys granted management of a workload
@@ -30,7 +31,12 @@ from rest_framework.views import APIView
 from respcache import selectors, services, stats
 from respcache.api.authentication import OptionalApiKeyAuthentication
 from respcache.api.permissions import CanManageWorkloads, grant_of
-from respcache.api.serializers import ErrorSerializer, WorkloadSerializer, WorkloadStatsSerializer
+from respcache.api.serializers import (
+    ErrorSerializer,
+    WorkloadMissesSerializer,
+    WorkloadSerializer,
+    WorkloadStatsSerializer,
+)
 from respcache.api.throttling import AnonymousRateThrottle, CallerRateThrottle
 from respcache.api.views import anthropic_exception_handler, error_response
 from respcache.exceptions import CacheUnavailable, RespcacheError, WorkloadNotFound
@@ -184,6 +190,31 @@ class WorkloadStatsView(ManagementView):
             **totals.as_dict(),
         }
         return Response(WorkloadStatsSerializer(data).data)
+
+
+class WorkloadMissesView(ManagementView):
+    """``GET /api/workloads/<slug>/misses/?window=1h``: why the workload's calls missed."""
+
+    @extend_schema(
+        operation_id="workloads_misses",
+        tags=["management"],
+        parameters=[SLUG, WindowInputSerializer],
+        responses={200: WorkloadMissesSerializer, **_errors(400, 401, 403, 404, 503)},
+    )
+    def get(self, request: Request, slug: str) -> Response:
+        window = self.window(request)
+        workload = self.get_workload(slug)
+        totals = selectors.workload_totals(workload.slug, window)
+        reasons = totals.miss_reasons()
+        data = {
+            "workload": workload.slug,
+            "key_version": workload.key_version,
+            "window": window,
+            "misses": totals["miss"] + totals["fallthrough"],
+            "explained": sum(reasons.values()),
+            "reasons": reasons,
+        }
+        return Response(WorkloadMissesSerializer(data).data)
 
 
 class WorkloadBumpView(ManagementView):

@@ -108,6 +108,23 @@ def _call_parameters() -> list[Any]:
         ),
         OpenApiParameter("anthropic-version", OpenApiTypes.STR, header, description="Forwarded upstream."),
         OpenApiParameter(
+            "Respcache-Explain",
+            OpenApiTypes.STR,
+            header,
+            enum=["1"],
+            description="`1`: on a miss, say why in X-Respcache-Miss.",
+        ),
+        OpenApiParameter(
+            "X-Respcache-Miss",
+            OpenApiTypes.STR,
+            header,
+            response=[200],
+            pattern=r"^(new|differs=[^,]+(,[^,]+)*)$",
+            description="On a miss, for callers sending Respcache-Explain: 1: `new` (no stored request of "
+            "this workload and key version shares its shape) or `differs=<field>[,<field>...]` (the "
+            "top-level fields, or `messages[i]`, in which the closest stored request differs).",
+        ),
+        OpenApiParameter(
             "X-Respcache",
             OpenApiTypes.STR,
             header,

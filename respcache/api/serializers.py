@@ -48,6 +48,29 @@ class WorkloadStatsSerializer(StatsSerializer):
     enabled = serializers.BooleanField()
 
 
+class MissReasonsSerializer(serializers.Serializer[dict[str, Any]]):
+    """Misses by why they missed (the miss explainer), over one window."""
+
+    new = serializers.IntegerField(help_text="No stored request of this workload and key version shares its shape.")
+    model = serializers.IntegerField(help_text="The closest stored request differs in model.")
+    system = serializers.IntegerField(help_text="... in system.")
+    tools = serializers.IntegerField(help_text="... in tools.")
+    max_tokens = serializers.IntegerField(help_text="... in max_tokens.")
+    other = serializers.IntegerField(help_text="... in another top-level field (temperature, tool_choice...).")
+    messages = serializers.IntegerField(help_text="... in messages only (messages[i]).")
+
+
+class WorkloadMissesSerializer(serializers.Serializer[dict[str, Any]]):
+    """``GET /api/workloads/<slug>/misses/``: the workload's miss reasons over the window."""
+
+    workload = serializers.CharField()
+    key_version = serializers.IntegerField()
+    window = serializers.CharField()
+    misses = serializers.IntegerField(help_text="Calls answered miss (miss + fallthrough) over the window.")
+    explained = serializers.IntegerField(help_text="Of them, those classified below.")
+    reasons = MissReasonsSerializer()
+
+
 class WorkloadSerializer(serializers.ModelSerializer[Workload]):
     """A workload's policy with its numbers over the requested window."""
 

@@ -203,6 +203,7 @@ class MessagesView(CallTelemetryMixin, View):
             headers=forwarded_headers(meta),
             no_cache="no-cache" in directives,
             no_store="no-store" in directives,
+            explain=meta.get("HTTP_RESPCACHE_EXPLAIN", "").strip() == "1",
         )
         self.call_result = result  # for the call's log line and span (CallTelemetryMixin)
         return message_response(result)
@@ -231,4 +232,6 @@ def message_response(result: CachedResult) -> HttpResponseBase:
         response["X-Respcache-Key"] = result.fingerprint
     if result.age is not None:
         response["Age"] = str(result.age)
+    if result.miss is not None:
+        response["X-Respcache-Miss"] = result.miss
     return response

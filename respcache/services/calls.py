@@ -21,6 +21,7 @@ Budgets (budgets.py): a call about to go upstream first spends the workload's bu
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from respcache.conf import app_settings
 from respcache.exceptions import InvalidRequest, UpstreamError
 from respcache.selectors import Policy
 from respcache.services import budgets, guard, stampede
+from respcache.services import explain as explain_
 from respcache.services.counting import (
     BYPASS,
     FALLTHROUGH,
@@ -81,6 +83,8 @@ class CachedResult:
     #: upstream's answer), so the call's log line need not parse the body; None if unknown.
     input_tokens: int | None = None
     output_tokens: int | None = None
+    #: Why a miss missed (``X-Respcache-Miss``), when the caller asked (``Respcache-Explain: 1``).
+    miss: str | None = None
 
 
 def is_cacheable(policy: Policy, body: dict[str, Any]) -> bool:
@@ -123,8 +127,18 @@ class Call:
         upstream: Upstream | None,
         clock: Callable[[], float],
         monotonic: Callable[[], float],
+        beta: str | Iterable[str] | None = None,
+        endpoint: str = keys.MESSAGES,
+        explain: bool = False,
     ) -> None:
         self.policy = policy
+        self.beta = beta
+        self.endpoint = endpoint
+        #: Whether the caller asked why a miss missed (the answer's ``miss``).
+        self.explain = explain
+        self.explanation: explain_.Explanation | None = None
+        #: The key version the lookup resolved (set by ``lookup``).
+        self.version = policy.key_version
         self.slug = policy.slug
         #: Whose key space the call reads and writes (the configured upstream kind).
         self.upstream_kind = store.key_space()
@@ -192,6 +206,7 @@ class Call:
     ) -> CachedResult:
         age = None if stored_at is None else max(0, int(self.clock() - stored_at))
         input_tokens, output_tokens = tokens if self.reports_usage else (None, None)
+        explained = self.explanation if self.explain and status == MISS else None
         return CachedResult(
             status=status,
             body=body,
@@ -202,6 +217,7 @@ class Call:
             upstream_ms=self.upstream_ms,
             input_tokens=input_tokens,
             output_tokens=output_tokens,
+            miss=explained.header if explained is not None else None,
         )
 
     # The steps a kind of call changes: what is cacheable, what the upstream is asked, how a
@@ -227,6 +243,7 @@ class Call:
         """Ask the upstream and answer; store under ``names`` (releasing ``token``'s lock and
         waking the waiters) unless ``names`` is None. A failure releases the lock at once.
         ``counts`` are counted with the call (a cache error)."""
+        counts = counts + self.explain_miss(outcome)
         with stampede.holding(names, token, lock_ttl=self.policy.lock_ttl, workload=self.slug):
             self.spend_budget(outcome, counts)
             # Stored: the call's counters ride in the write's round trip instead of their own.
@@ -248,6 +265,43 @@ class Call:
     def spend_tokens(self, input_tokens: int | None, output_tokens: int | None) -> None:
         """Add an upstream answer's tokens to the workload's day (if it has a token budget)."""
         budgets.spend_tokens(self.policy, (input_tokens or 0) + (output_tokens or 0), now=self.clock())
+    @functools.cached_property
+    def request_fields(self) -> dict[str, str]:
+        """The request's per-field fingerprint (computed on a miss only, never on a hit)."""
+        return keys.field_fingerprints(self.body, beta=self.beta, max_depth=int(app_settings.MAX_JSON_DEPTH))
+
+    @functools.cached_property
+    def shape(self) -> str:
+        return keys.request_shape(self.body, endpoint=self.endpoint)
+
+    def explain_miss(self, outcome: str) -> Counts:
+        """Find why a miss (or fallthrough) missed (``self.explanation``) and return its reason's
+        count; nothing for other outcomes, or when Redis does not answer (guard.EXPLAIN)."""
+        if outcome not in (MISS, FALLTHROUGH) or self.explanation is not None:
+            return NO_COUNTS
+
+        def read() -> list[store.IndexItem]:
+            return store.recent_requests(
+                self.slug, self.version, self.shape, upstream=self.upstream_kind, count=explain_.INDEX_KEEP
+            )
+
+        candidates = guard.fail_open(guard.EXPLAIN, read, lambda _errors: None, workload=self.slug)
+        if candidates is None:
+            return NO_COUNTS
+        live_after = self.clock() - self.policy.ttl_seconds
+        self.explanation = explain_.explain(
+            self.request_fields, candidates, fingerprint=self.fingerprint, live_after=live_after
+        )
+        return Counts.miss_reason(self.explanation.reason)
+
+    def indexing(self, stored_at: float, names: Names) -> store.Indexing:
+        """Where the write records this request for later misses of its shape."""
+        item = store.IndexItem(fingerprint=self.fingerprint[:16], stored_at=stored_at, fields=self.request_fields)
+        return store.Indexing(
+            key=store.shape_index(self.slug, self.version, self.shape, self.upstream_kind),
+            item=store.encode_index_item(item),
+            keep=explain_.INDEX_KEEP,
+        )
 
     def lookup(self, outcome: str, *, read_entry: bool = True, counts: Counts = NO_COUNTS) -> store.Lookup:
         """Resolve the key version and read the entry, counting ``outcome`` (and ``counts``) if
@@ -263,6 +317,7 @@ class Call:
             fetch=read_entry,
             extra=dict(counts) or None,
         )
+        self.version = found.version
         if not outcome:
             return found
         if not found.counted and (found.entry is not None or not read_entry):
@@ -313,6 +368,7 @@ class Call:
                 workload=self.slug,
                 key=names.entry,
                 meta=names.meta,
+                notes=names.notes,
                 lock=names.lock,
                 channel=names.channel,
                 token=token,
@@ -325,6 +381,9 @@ class Call:
                 bucket_keys=[*self.bucket_keys, *exp_keys],
                 bucket_ttls=[*self.bucket_ttls, *exp_ttls],
                 counts=sent,
+                request_fields=store.encode_fields(self.request_fields),
+                summary=store.encode_summary(explain_.summarise(self.body, response.body)),
+                index=self.indexing(stored_at, names),
             )
 
         def not_stored(errors: Counts) -> None:
@@ -366,6 +425,7 @@ def new_call(
     clock: Callable[[], float],
     monotonic: Callable[[], float],
     endpoint: str = keys.MESSAGES,
+    explain: bool = False,
 ) -> CallKind:
     """A call of ``kind`` for this request; raises InvalidRequest for a body nested deeper than
     ``MAX_JSON_DEPTH`` levels within a message or field."""
@@ -383,6 +443,9 @@ def new_call(
         upstream=upstream,
         clock=clock,
         monotonic=monotonic,
+        beta=beta,
+        endpoint=endpoint,
+        explain=explain,
     )
 
 
@@ -404,6 +467,7 @@ def cached_message_create(
     upstream: Upstream | None = None,
     clock: Callable[[], float] = time.time,
     monotonic: Callable[[], float] = time.monotonic,
+    explain: bool = False,
 ) -> CachedResult:
     """Answer a Messages API request (non-streaming) through the workload's cache.
 
@@ -424,6 +488,7 @@ def cached_message_create(
         upstream=upstream,
         clock=clock,
         monotonic=monotonic,
+        explain=explain,
     )
 
 
@@ -439,6 +504,7 @@ def cached_count_tokens(
     upstream: Upstream | None = None,
     clock: Callable[[], float] = time.time,
     monotonic: Callable[[], float] = time.monotonic,
+    explain: bool = False,
 ) -> CachedResult:
     """Answer a ``/v1/messages/count_tokens`` request through the workload's cache.
 
@@ -458,4 +524,5 @@ def cached_count_tokens(
         clock=clock,
         monotonic=monotonic,
         endpoint=keys.COUNT_TOKENS,
+        explain=explain,
     )

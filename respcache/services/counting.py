@@ -71,6 +71,11 @@ class Counts(Mapping[str, int]):
         return cls({"cache_error": 1})
 
     @classmethod
+    def miss_reason(cls, reason: str) -> Counts:
+        """One miss explained as ``reason`` (stats.MISS_REASONS)."""
+        return cls({stats.miss_reason_field(reason): 1})
+
+    @classmethod
     def wake(cls, milliseconds: float) -> Counts:
         """One waiter woken ``milliseconds`` after the answer was written (the wake-up histogram)."""
         return cls(stats.wake_fields(milliseconds))

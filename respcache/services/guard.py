@@ -22,6 +22,8 @@ COUNT          the counters are kept in the process and sent with the   no
 RELEASE        the lock expires by itself after ``lock_ttl``            no
 PUBLISH        a new key version is not published: the next call        no
                raises Redis's from the database's value
+EXPLAIN        a miss's closest stored request is not read: the miss is   no
+               not explained (no header, no reason counted)
 ANNOUNCE       a policy change is not announced: other processes see    no
                it when their local copy expires (LOCAL_CACHE_SECONDS)
 ============== ======================================================== ===========
@@ -62,6 +64,7 @@ CALL = Touch("Redis unavailable", "serving from the upstream", cache_error=True)
 WRITE = Touch("answer not stored", "its counts are counted on their own", cache_error=True)
 BUDGET = Touch("budget not checked", "the call is not held to it (fail-open)", cache_error=False)
 COUNT = Touch("counters not written", "kept for the next batch", cache_error=False)
+EXPLAIN = Touch("miss not explained", "no reason counted", cache_error=False)
 RELEASE = Touch("lock not released", "it expires by itself after lock_ttl", cache_error=False)
 ANNOUNCE = Touch("change not announced", "other workers see it within LOCAL_CACHE_SECONDS", cache_error=False)
 PUBLISH = Touch("key version not published", "the next call raises it from the database's value", cache_error=False)

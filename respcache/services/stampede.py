@@ -78,6 +78,8 @@ class Names:
     lock: str
     channel: str
     failure: str
+    #: The entry's notes (request fields and summary), written with it.
+    notes: str = ""
 
     @classmethod
     def build(cls, slug: str, version: int, fingerprint: str, upstream: str | None = None) -> Names:
@@ -87,6 +89,7 @@ class Names:
         return cls(
             entry=store.full_key(raw),
             meta=store.full_key(keys.meta_key(raw)),
+            notes=store.full_key(keys.notes_key(raw)),
             lock=store.full_key(keys.lock_key(raw)),
             channel=store.full_key(keys.channel_name(raw)),
             failure=store.full_key(keys.failure_key(raw)),

@@ -49,6 +49,7 @@ class StreamCall(Call):
     ) -> CachedResult:
         """Open the upstream stream (an error before its first byte is raised, so it keeps its
         status); its events reach the caller through a ``Tee``."""
+        counts = counts + self.explain_miss(outcome)  # before the headers go out
         started = time.perf_counter()
         # The lock is renewed until the stream has settled (stored, failed, or left).
         renewing = stampede.renewal(names, token, self.policy.lock_ttl)
@@ -203,6 +204,7 @@ def cached_message_stream(
     upstream: Upstream | None = None,
     clock: Callable[[], float] = time.time,
     monotonic: Callable[[], float] = time.monotonic,
+    explain: bool = False,
 ) -> CachedResult:
     """Answer a ``"stream": true`` Messages API request through the workload's cache.
 
@@ -225,4 +227,5 @@ def cached_message_stream(
         upstream=upstream,
         clock=clock,
         monotonic=monotonic,
+        explain=explain,
     )

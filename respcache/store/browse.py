@@ -12,7 +12,7 @@ from redis.exceptions import ResponseError
 from respcache import keys
 from respcache.store.connection import cache, client, full_key, guarded
 from respcache.store.fields import META_FIELDS
-from respcache.store.records import Entry, decode_record
+from respcache.store.records import Entry, decode_notes, decode_record, decode_summary
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,9 @@ class EntryInfo:
     stored_at: float | None = None
     size: int | None = None
     model: str = ""
+    #: What the entry answers, in short (records.decode_summary): None for an entry stored
+    #: before summaries were kept, or one whose summary cannot be read.
+    summary: dict[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -56,7 +59,7 @@ def _to_int(value: Any) -> int | None:
         return None
 
 
-def _info(fingerprint: str, version: int, meta: Sequence[Any], pttl: Any) -> EntryInfo:
+def _info(fingerprint: str, version: int, meta: Sequence[Any], pttl: Any, notes: bytes | None = None) -> EntryInfo:
     reads, tokens_in, tokens_out, stored_at, size, model = meta
     ttl_ms = _to_int(pttl)
     try:
@@ -73,7 +76,13 @@ def _info(fingerprint: str, version: int, meta: Sequence[Any], pttl: Any) -> Ent
         stored_at=stored,
         size=_to_int(size),
         model=model.decode(errors="replace") if isinstance(model, bytes) else (model or ""),
+        summary=decode_summary(decode_notes(notes)[1]),
     )
+
+
+def _notes_key(workload: str, version: int, fingerprint: str, upstream: str) -> str:
+    raw = keys.entry_key(workload=workload, version=version, fingerprint=fingerprint, upstream=upstream)
+    return full_key(keys.notes_key(raw))
 
 
 def scan_entries(
@@ -115,9 +124,65 @@ def scan_entries(
             raw = keys.entry_key(workload=workload, version=version, fingerprint=fingerprint, upstream=upstream)
             pipe.hmget(full_key(keys.meta_key(raw)), META_FIELDS)
             pipe.pttl(full_key(raw))
-        replies = pipe.execute() if fingerprints else []
-    entries = [_info(fp, version, replies[2 * i], replies[2 * i + 1]) for i, fp in enumerate(fingerprints)]
+        if fingerprints:  # the summaries in one command, whatever the page's size
+            pipe.mget([_notes_key(workload, version, fp, upstream) for fp in fingerprints])
+        replies = pipe.execute() if fingerprints else [[]]
+    notes = replies[-1]
+    entries = [_info(fp, version, replies[2 * i], replies[2 * i + 1], notes[i]) for i, fp in enumerate(fingerprints)]
     return EntryPage(entries=entries, next_cursor=int(cursor), scan_calls=calls)
+
+
+@dataclass(frozen=True)
+class HotEntries:
+    """Entries of one key version, hottest first: ``entries`` (all the scan found, or those whose
+    summary holds the text asked for); ``complete`` is False when the scan stopped at its bound."""
+
+    entries: list[EntryInfo]
+    scanned: int
+    complete: bool
+
+
+def hot_entries(
+    workload: str, version: int, *, upstream: str = keys.ANTHROPIC, max_entries: int = 10_000, text: str = ""
+) -> HotEntries:
+    """The entries of ``workload`` at ``version``, most read first (then newest), with their
+    summaries, optionally only those whose summary holds ``text`` (case-insensitive).
+
+    Redis work is bounded whatever the entry count: SCAN until ``max_entries`` keys were found
+    (COUNT 1000), then one pipeline reading each one's meta hash and PTTL. A workload with more
+    entries is sorted among the first ``max_entries`` found (``complete`` is False).
+    """
+    redis_client = client()
+    raw_pattern = keys.entry_pattern(workload=workload, version=version, upstream=upstream)
+    pattern = str(cache().client.make_pattern(raw_pattern))
+    found: set[str] = set()
+    cursor, complete = 0, True
+    with guarded():
+        while True:
+            cursor, batch = redis_client.scan(cursor=cursor, match=pattern, count=1000)
+            found.update(k.decode().rsplit(":", 1)[1] for k in batch)
+            if cursor == 0:
+                break
+            if len(found) >= max_entries:
+                complete = False
+                break
+        complete = complete and len(found) <= max_entries
+        fingerprints = sorted(found)[:max_entries]
+        pipe = redis_client.pipeline(transaction=False)
+        for fingerprint in fingerprints:
+            raw = keys.entry_key(workload=workload, version=version, fingerprint=fingerprint, upstream=upstream)
+            pipe.hmget(full_key(keys.meta_key(raw)), META_FIELDS)
+            pipe.pttl(full_key(raw))
+        if fingerprints:  # the summaries in one command, whatever the page's size
+            pipe.mget([_notes_key(workload, version, fp, upstream) for fp in fingerprints])
+        replies = pipe.execute() if fingerprints else [[]]
+    notes = replies[-1]
+    entries = [_info(fp, version, replies[2 * i], replies[2 * i + 1], notes[i]) for i, fp in enumerate(fingerprints)]
+    if text:
+        needle = text.casefold()
+        entries = [e for e in entries if e.summary and any(needle in v.casefold() for v in e.summary.values())]
+    entries.sort(key=lambda e: (-(e.reads or 0), -(e.stored_at or 0.0), e.fingerprint))
+    return HotEntries(entries=entries, scanned=len(fingerprints), complete=complete)
 
 
 def entry_get(
@@ -132,10 +197,11 @@ def entry_get(
         pipe.get(key)
         pipe.hmget(full_key(keys.meta_key(raw_key)), META_FIELDS)
         pipe.pttl(key)
-        raw, meta, pttl = pipe.execute()
+        pipe.get(full_key(keys.notes_key(raw_key)))
+        raw, meta, pttl, notes = pipe.execute()
     if raw is None:
         return None
-    info = _info(fingerprint, version, meta, pttl)
+    info = _info(fingerprint, version, meta, pttl, notes)
     if info.size is None:
         info = replace(info, size=len(raw))
     return info, decode_record(raw)

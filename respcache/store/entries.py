@@ -33,7 +33,15 @@ from respcache.store.connection import (
     version_key,
     workload_keys,
 )
-from respcache.store.records import HEADER, Entry, decode_record, ok_message
+from respcache.store.records import (
+    HEADER,
+    Entry,
+    IndexItem,
+    decode_index_item,
+    decode_record,
+    encode_notes,
+    ok_message,
+)
 
 
 @dataclass(frozen=True)
@@ -137,11 +145,18 @@ def write(
     bucket_keys: Sequence[str],
     bucket_ttls: Sequence[int],
     counts: dict[str, int] | None = None,
+    notes: str = "",
+    request_fields: bytes = b"",
+    summary: bytes = b"",
+    index: Indexing | None = None,
 ) -> bool:
     """Store a record with its accounting, release ``token``'s lock, wake the waiters, and add
     ``counts`` (non-zero values) to the current buckets and the totals.
 
-    Returns whether the lock was still ours. All keys are full (prefixed) keys.
+    ``request_fields`` and ``summary`` (records.encode_fields / encode_summary) are kept under
+    ``notes`` (the entry's keys.notes_key; '' = none), read by the admin and the explainer
+    only; ``index`` pushes the request onto its shape index. Returns whether the lock was still
+    ours. All keys are full (prefixed) keys.
     """
     extra: list[Any] = []
     for name, value in (counts or {}).items():
@@ -149,7 +164,7 @@ def write(
             extra += (name, value)
     with guarded():
         released = script("write")(
-            keys=[key, meta, lock, *bucket_keys, totals_key(workload)],
+            keys=[key, meta, lock, *bucket_keys, totals_key(workload), index.key if index else "", notes],
             args=[
                 record,
                 int(ttl_seconds * 1000),
@@ -163,10 +178,39 @@ def write(
                 *bucket_ttls,
                 ok_message(record),
                 *fields.WRITE_FIELDS,
+                encode_notes(request_fields, summary) if request_fields or summary else b"",
+                index.item if index else b"",
+                index.keep if index else 0,
                 *extra,
             ],
         )
     return bool(released)
+
+
+@dataclass(frozen=True)
+class Indexing:
+    """Where a write records its request for the miss explainer: the shape index (a full key),
+    the item (records.encode_index_item) and how many recent items the index keeps."""
+
+    key: str
+    item: bytes
+    keep: int
+
+
+def recent_requests(
+    workload: str, version: int, shape: str, *, upstream: str = keys.ANTHROPIC, count: int = 64
+) -> list[IndexItem]:
+    """The latest ``count`` requests stored under ``shape`` at ``version`` (newest first), as the
+    write indexed them; unreadable items are left out. One round trip, never on the hit path."""
+    index = full_key(keys.shape_index_key(workload=workload, version=version, shape=shape, upstream=upstream))
+    with guarded():
+        raw = client().lrange(index, 0, count - 1)
+    return [item for item in map(decode_index_item, raw) if item is not None]
+
+
+def shape_index(workload: str, version: int, shape: str, upstream: str = keys.ANTHROPIC) -> str:
+    """The full key of a shape index (see keys.shape_index_key)."""
+    return full_key(keys.shape_index_key(workload=workload, version=version, shape=shape, upstream=upstream))
 
 
 def set_version(workload: str, version: int) -> None:
@@ -193,6 +237,8 @@ def purge(workload: str) -> int:
     with guarded():
         deleted = redis_cache.delete_pattern(keys.entry_pattern(workload=workload), itersize=1000)
         redis_cache.delete_pattern(keys.meta_pattern(workload=workload), itersize=1000)
+        redis_cache.delete_pattern(keys.notes_pattern(workload=workload), itersize=1000)
+        redis_cache.delete_pattern(keys.shape_index_pattern(workload=workload), itersize=1000)
     return int(deleted or 0)
 
 
@@ -203,7 +249,7 @@ def entry_delete(workload: str, version: int, fingerprint: str, upstream: str = 
     with guarded():
         pipe = client().pipeline(transaction=True)
         pipe.delete(full_key(raw))
-        pipe.delete(full_key(keys.meta_key(raw)))
+        pipe.delete(full_key(keys.meta_key(raw)), full_key(keys.notes_key(raw)))
         deleted, _ = pipe.execute()
     return int(deleted)
 

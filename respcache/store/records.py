@@ -96,3 +96,85 @@ def record_of(message: bytes) -> Entry | None:
     if message[:2] != b"ok" or len(message) <= 2:
         return None
     return decode_record(message[2:])
+
+
+# --- what an entry keeps beside it for people and the miss explainer ---------------------------
+# Small pure codecs, each a pair, so that a wrapper (encryption at rest) can be put around the
+# bytes in one place. A value that does not decode is None: the admin shows nothing, the
+# explainer skips it.
+
+
+def encode_summary(summary: dict[str, str]) -> bytes:
+    """An entry's summary (``system``, ``user``, ``answer``: short texts) as stored."""
+    return orjson.dumps(summary)
+
+
+def decode_summary(raw: bytes | None) -> dict[str, str] | None:
+    if not raw:
+        return None
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(value, dict):
+        return None
+    return {str(k): str(v) for k, v in value.items() if isinstance(v, str)}
+
+
+def encode_fields(fields: dict[str, str]) -> bytes:
+    """A request's per-field fingerprint (``keys.field_fingerprints``) as stored."""
+    return orjson.dumps(fields)
+
+
+def decode_fields(raw: bytes | None) -> dict[str, str] | None:
+    if not raw:
+        return None
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        return None
+    return {str(k): v for k, v in value.items()}
+
+
+def encode_notes(fields: bytes, summary: bytes) -> bytes:
+    """An entry's notes key: its encoded fields (compact JSON, no newline), a newline, and its
+    encoded summary (any bytes: a wrapper may have sealed them)."""
+    return fields + b"\n" + summary
+
+
+def decode_notes(raw: bytes | None) -> tuple[bytes, bytes]:
+    """The encoded fields and summary of a notes value (empty when missing)."""
+    if not raw:
+        return b"", b""
+    fields, _sep, summary = raw.partition(b"\n")
+    return fields, summary
+
+
+@dataclass(frozen=True)
+class IndexItem:
+    """One recent request in a shape index: its key fingerprint, when it was stored, its fields."""
+
+    fingerprint: str
+    stored_at: float
+    fields: dict[str, str]
+
+
+def encode_index_item(item: IndexItem) -> bytes:
+    return orjson.dumps({"key": item.fingerprint, "at": item.stored_at, "fields": item.fields})
+
+
+def decode_index_item(raw: bytes) -> IndexItem | None:
+    try:
+        value = orjson.loads(raw)
+        fields = value["fields"]
+        if not isinstance(fields, dict):
+            return None
+        return IndexItem(
+            fingerprint=str(value["key"]),
+            stored_at=float(value["at"]),
+            fields={str(k): str(v) for k, v in fields.items()},
+        )
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        return None

@@ -121,9 +121,10 @@ def test_stats_charts_are_labelled_in_local_time_with_gaps_where_nothing_was_loo
         "Hit rate",
         "Tokens saved",
         "Upstream latency",
+        "Miss reasons",
         "Errors",
     ]
-    outcomes, hit_rate, tokens, latency, errors = (chart for _heading, chart in cards)
+    outcomes, hit_rate, tokens, latency, _misses, errors = (chart for _heading, chart in cards)
     assert [label.text for label in outcomes.x_labels] == ["10:00", "10:01", "10:02"]  # Paris is UTC+1
     assert {s.name: [b.value for b in s.bars] for s in outcomes.series}["bypass"] == [2.0]
     (line,) = hit_rate.series
