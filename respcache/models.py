@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from django.conf import settings
-from django.core.validators import MinValueValidator
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.utils.translation import gettext_lazy as _
 from rest_framework_api_key.models import AbstractAPIKey, APIKeyManager
@@ -51,6 +51,23 @@ class Workload(models.Model):
         help_text=_(
             "The longest a caller waits for a live holder's answer before calling upstream "
             "itself. The default covers the upstream timeout (300 s) plus one lock TTL."
+        ),
+    )
+    shadow = models.BooleanField(
+        _("shadow mode"),
+        default=False,
+        help_text=_(
+            "Shadow: every cacheable call gets a fresh upstream answer, which is stored; the "
+            "stats record whether the call would have hit and whether the answers agree."
+        ),
+    )
+    drift_threshold_points = models.PositiveSmallIntegerField(
+        _("drift threshold (points)"),
+        default=20,
+        validators=[MinValueValidator(1), MaxValueValidator(100)],
+        help_text=_(
+            "Alert when the hit rate of the last hour is more than this many percentage points "
+            "below the 24 hours before it (100: never)."
         ),
     )
     description = models.TextField(_("description"), blank=True)

@@ -58,6 +58,7 @@ class Policy:
     strict: bool
     lock_ttl: float
     wait_max: float
+    shadow: bool = False
 
     @classmethod
     def from_model(cls, workload: Workload) -> Policy:
@@ -70,6 +71,7 @@ class Policy:
             strict=workload.strict,
             lock_ttl=workload.lock_ttl,
             wait_max=workload.wait_max,
+            shadow=workload.shadow,
         )
 
 
@@ -283,12 +285,18 @@ class MetricsNumbers:
 
     all_time: dict[str, dict[str, int]]
     window: dict[str, Totals]
+    #: The drift baseline (``stats.BASELINE``): the 24 hours before ``window``'s hour.
+    baseline: dict[str, Totals]
 
 
 def workloads_metrics(slugs: list[str], window: str) -> MetricsNumbers:
     """Every workload's all-time totals and its Totals over ``window``, in one Redis round trip."""
-    all_time, totals = stats.all_time_and_window_totals(slugs, (window,))
-    return MetricsNumbers(all_time=all_time, window={slug: totals[slug][window] for slug in slugs})
+    all_time, totals = stats.all_time_and_window_totals(slugs, (window, stats.BASELINE))
+    return MetricsNumbers(
+        all_time=all_time,
+        window={slug: totals[slug][window] for slug in slugs},
+        baseline={slug: totals[slug][stats.BASELINE] for slug in slugs},
+    )
 
 
 def workload_series(slug: str, window: str, *, points: int) -> list[tuple[int, dict[str, int]]]:

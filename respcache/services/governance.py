@@ -35,7 +35,17 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-POLICY_FIELDS = ("enabled", "ttl_seconds", "key_version", "strict", "lock_ttl", "wait_max", "description")
+POLICY_FIELDS = (
+    "enabled",
+    "ttl_seconds",
+    "key_version",
+    "strict",
+    "lock_ttl",
+    "wait_max",
+    "shadow",
+    "drift_threshold_points",
+    "description",
+)
 
 
 def _snapshot(workload: Workload) -> dict[str, Any]:

@@ -14,7 +14,8 @@ def describe(workload: Any) -> str:
     return (
         f"workload {workload.slug}: enabled={workload.enabled} ttl={workload.ttl_seconds}s "
         f"key_version={workload.key_version} strict={workload.strict} "
-        f"lock_ttl={workload.lock_ttl:g}s wait_max={workload.wait_max:g}s"
+        f"lock_ttl={workload.lock_ttl:g}s wait_max={workload.wait_max:g}s shadow={workload.shadow} "
+        f"drift_threshold={workload.drift_threshold_points}"
     )
 
 
@@ -40,6 +41,21 @@ class Command(BaseCommand):
         parser.add_argument(
             "--wait-max", type=float, metavar="SECONDS", help="How long a caller waits for another's answer."
         )
+        shadow = parser.add_mutually_exclusive_group()
+        shadow.add_argument(
+            "--shadow",
+            dest="shadow",
+            action="store_true",
+            default=None,
+            help="Shadow mode: every call gets a fresh answer; record would-be hits and agreement.",
+        )
+        shadow.add_argument("--no-shadow", dest="shadow", action="store_false")
+        parser.add_argument(
+            "--drift-threshold",
+            type=int,
+            metavar="POINTS",
+            help="Alert when the last hour's hit rate is this many points below the 24 h before (1-100).",
+        )
         parser.add_argument("--description")
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -49,6 +65,8 @@ class Command(BaseCommand):
             "strict": options["strict"],
             "lock_ttl": options["lock_ttl"],
             "wait_max": options["wait_max"],
+            "shadow": options["shadow"],
+            "drift_threshold_points": options["drift_threshold"],
             "description": options["description"],
         }
         fields = {k: v for k, v in fields.items() if v is not None}
