@@ -46,4 +46,3 @@ class Drift:
     def alert(self) -> bool:
         drop = self.drop_points
         return self.measured and drop is not None and drop > self.threshold_points
-

@@ -178,7 +178,9 @@ def _drift_metrics(workloads: list[Any], numbers: selectors.MetricsNumbers) -> I
 def _policy_metrics(workloads: list[Any]) -> Iterator[Metric]:
     version = GaugeMetricFamily("respcache_workload_key_version", "The workload's key version.", labels=["workload"])
     enabled = GaugeMetricFamily("respcache_workload_enabled", "1 when caching is on.", labels=["workload"])
-    shadow = GaugeMetricFamily("respcache_workload_shadow", "1 when the workload is in shadow mode.", labels=["workload"])
+    shadow = GaugeMetricFamily(
+        "respcache_workload_shadow", "1 when the workload is in shadow mode.", labels=["workload"]
+    )
     for workload in workloads:
         version.add_metric([workload.slug], workload.key_version)
         enabled.add_metric([workload.slug], 1 if workload.enabled else 0)

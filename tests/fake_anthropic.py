@@ -13,7 +13,8 @@ user text choose what it does, e.g. ``"[[shape:tool_use]] hello [[delay:0.3]]"``
 - ``[[stream_delay:SECONDS]]``: with stream, sleep between events (a slow generation)
 
 The answer does not depend on ``stream``: a streamed answer is the non-streamed one, in events.
-Every call is recorded (path, headers, body) in ``calls``; ``pause`` (a threading.Event, set by
+``salt`` (empty by default) is mixed into every answer: set it to make the fake answer the same
+request differently (a model that changed its mind). Every call is recorded (path, headers, body) in ``calls``; ``pause`` (a threading.Event, set by
 default) lets a test hold answers until it clears the way, ``stream_gate`` (set by default)
 holds a stream in the middle.
 """
@@ -56,9 +57,9 @@ def directives(body: dict[str, Any]) -> dict[str, str]:
     return dict(re.findall(r"\[\[(\w+):([^\]]*)\]\]", _last_user_text(body)))
 
 
-def make_message(body: dict[str, Any], shape: str = "text") -> dict[str, Any]:
+def make_message(body: dict[str, Any], shape: str = "text", salt: str = "") -> dict[str, Any]:
     answered = {k: v for k, v in body.items() if k != "stream"}  # streamed or not, the same answer
-    digest = hashlib.sha256(json.dumps(answered, sort_keys=True).encode()).hexdigest()
+    digest = hashlib.sha256((salt + json.dumps(answered, sort_keys=True)).encode()).hexdigest()
     prompt = _last_user_text(body)
     text = f"Answer {digest[:10]} to: {prompt}"
     usage = {
@@ -167,6 +168,7 @@ class FakeAnthropic:
         self.pause.set()
         self.stream_gate = threading.Event()
         self.stream_gate.set()
+        self.salt = ""
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -187,6 +189,7 @@ class FakeAnthropic:
     def reset(self) -> None:
         with self.lock:
             self.calls.clear()
+        self.salt = ""
         self.pause.set()
         self.stream_gate.set()
 
@@ -246,7 +249,7 @@ class FakeAnthropic:
                 if self.path != "/v1/messages":
                     self._send_json(404, {"type": "error", "error": {"type": "not_found_error", "message": self.path}})
                     return
-                message = make_message(body, found.get("shape", "text"))
+                message = make_message(body, found.get("shape", "text"), fake.salt)
                 if body.get("stream"):
                     self._stream(message, found)
                 else:
