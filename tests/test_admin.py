@@ -88,12 +88,13 @@ def test_changelist_shows_live_numbers_next_to_the_policy(
     status(call(caller, api_key, temperature=0.9))  # bypass: a request, not a lookup
     page = html(admin_client.get(CHANGELIST))
     cells = changelist_cells(page, "intents")
-    # checkbox, enabled, ttl, key version, hit 1h, hit 24h, stampede 24h, dead-write 24h,
-    # requests 24h, tokens saved 24h, links
-    assert 'alt="True"' in cells[1]
-    assert cells[2:9] == ["1 d", "1", "75.0%", "75.0%", "0.0%", "–", "5"]
+    # checkbox, hit 1h, tokens saved 24h, requests 24h, hit 24h, stampede 24h, dead-write 24h,
+    # shadow 24h, enabled, ttl, key version, links: the numbers people scan first on the left
     saved = stats.totals("intents", "24h")
-    assert saved["saved_in"] > 0 and cells[9] == f"{saved['saved_in']} / {saved['saved_out']}"
+    assert saved["saved_in"] > 0 and cells[2] == f"{saved['saved_in']} / {saved['saved_out']}"
+    assert [cells[1], *cells[3:8]] == ["75.0%", "5", "75.0%", "0.0%", "–", "–"]
+    assert 'alt="True"' in cells[8]
+    assert cells[9:11] == ["1 d", "1"]
     assert "within 0 s" in page  # the propagation time, from LOCAL_CACHE_SECONDS
 
 
@@ -106,8 +107,9 @@ def test_changelist_reads_hour_buckets_not_1440_minute_buckets_per_row(
     html(admin_client.get(CHANGELIST))
     after = redis_db.info("commandstats")
     hgetalls = after["cmdstat_hgetall"]["calls"] - before.get("cmdstat_hgetall", {}).get("calls", 0)
-    # 1h: 61 minute buckets; 24h: at most 84 (hour buckets inside, minute buckets at the edges).
-    assert 5 * (61 + 24) <= hgetalls <= 5 * (61 + 84)
+    # 1h: 61 minute buckets; 24h and the drift baseline (the 24 h before the hour): at most 84
+    # each (hour buckets inside, minute buckets at the edges).
+    assert 5 * (61 + 24 + 24) <= hgetalls <= 5 * (61 + 84 + 84)
 
 
 def test_window_totals_count_exactly_the_events_in_the_window(db: Any) -> None:
@@ -372,6 +374,8 @@ def _form(workload: Workload, **changes: Any) -> dict[str, Any]:
         "strict": "on" if workload.strict else "",
         "lock_ttl": workload.lock_ttl,
         "wait_max": workload.wait_max,
+        "shadow": "on" if workload.shadow else "",
+        "drift_threshold_points": workload.drift_threshold_points,
     }
     data.update(changes)
     return {k: v for k, v in data.items() if v != ""}
@@ -431,7 +435,14 @@ def test_policy_edit_does_not_undo_a_concurrent_bump(admin_client: Client, workl
 def test_creating_a_workload_in_the_admin_is_audited(admin_client: Client, db: Any) -> None:
     response = admin_client.post(
         reverse("admin:respcache_workload_add"),
-        {"slug": "new-one", "enabled": "on", "ttl_seconds": 600, "lock_ttl": 60, "wait_max": 30},
+        {
+            "slug": "new-one",
+            "enabled": "on",
+            "ttl_seconds": 600,
+            "lock_ttl": 60,
+            "wait_max": 30,
+            "drift_threshold_points": 20,
+        },
     )
     assert response.status_code == 302, response.content
     entry = AuditEntry.objects.get()

@@ -16,7 +16,14 @@ from respcache.models import AuditEntry, Workload
 
 pytestmark = pytest.mark.django_db
 
-FORM = {"enabled": "on", "ttl_seconds": 600, "lock_ttl": 10, "wait_max": 310, "description": ""}
+FORM = {
+    "enabled": "on",
+    "ttl_seconds": 600,
+    "lock_ttl": 10,
+    "wait_max": 310,
+    "drift_threshold_points": 20,
+    "description": "",
+}
 
 
 def test_add_and_continue_goes_to_the_saved_workload(admin_client: Client, caplog: Any) -> None:
