@@ -154,37 +154,37 @@ class WorkloadAdmin(WorkloadPagesMixin, admin.ModelAdmin):  # type: ignore[type-
     def ttl(self, obj: Workload) -> str:
         return presenters.duration(obj.ttl_seconds)
 
-    @admin.display(description=gettext_lazy("hit 1 h"))
+    @admin.display(description=gettext_lazy("hit 1\u00a0h"))
     def hit_rate_1h(self, obj: Workload) -> str:
         totals = _numbers(obj, "1h")
         return "?" if totals is None else presenters.percent(totals.hit_rate)
 
-    @admin.display(description=gettext_lazy("hit 24 h"))
+    @admin.display(description=gettext_lazy("hit 24\u00a0h"))
     def hit_rate_24h(self, obj: Workload) -> str:
         totals = _numbers(obj, "24h")
         return "?" if totals is None else presenters.percent(totals.hit_rate)
 
-    @admin.display(description=gettext_lazy("stampede 24 h"))
+    @admin.display(description=gettext_lazy("stampede 24\u00a0h"))
     def stampede_rate_24h(self, obj: Workload) -> str:
         totals = _numbers(obj, "24h")
         return "?" if totals is None else presenters.percent(totals.stampede_rate)
 
-    @admin.display(description=gettext_lazy("dead writes 24 h"))
+    @admin.display(description=gettext_lazy("dead writes 24\u00a0h"))
     def dead_write_rate_24h(self, obj: Workload) -> str:
         totals = _numbers(obj, "24h")
         return "?" if totals is None else presenters.percent(totals.dead_write_rate)
 
-    @admin.display(description=gettext_lazy("requests 24 h"))
+    @admin.display(description=gettext_lazy("requests 24\u00a0h"))
     def requests_24h(self, obj: Workload) -> str:
         totals = _numbers(obj, "24h")
         return "?" if totals is None else f"{totals.requests:,}"
 
-    @admin.display(description=gettext_lazy("tokens saved 24 h (in / out)"))
+    @admin.display(description=gettext_lazy("tokens saved 24\u00a0h (in\u00a0/\u00a0out)"))
     def tokens_saved_24h(self, obj: Workload) -> str:
         totals = _numbers(obj, "24h")
         return "?" if totals is None else presenters.tokens_saved(totals)
 
-    @admin.display(description=gettext_lazy("shadow 24 h: agreement of would-be hits"))
+    @admin.display(description=gettext_lazy("shadow agreement 24\u00a0h"))
     def shadow_24h(self, obj: Workload) -> str:
         totals = _numbers(obj, "24h")
         return "?" if totals is None else presenters.shadow_cell(obj.shadow, totals)
@@ -192,7 +192,7 @@ class WorkloadAdmin(WorkloadPagesMixin, admin.ModelAdmin):  # type: ignore[type-
     @admin.display(description="")
     def pages(self, obj: Workload) -> SafeString:
         return format_html(
-            '<a href="{}">{}</a> · <a href="{}">{}</a>',
+            '<a href="{}">{}</a><br><a href="{}">{}</a>',
             reverse("admin:respcache_workload_stats", args=[obj.pk]),
             _("stats"),
             reverse("admin:respcache_workload_entries", args=[obj.pk]),
