@@ -14,9 +14,9 @@ user text choose what it does, e.g. ``"[[shape:tool_use]] hello [[delay:0.3]]"``
 
 The answer does not depend on ``stream``: a streamed answer is the non-streamed one, in events.
 ``salt`` (empty by default) is mixed into every answer: set it to make the fake answer the same
-request differently (a model that changed its mind). Every call is recorded (path, headers, body) in ``calls``; ``pause`` (a threading.Event, set by
-default) lets a test hold answers until it clears the way, ``stream_gate`` (set by default)
-holds a stream in the middle.
+request differently (a model that changed its mind). Every call is recorded (path, headers,
+body) in ``calls``; ``pause`` (a threading.Event, set by default) lets a test hold answers until
+it clears the way, ``stream_gate`` (set by default) holds a stream in the middle.
 """
 
 from __future__ import annotations
