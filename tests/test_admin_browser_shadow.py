@@ -94,6 +94,7 @@ def test_changelist_fits_1280_px_with_shadow_numbers_and_drift_banner(
             page.goto(f"{base}/admin/respcache/workload/{workload.pk}/stats/")
             shadow = page.locator("#rc-shadow")
             shadow.wait_for(state="visible")
+            assert page.locator("#rc-shadow-on").is_visible()  # the policy line says so too
             numbers = shadow.inner_text()
             assert "would have hit" in numbers and "75.0%" in numbers
             shadow.scroll_into_view_if_needed()

@@ -198,3 +198,22 @@ def test_would_hit_counts_reach_the_buckets_and_totals(workload: Workload, sdk: 
     totals = redis_db.hgetall(store.totals_key("intents"))
     assert int(totals[b"would_hit"]) == 1 and int(totals[b"shadow"]) == 2
     assert stats.totals("intents", "5m")["would_hit"] == 1
+
+
+def test_the_admin_form_turns_shadow_on_audited_and_the_next_call_is_shadow(
+    admin_client: Any, workload: Workload, sdk: Any, fake: Any
+) -> None:
+    from django.urls import reverse
+
+    from tests.test_admin import _form
+
+    url = reverse("admin:respcache_workload_change", args=[workload.pk])
+    assert 'name="shadow"' in admin_client.get(url).content.decode()
+    response = admin_client.post(url, _form(workload, shadow="on", drift_threshold_points=40))
+    assert response.status_code == 302, response.content
+    entry = AuditEntry.objects.get(action="edit")
+    assert entry.after == {"drift_threshold_points": 40, "shadow": True}
+    assert entry.actor == "admin"
+    assert create(sdk(), ask("reset")).headers["x-respcache"] == "shadow"
+    bad = admin_client.post(url, _form(workload, drift_threshold_points=0))
+    assert bad.status_code == 200 and "drift_threshold_points" in bad.content.decode()
