@@ -57,9 +57,9 @@ def directives(body: dict[str, Any]) -> dict[str, str]:
     return dict(re.findall(r"\[\[(\w+):([^\]]*)\]\]", _last_user_text(body)))
 
 
-def make_message(body: dict[str, Any], shape: str = "text", salt: str = "") -> dict[str, Any]:
+def make_message(body: dict[str, Any], shape: str = "text") -> dict[str, Any]:
     answered = {k: v for k, v in body.items() if k != "stream"}  # streamed or not, the same answer
-    digest = hashlib.sha256((salt + json.dumps(answered, sort_keys=True)).encode()).hexdigest()
+    digest = hashlib.sha256(json.dumps(answered, sort_keys=True).encode()).hexdigest()
     prompt = _last_user_text(body)
     text = f"Answer {digest[:10]} to: {prompt}"
     usage = {
@@ -249,7 +249,9 @@ class FakeAnthropic:
                 if self.path != "/v1/messages":
                     self._send_json(404, {"type": "error", "error": {"type": "not_found_error", "message": self.path}})
                     return
-                message = make_message(body, found.get("shape", "text"), fake.salt)
+                # The salt changes the digest the answer's text is made from (tests may replace make_message).
+                salted = {**body, "salt": fake.salt} if fake.salt else body
+                message = make_message(salted, found.get("shape", "text"))
                 if body.get("stream"):
                     self._stream(message, found)
                 else:
