@@ -19,7 +19,12 @@ Samples, each labelled ``workload``:
 - ``respcache_entries_written_total``, ``respcache_entries_first_read_total``;
 - ``respcache_hit_rate``, ``respcache_stampede_rate``, ``respcache_dead_write_rate`` (``window``),
   absent while undefined (nothing to divide by);
-- ``respcache_workload_key_version``, ``respcache_workload_enabled``;
+- ``respcache_workload_key_version``, ``respcache_workload_enabled``, ``respcache_workload_shadow``;
+- shadow mode: ``respcache_shadow_would_hit_total``, ``respcache_shadow_agree_total``,
+  ``respcache_shadow_would_save_tokens_total{kind}``, ``respcache_shadow_agreement`` (``window``);
+- drift: ``respcache_hit_rate_drop_points`` (the last hour's hit rate below the 24 hours before
+  it, in points; absent while undefined), ``respcache_drift_alert`` (0/1) and
+  ``respcache_drift_threshold_points`` (the workload's policy);
 
 and ``respcache_redis_up`` (0: Redis did not answer this scrape; the counters are left out).
 Set ``RESPCACHE["METRICS_TOKEN"]`` to require ``Authorization: Bearer <token>``. In production
@@ -43,6 +48,7 @@ from prometheus_client.metrics_core import SummaryMetricFamily
 
 from respcache import selectors, stats
 from respcache.conf import app_settings
+from respcache.drift import Drift
 from respcache.exceptions import CacheUnavailable
 
 logger = logging.getLogger(__name__)
@@ -120,17 +126,75 @@ class RespcacheCollector:
                     family.add_metric([slug, GAUGE_WINDOW], value)
         yield from (requests, latency, upstream_errors, cache_errors, budget_refused, tokens_saved, written, first_read)
         yield from rates.values()
+        yield from _shadow_metrics(slugs, numbers)
+        yield from _drift_metrics(workloads, numbers)
         yield from _policy_metrics(workloads)
+
+
+def _shadow_metrics(slugs: list[str], numbers: selectors.MetricsNumbers) -> Iterator[Metric]:
+    would_hit = CounterMetricFamily(
+        "respcache_shadow_would_hit",
+        "Shadow calls whose key had a stored entry (they would have hit).",
+        labels=["workload"],
+    )
+    agree = CounterMetricFamily(
+        "respcache_shadow_agree",
+        "Of those, calls whose fresh answer equalled the stored one (content blocks, stop reason).",
+        labels=["workload"],
+    )
+    would_save = CounterMetricFamily(
+        "respcache_shadow_would_save_tokens",
+        "Tokens the would-be hits would have saved (the stored usage).",
+        labels=["workload", "kind"],
+    )
+    agreement = GaugeMetricFamily(
+        "respcache_shadow_agreement", "agree / would_hit over the window.", labels=["workload", "window"]
+    )
+    for slug in slugs:
+        counts = numbers.all_time[slug]
+        would_hit.add_metric([slug], counts["would_hit"])
+        agree.add_metric([slug], counts["agree"])
+        would_save.add_metric([slug, "input"], counts["would_save_in"])
+        would_save.add_metric([slug, "output"], counts["would_save_out"])
+        value = numbers.window[slug].agreement
+        if value is not None:
+            agreement.add_metric([slug, GAUGE_WINDOW], value)
+    yield from (would_hit, agree, would_save, agreement)
+
+
+def _drift_metrics(workloads: list[Any], numbers: selectors.MetricsNumbers) -> Iterator[Metric]:
+    drop = GaugeMetricFamily(
+        "respcache_hit_rate_drop_points",
+        "Points the last hour's hit rate is below the 24 hours before it (negative: above).",
+        labels=["workload"],
+    )
+    alert = GaugeMetricFamily(
+        "respcache_drift_alert", "1 when the drop exceeds the workload's drift threshold.", labels=["workload"]
+    )
+    threshold = GaugeMetricFamily(
+        "respcache_drift_threshold_points", "The workload's drift threshold, in points.", labels=["workload"]
+    )
+    for workload in workloads:
+        slug = workload.slug
+        found = Drift(numbers.window[slug], numbers.baseline[slug], workload.drift_threshold_points)
+        if found.drop_points is not None:
+            drop.add_metric([slug], found.drop_points)
+        alert.add_metric([slug], 1 if found.alert else 0)
+        threshold.add_metric([slug], workload.drift_threshold_points)
+    yield from (drop, alert, threshold)
 
 
 def _policy_metrics(workloads: list[Any]) -> Iterator[Metric]:
     version = GaugeMetricFamily("respcache_workload_key_version", "The workload's key version.", labels=["workload"])
     enabled = GaugeMetricFamily("respcache_workload_enabled", "1 when caching is on.", labels=["workload"])
+    shadow = GaugeMetricFamily(
+        "respcache_workload_shadow", "1 when the workload is in shadow mode.", labels=["workload"]
+    )
     for workload in workloads:
         version.add_metric([workload.slug], workload.key_version)
         enabled.add_metric([workload.slug], 1 if workload.enabled else 0)
-    yield version
-    yield enabled
+        shadow.add_metric([workload.slug], 1 if workload.shadow else 0)
+    yield from (version, enabled, shadow)
 
 
 def _authorized(request: HttpRequest) -> bool:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from django.conf import settings
-from django.core.validators import MinValueValidator
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.utils.translation import gettext_lazy as _
 from rest_framework_api_key.models import AbstractAPIKey, APIKeyManager
@@ -69,6 +69,23 @@ class Workload(models.Model):
             "Budget: once the upstream's answers of this UTC day used this many tokens (input "
             "plus output), calls that would go upstream get 429 rate_limit_error; hits and "
             "waits are still served. 0: no limit."
+        ),
+    )
+    shadow = models.BooleanField(
+        _("shadow mode"),
+        default=False,
+        help_text=_(
+            "Shadow: every cacheable call gets a fresh upstream answer, which is stored; the "
+            "stats record whether the call would have hit and whether the answers agree."
+        ),
+    )
+    drift_threshold_points = models.PositiveSmallIntegerField(
+        _("drift threshold (points)"),
+        default=20,
+        validators=[MinValueValidator(1), MaxValueValidator(100)],
+        help_text=_(
+            "Alert when the hit rate of the last hour is more than this many percentage points "
+            "below the 24 hours before it (100: never)."
         ),
     )
     description = models.TextField(_("description"), blank=True)

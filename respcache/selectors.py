@@ -61,6 +61,7 @@ class Policy:
     #: Budgets (0: no limit): upstream calls per UTC minute, upstream tokens per UTC day.
     max_upstream_per_minute: int = 0
     max_tokens_per_day: int = 0
+    shadow: bool = False
 
     @classmethod
     def from_model(cls, workload: Workload) -> Policy:
@@ -75,6 +76,7 @@ class Policy:
             wait_max=workload.wait_max,
             max_upstream_per_minute=workload.max_upstream_per_minute,
             max_tokens_per_day=workload.max_tokens_per_day,
+            shadow=workload.shadow,
         )
 
 
@@ -288,12 +290,18 @@ class MetricsNumbers:
 
     all_time: dict[str, dict[str, int]]
     window: dict[str, Totals]
+    #: The drift baseline (``stats.BASELINE``): the 24 hours before ``window``'s hour.
+    baseline: dict[str, Totals]
 
 
 def workloads_metrics(slugs: list[str], window: str) -> MetricsNumbers:
     """Every workload's all-time totals and its Totals over ``window``, in one Redis round trip."""
-    all_time, totals = stats.all_time_and_window_totals(slugs, (window,))
-    return MetricsNumbers(all_time=all_time, window={slug: totals[slug][window] for slug in slugs})
+    all_time, totals = stats.all_time_and_window_totals(slugs, (window, stats.BASELINE))
+    return MetricsNumbers(
+        all_time=all_time,
+        window={slug: totals[slug][window] for slug in slugs},
+        baseline={slug: totals[slug][stats.BASELINE] for slug in slugs},
+    )
 
 
 def workload_series(slug: str, window: str, *, points: int) -> list[tuple[int, dict[str, int]]]:

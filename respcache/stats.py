@@ -4,7 +4,7 @@ Each event increments a field in a one-minute bucket (kept ``MINUTE_BUCKET_RETEN
 read for the 5m, 1h and 24h windows) and in a one-hour bucket (kept
 ``HOUR_BUCKET_RETENTION_SECONDS``, read for 7d). Fields:
 
-- outcomes, one per call: hit, wait, miss, fallthrough, bypass, refresh;
+- outcomes, one per call: hit, wait, miss, fallthrough, bypass, refresh, shadow;
 - upstream_error, cache_error; budget_refused (calls the workload's budget refused: each is
   also counted under the outcome it would have had, and made no upstream call);
   upstream_calls and upstream_ms (summed latency of every call,
@@ -12,6 +12,10 @@ read for the 5m, 1h and 24h windows) and in a one-hour bucket (kept
 - saved_in, saved_out: tokens a hit or wait did not spend (the stored usage);
 - written: entries stored;
 - miss_<reason>: misses by why they missed (``MISS_REASONS``, the miss explainer);
+- would_hit, would_save_in, would_save_out, agree: shadow calls (shadow mode) whose key had an
+  entry before (they would have hit), the tokens that entry's usage says a hit would have saved,
+  and how many of them got a fresh answer equal to the stored one (``agreement`` = agree /
+  would_hit);
 - exp_written, exp_read: counted in the bucket of the entry's *expiry* time; an entry whose
   expiry is past and that was never read is a dead write, so over a window
   dead-write rate = (exp_written - exp_read) / exp_written of the buckets in it.
@@ -39,7 +43,9 @@ from respcache.conf import app_settings
 from respcache.exceptions import CacheUnavailable
 from respcache.keys import bucket_key
 
-OUTCOMES = ("hit", "wait", "miss", "fallthrough", "bypass", "refresh")
+OUTCOMES = ("hit", "wait", "miss", "fallthrough", "bypass", "refresh", "shadow")
+#: Shadow mode's counters (``Counts.shadowed``).
+SHADOW_FIELDS = ("would_hit", "would_save_in", "would_save_out", "agree")
 FIELDS = OUTCOMES + (
     "upstream_error",
     "cache_error",
@@ -51,6 +57,7 @@ FIELDS = OUTCOMES + (
     "written",
     "exp_written",
     "exp_read",
+    *SHADOW_FIELDS,
 )
 #: Fields of the all-time totals hash.
 TOTAL_FIELDS = tuple(f for f in FIELDS if not f.startswith("exp_")) + ("first_read",)
@@ -65,6 +72,9 @@ def miss_reason_field(reason: str) -> str:
 
 
 WINDOWS = {"5m": 300, "1h": 3600, "24h": 86400, "7d": 7 * 86400}
+#: The drift baseline: the 24 hours of minute buckets just before the 1 h window's first one.
+#: Readable like a window by ``window_totals`` (not a choice of the commands or the API).
+BASELINE = "24h_before_1h"
 MINUTE, HOUR = 60, 3600
 
 _pending_lock = threading.Lock()
@@ -210,10 +220,19 @@ class Totals:
         return sum(self[o] for o in OUTCOMES)
 
     @property
+    def lookups(self) -> int:
+        """Calls that looked the cache up: the hit rate's denominator."""
+        return self["hit"] + self["wait"] + self["miss"] + self["fallthrough"]
+
+    @property
     def hit_rate(self) -> float | None:
-        served = self["hit"] + self["wait"]
-        looked_up = served + self["miss"] + self["fallthrough"]
-        return served / looked_up if looked_up else None
+        looked_up = self.lookups
+        return (self["hit"] + self["wait"]) / looked_up if looked_up else None
+
+    @property
+    def agreement(self) -> float | None:
+        """Shadow mode: the share of would-be hits whose fresh answer equalled the stored one."""
+        return self["agree"] / self["would_hit"] if self["would_hit"] else None
 
     @property
     def stampede_rate(self) -> float | None:
@@ -242,6 +261,7 @@ class Totals:
             "stampede_rate": self.stampede_rate,
             "dead_write_rate": self.dead_write_rate,
             "upstream_latency_ms": self.upstream_latency_ms,
+            "agreement": self.agreement,
         }
 
 
@@ -305,6 +325,21 @@ def series(
     return out
 
 
+def _check_windows(windows: Sequence[str]) -> None:
+    for window in windows:
+        if window not in WINDOWS and window != BASELINE:
+            raise ValueError(f"unknown window {window!r}; choose one of {', '.join(WINDOWS)}")
+
+
+def _plan_buckets(workload: str, window: str, t: int) -> list[str]:
+    """The buckets to sum for ``window`` at ``t``: ``_edge_buckets``, or the drift baseline's
+    (the 24 h ending with the minute bucket before the 1 h window's first: no overlap)."""
+    if window == BASELINE:
+        first = t - WINDOWS["1h"] + 1
+        return _edge_buckets(workload, "24h", first - first % MINUTE - 1)
+    return _edge_buckets(workload, window, t)
+
+
 def _edge_buckets(workload: str, window: str, t: int) -> list[str]:
     """The window's buckets for summing: minute buckets at its two ragged edges, hour buckets
     for the whole hours in between. Every event is counted in both its minute and its hour
@@ -342,28 +377,16 @@ def window_totals(
 
     Returns ``{workload: {window: Totals}}``.
     """
-    for window in windows:
-        if window not in WINDOWS:
-            raise ValueError(f"unknown window {window!r}; choose one of {', '.join(WINDOWS)}")
+    _check_windows(windows)
     t = int(time.time() if now is None else now)
-    plan = [(w, win, _edge_buckets(w, win, t)) for w in workloads for win in windows]
+    plan = [(w, win, _plan_buckets(w, win, t)) for w in workloads for win in windows]
     with store.guarded():
         pipe = store.client().pipeline(transaction=False)
         for _, _, keys in plan:
             for key in keys:
                 pipe.hgetall(key)
         hashes = pipe.execute()
-    out: dict[str, dict[str, Totals]] = {w: {} for w in workloads}
-    offset = 0
-    for workload, window, keys in plan:
-        window_hashes = hashes[offset : offset + len(keys)]
-        # The current minute's bucket also holds the expiry accounting of entries that expire
-        # later this minute, still alive: they are no dead writes yet.
-        current = {k: v for k, v in window_hashes[-1].items() if k not in (b"exp_written", b"exp_read")}
-        counts = _sum([*window_hashes[:-1], current])
-        out[workload][window] = Totals(window=window, counts=counts)
-        offset += len(keys)
-    return out
+    return _plan_totals(workloads, plan, hashes)
 
 
 # --- every workload's numbers in one round trip, for the readers (selectors.workloads_metrics) -
@@ -376,12 +399,10 @@ def all_time_and_window_totals(
 ) -> tuple[dict[str, dict[str, int]], dict[str, dict[str, Totals]]]:
     """``all_time(workloads)`` and ``window_totals(workloads, windows)`` in one pipelined round
     trip: ``({workload: all-time counts}, {workload: {window: Totals}})``."""
-    for window in windows:
-        if window not in WINDOWS:
-            raise ValueError(f"unknown window {window!r}; choose one of {', '.join(WINDOWS)}")
+    _check_windows(windows)
     slugs = list(workloads)
     t = int(time.time() if now is None else now)
-    plan = [(w, win, _edge_buckets(w, win, t)) for w in slugs for win in windows]
+    plan = [(w, win, _plan_buckets(w, win, t)) for w in slugs for win in windows]
     with store.guarded():
         pipe = store.client().pipeline(transaction=False)
         for slug in slugs:

@@ -59,6 +59,7 @@ def fake(fake_server: FakeAnthropic, settings: Any, monkeypatch: pytest.MonkeyPa
     yield fake_server
     fake_server.pause.set()
     fake_server.stream_gate.set()
+    fake_server.salt = ""
     upstream.reset_upstreams()
 
 

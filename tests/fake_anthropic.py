@@ -13,9 +13,10 @@ user text choose what it does, e.g. ``"[[shape:tool_use]] hello [[delay:0.3]]"``
 - ``[[stream_delay:SECONDS]]``: with stream, sleep between events (a slow generation)
 
 The answer does not depend on ``stream``: a streamed answer is the non-streamed one, in events.
-Every call is recorded (path, headers, body) in ``calls``; ``pause`` (a threading.Event, set by
-default) lets a test hold answers until it clears the way, ``stream_gate`` (set by default)
-holds a stream in the middle.
+``salt`` (empty by default) is mixed into every answer: set it to make the fake answer the same
+request differently (a model that changed its mind). Every call is recorded (path, headers,
+body) in ``calls``; ``pause`` (a threading.Event, set by default) lets a test hold answers until
+it clears the way, ``stream_gate`` (set by default) holds a stream in the middle.
 """
 
 from __future__ import annotations
@@ -167,6 +168,7 @@ class FakeAnthropic:
         self.pause.set()
         self.stream_gate = threading.Event()
         self.stream_gate.set()
+        self.salt = ""
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -187,6 +189,7 @@ class FakeAnthropic:
     def reset(self) -> None:
         with self.lock:
             self.calls.clear()
+        self.salt = ""
         self.pause.set()
         self.stream_gate.set()
 
@@ -246,7 +249,9 @@ class FakeAnthropic:
                 if self.path != "/v1/messages":
                     self._send_json(404, {"type": "error", "error": {"type": "not_found_error", "message": self.path}})
                     return
-                message = make_message(body, found.get("shape", "text"))
+                # The salt changes the digest the answer's text is made from (tests may replace make_message).
+                salted = {**body, "salt": fake.salt} if fake.salt else body
+                message = make_message(salted, found.get("shape", "text"))
                 if body.get("stream"):
                     self._stream(message, found)
                 else:

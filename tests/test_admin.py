@@ -88,12 +88,13 @@ def test_changelist_shows_live_numbers_next_to_the_policy(
     status(call(caller, api_key, temperature=0.9))  # bypass: a request, not a lookup
     page = html(admin_client.get(CHANGELIST))
     cells = changelist_cells(page, "intents")
-    # checkbox, enabled, ttl, key version, hit 1h, hit 24h, stampede 24h, dead-write 24h,
-    # requests 24h, tokens saved 24h, links
-    assert 'alt="True"' in cells[1]
-    assert cells[2:9] == ["1 d", "1", "75.0%", "75.0%", "0.0%", "–", "5"]
+    # checkbox, hit 1h, tokens saved 24h, requests 24h, hit 24h, stampede 24h, dead-write 24h,
+    # shadow 24h, enabled, ttl, key version, links: the numbers people scan first on the left
     saved = stats.totals("intents", "24h")
-    assert saved["saved_in"] > 0 and cells[9] == f"{saved['saved_in']} / {saved['saved_out']}"
+    assert saved["saved_in"] > 0 and cells[2] == f"{saved['saved_in']} / {saved['saved_out']}"
+    assert [cells[1], *cells[3:8]] == ["75.0%", "5", "75.0%", "0.0%", "–", "–"]
+    assert 'alt="True"' in cells[8]
+    assert cells[9:11] == ["1 d", "1"]
     assert "within 0 s" in page  # the propagation time, from LOCAL_CACHE_SECONDS
 
 
@@ -106,8 +107,9 @@ def test_changelist_reads_hour_buckets_not_1440_minute_buckets_per_row(
     html(admin_client.get(CHANGELIST))
     after = redis_db.info("commandstats")
     hgetalls = after["cmdstat_hgetall"]["calls"] - before.get("cmdstat_hgetall", {}).get("calls", 0)
-    # 1h: 61 minute buckets; 24h: at most 84 (hour buckets inside, minute buckets at the edges).
-    assert 5 * (61 + 24) <= hgetalls <= 5 * (61 + 84)
+    # 1h: 61 minute buckets; 24h and the drift baseline (the 24 h before the hour): at most 84
+    # each (hour buckets inside, minute buckets at the edges).
+    assert 5 * (61 + 24 + 24) <= hgetalls <= 5 * (61 + 84 + 84)
 
 
 def test_window_totals_count_exactly_the_events_in_the_window(db: Any) -> None:
@@ -376,6 +378,8 @@ def _form(workload: Workload, **changes: Any) -> dict[str, Any]:
         "wait_max": workload.wait_max,
         "max_upstream_per_minute": workload.max_upstream_per_minute,
         "max_tokens_per_day": workload.max_tokens_per_day,
+        "shadow": "on" if workload.shadow else "",
+        "drift_threshold_points": workload.drift_threshold_points,
     }
     data.update(changes)
     return {k: v for k, v in data.items() if v != ""}
@@ -443,6 +447,7 @@ def test_creating_a_workload_in_the_admin_is_audited(admin_client: Client, db: A
             "wait_max": 30,
             "max_upstream_per_minute": 0,
             "max_tokens_per_day": 0,
+            "drift_threshold_points": 20,
         },
     )
     assert response.status_code == 302, response.content

@@ -28,11 +28,11 @@ def test_workload_create_and_update_prints_it() -> None:
         "respcache_workload", "intents", "--ttl", "3600", "--strict", "--lock-ttl", "5", "--wait-max", "2.5"
     ) == (
         "created workload intents: enabled=True ttl=3600s key_version=1 strict=True lock_ttl=5s wait_max=2.5s "
-        "max_upstream_per_minute=0 max_tokens_per_day=0\n"
+        "max_upstream_per_minute=0 max_tokens_per_day=0 shadow=False drift_threshold=20\n"
     )
     assert run("respcache_workload", "intents", "--disable", "--no-strict") == (
         "updated workload intents: enabled=False ttl=3600s key_version=1 strict=False lock_ttl=5s wait_max=2.5s "
-        "max_upstream_per_minute=0 max_tokens_per_day=0\n"
+        "max_upstream_per_minute=0 max_tokens_per_day=0 shadow=False drift_threshold=20\n"
     )
     assert list(AuditEntry.objects.values_list("action", flat=True)) == ["edit", "create"]
 

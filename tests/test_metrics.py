@@ -55,7 +55,7 @@ def test_counters_per_workload_and_outcome(make_workload: Any) -> None:
     samples = scrape()
     assert value(samples, "respcache_redis_up") == 1
     requests = {o: value(samples, "respcache_requests_total", workload="intents", outcome=o) for o in stats.OUTCOMES}
-    assert requests == {"hit": 2, "wait": 0, "miss": 1, "fallthrough": 0, "bypass": 1, "refresh": 0}
+    assert requests == {"hit": 2, "wait": 0, "miss": 1, "fallthrough": 0, "bypass": 1, "refresh": 0, "shadow": 0}
     assert value(samples, "respcache_requests_total", workload="extract", outcome="bypass") == 1
     usage = orjson.loads(miss.body)["usage"]
     for kind in ("input", "output"):

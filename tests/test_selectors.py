@@ -225,7 +225,7 @@ def test_metrics_numbers_are_the_stats_they_batch(make_workload: Any) -> None:
 
 
 def test_metrics_numbers_of_no_workload_and_of_a_bad_window(db: Any) -> None:
-    assert selectors.workloads_metrics([], "1h") == selectors.MetricsNumbers(all_time={}, window={})
+    assert selectors.workloads_metrics([], "1h") == selectors.MetricsNumbers(all_time={}, window={}, baseline={})
     with pytest.raises(ValueError, match="unknown window"):
         selectors.workloads_metrics(["a"], "2h")
 

@@ -143,6 +143,7 @@ class WorkloadPagesMixin(_ModelAdmin):
         context.update(
             current_version=version,
             rows=presenters.number_rows(totals),
+            shadow_rows=presenters.shadow_rows(totals),
             server=server,
             server_rows=presenters.server_rows(server),
             advice=presenters.advice(totals["24h"], server),

@@ -119,6 +119,47 @@ def number_rows(totals: dict[str, Totals]) -> list[tuple[str, list[str]]]:
     ]
 
 
+def shadow_rows(totals: dict[str, Totals]) -> list[tuple[str, list[str]]]:
+    """The stats page's shadow-mode table, columns as ``number_rows``; empty when no window saw a
+    shadow call."""
+    cols = [totals[w] for w in NUMBER_WINDOWS]
+    if not any(t["shadow"] for t in cols):
+        return []
+    return [
+        (_("shadow calls (fresh answers)"), [f"{t['shadow']:,}" for t in cols]),
+        (_("would have hit"), [f"{t['would_hit']:,}" for t in cols]),
+        (_("agreement (same answer)"), [percent(t.agreement) for t in cols]),
+        (
+            _("tokens it would have saved (in / out)"),
+            [f"{t['would_save_in']:,} / {t['would_save_out']:,}" for t in cols],
+        ),
+    ]
+
+
+def shadow_cell(shadow: bool, day: Totals) -> str:
+    """The changelist's shadow column: agreement of the day's would-be hits, and how many."""
+    if not day["shadow"]:
+        return _("on, no calls yet") if shadow else "–"
+    return _("%(agreement)s of %(would_hit)s") % {
+        "agreement": percent(day.agreement),
+        "would_hit": charts.format_number(day["would_hit"]),
+    }
+
+
+def drift_line(slug: str, recent: Totals, baseline: Totals, drop: float, threshold: int) -> str:
+    """One workload's line of the changelist's drift banner."""
+    return _(
+        "%(slug)s: hit rate %(recent)s in the last hour, %(baseline)s over the 24 hours before "
+        "(down %(drop)s points; threshold %(threshold)s)."
+    ) % {
+        "slug": slug,
+        "recent": percent(recent.hit_rate),
+        "baseline": percent(baseline.hit_rate),
+        "drop": f"{drop:.1f}",
+        "threshold": threshold,
+    }
+
+
 def server_rows(server: ServerInfo) -> list[tuple[str, str]]:
     """The Redis server panel: what a server that refused INFO or CONFIG did not report says so."""
 

@@ -22,10 +22,11 @@ from django.utils.safestring import SafeString
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy, ngettext
 
-from respcache import selectors, services
+from respcache import selectors, services, stats
 from respcache.admin import presenters
 from respcache.admin.pages import WorkloadPagesMixin, actor
 from respcache.conf import app_settings
+from respcache.drift import Drift
 from respcache.exceptions import CacheUnavailable
 from respcache.models import Workload
 from respcache.stats import Totals
@@ -36,19 +37,31 @@ FORM_POLICY_FIELDS = tuple(name for name in services.POLICY_FIELDS if name != "k
 
 
 class WorkloadChangeList(ChangeList):
-    """Reads the live numbers of the page's workloads in one Redis round trip, once per page."""
+    """Reads the live numbers of the page's workloads in one Redis round trip, once per page,
+    and the drift alerts among them (``rc_drift``: the banner's lines)."""
 
     def get_results(self, request: HttpRequest) -> None:
         super().get_results(request)
         rows = list(self.result_list)
         try:
-            numbers = selectors.workloads_numbers([w.slug for w in rows], ("1h", "24h"))
+            numbers = selectors.workloads_numbers([w.slug for w in rows], ("1h", "24h", stats.BASELINE))
         except CacheUnavailable as exc:
             numbers = {}
             messages.warning(request, _("Redis is unavailable, live numbers are not shown: %s") % exc)
+        self.rc_drift: list[str] = []
         for workload in rows:
             # Kept on the row for the columns below: Django gives them the row, not the list.
-            workload._rc_numbers = numbers.get(workload.slug)
+            found = numbers.get(workload.slug)
+            workload._rc_numbers = found
+            if found is None:
+                continue
+            drift = Drift(found["1h"], found[stats.BASELINE], workload.drift_threshold_points)
+            if drift.alert and drift.drop_points is not None:
+                self.rc_drift.append(
+                    presenters.drift_line(
+                        workload.slug, drift.recent, drift.baseline, drift.drop_points, drift.threshold_points
+                    )
+                )
 
 
 def _numbers(workload: Workload, window: str) -> Totals | None:
@@ -57,20 +70,22 @@ def _numbers(workload: Workload, window: str) -> Totals | None:
 
 
 class WorkloadAdmin(WorkloadPagesMixin, admin.ModelAdmin):  # type: ignore[type-arg]  # Django's class takes no [] at run time
+    # The numbers people scan first on the left; the whole row fits a 1280-px-wide window.
     list_display = (
         "slug",
-        "enabled",
-        "ttl",
-        "key_version",
         "hit_rate_1h",
+        "tokens_saved_24h",
+        "requests_24h",
         "hit_rate_24h",
         "stampede_rate_24h",
         "dead_write_rate_24h",
-        "requests_24h",
-        "tokens_saved_24h",
+        "shadow_24h",
+        "enabled",
+        "ttl",
+        "key_version",
         "pages",
     )
-    list_filter = ("enabled", "strict")
+    list_filter = ("enabled", "shadow", "strict")
     search_fields = ("slug", "description")
     actions = ["bump_key_version", "purge_entries", "enable", "disable"]
 
@@ -85,11 +100,18 @@ class WorkloadAdmin(WorkloadPagesMixin, admin.ModelAdmin):  # type: ignore[type-
             "every worker on its very next call: the version lives in Redis."
         ) % {"seconds": f"{seconds:g}"}
         return [
-            (None, {"fields": ["slug", "enabled", "description"]}),
+            (None, {"fields": ["slug", "enabled", "shadow", "description"]}),
             (
                 _("Policy"),
                 {
-                    "fields": ["ttl_seconds", "strict", "lock_ttl", "wait_max", "key_version"],
+                    "fields": [
+                        "ttl_seconds",
+                        "strict",
+                        "lock_ttl",
+                        "wait_max",
+                        "drift_threshold_points",
+                        "key_version",
+                    ],
                     "description": propagation,
                 },
             ),
@@ -143,40 +165,45 @@ class WorkloadAdmin(WorkloadPagesMixin, admin.ModelAdmin):  # type: ignore[type-
     def ttl(self, obj: Workload) -> str:
         return presenters.duration(obj.ttl_seconds)
 
-    @admin.display(description=gettext_lazy("hit 1 h"))
+    @admin.display(description=gettext_lazy("hit 1\u00a0h"))
     def hit_rate_1h(self, obj: Workload) -> str:
         totals = _numbers(obj, "1h")
         return "?" if totals is None else presenters.percent(totals.hit_rate)
 
-    @admin.display(description=gettext_lazy("hit 24 h"))
+    @admin.display(description=gettext_lazy("hit 24\u00a0h"))
     def hit_rate_24h(self, obj: Workload) -> str:
         totals = _numbers(obj, "24h")
         return "?" if totals is None else presenters.percent(totals.hit_rate)
 
-    @admin.display(description=gettext_lazy("stampede 24 h"))
+    @admin.display(description=gettext_lazy("stampede 24\u00a0h"))
     def stampede_rate_24h(self, obj: Workload) -> str:
         totals = _numbers(obj, "24h")
         return "?" if totals is None else presenters.percent(totals.stampede_rate)
 
-    @admin.display(description=gettext_lazy("dead writes 24 h"))
+    @admin.display(description=gettext_lazy("dead writes 24\u00a0h"))
     def dead_write_rate_24h(self, obj: Workload) -> str:
         totals = _numbers(obj, "24h")
         return "?" if totals is None else presenters.percent(totals.dead_write_rate)
 
-    @admin.display(description=gettext_lazy("requests 24 h"))
+    @admin.display(description=gettext_lazy("requests 24\u00a0h"))
     def requests_24h(self, obj: Workload) -> str:
         totals = _numbers(obj, "24h")
         return "?" if totals is None else f"{totals.requests:,}"
 
-    @admin.display(description=gettext_lazy("tokens saved 24 h (in / out)"))
+    @admin.display(description=gettext_lazy("tokens saved 24\u00a0h (in\u00a0/\u00a0out)"))
     def tokens_saved_24h(self, obj: Workload) -> str:
         totals = _numbers(obj, "24h")
         return "?" if totals is None else presenters.tokens_saved(totals)
 
+    @admin.display(description=gettext_lazy("shadow agreement 24\u00a0h"))
+    def shadow_24h(self, obj: Workload) -> str:
+        totals = _numbers(obj, "24h")
+        return "?" if totals is None else presenters.shadow_cell(obj.shadow, totals)
+
     @admin.display(description="")
     def pages(self, obj: Workload) -> SafeString:
         return format_html(
-            '<a href="{}">{}</a> · <a href="{}">{}</a>',
+            '<a href="{}">{}</a><br><a href="{}">{}</a>',
             reverse("admin:respcache_workload_stats", args=[obj.pk]),
             _("stats"),
             reverse("admin:respcache_workload_entries", args=[obj.pk]),

@@ -38,6 +38,12 @@ class StatsSerializer(serializers.Serializer[dict[str, Any]]):
     stampede_rate = serializers.FloatField(allow_null=True, help_text="wait / miss")
     dead_write_rate = serializers.FloatField(allow_null=True, help_text="(exp_written - exp_read) / exp_written")
     upstream_latency_ms = serializers.FloatField(allow_null=True, help_text="Mean upstream latency.")
+    shadow = serializers.IntegerField(help_text="Shadow calls (shadow mode): fresh answers, not in the hit rate.")
+    would_hit = serializers.IntegerField(help_text="Shadow calls whose key had a stored entry.")
+    would_save_in = serializers.IntegerField(help_text="Input tokens the would-be hits would have saved.")
+    would_save_out = serializers.IntegerField(help_text="Output tokens the would-be hits would have saved.")
+    agree = serializers.IntegerField(help_text="Would-be hits whose fresh answer equalled the stored one.")
+    agreement = serializers.FloatField(allow_null=True, help_text="agree / would_hit")
 
 
 class WorkloadStatsSerializer(StatsSerializer):
@@ -88,6 +94,8 @@ class WorkloadSerializer(serializers.ModelSerializer[Workload]):
             "wait_max",
             "max_upstream_per_minute",
             "max_tokens_per_day",
+            "shadow",
+            "drift_threshold_points",
             "description",
             "updated_at",
             "stats",

@@ -6,6 +6,11 @@ holder's answer, or after ``wait_max`` fall through and ask the upstream → sto
 ``cached_count_tokens()`` serves ``count_tokens`` the same way, in its own key space;
 streaming.py answers ``"stream": true`` with the same steps.
 
+Shadow mode (the workload's ``shadow``): every cacheable call asks the upstream, whatever is
+stored, and stores the fresh answer (overwriting); the entry it found first says whether the call
+would have hit, what it would have saved, and whether the fresh answer agrees with the stored one
+(``Counts.shadowed``). No lock is taken: every caller gets an answer of its own.
+
 Redis failing is decided by the guard (guard.py): the call is served from the upstream
 (fail-open), a cache error is counted (kept in the process until Redis answers again) and
 logged; the caller never sees a Redis error. Upstream errors are never stored; the lock
@@ -27,6 +32,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import orjson
+
 from respcache import keys, stats, store
 from respcache.conf import app_settings
 from respcache.exceptions import InvalidRequest, UpstreamError
@@ -40,6 +47,7 @@ from respcache.services.counting import (
     MISS,
     NO_COUNTS,
     REFRESH,
+    SHADOW,
     WAIT,
     Counts,
 )
@@ -53,6 +61,7 @@ __all__ = [
     "HIT",
     "MISS",
     "REFRESH",
+    "SHADOW",
     "WAIT",
     "CachedResult",
     "Call",
@@ -152,6 +161,8 @@ class Call:
         self.now = clock()
         self.bucket_keys, self.bucket_ttls = stats.bucket_keys(self.slug, self.now)
         self.upstream_ms: float | None = None
+        #: Shadow mode: the entry stored for the key before this call asked the upstream.
+        self.shadowed: store.Entry | None = None
 
     @property
     def upstream(self) -> Upstream:
@@ -164,6 +175,13 @@ class Call:
         """The whole call: bypass, or through the cache; if Redis fails, from the upstream."""
         if not self.cacheable():
             return self.answer_from_upstream(BYPASS, BYPASS)
+        if self.policy.shadow:  # every caller gets its own fresh answer: no single flight
+            return guard.fail_open(
+                guard.CALL,
+                lambda: self.shadow(no_cache=no_cache, no_store=no_store),
+                lambda errors: self.answer_from_upstream(SHADOW, SHADOW, counts=errors),
+                workload=self.slug,
+            )
         # Counted as what the call was: refresh for a caller that skipped the lookup, else miss.
         outcome = REFRESH if no_cache else MISS
         return guard.fail_open(
@@ -194,6 +212,36 @@ class Call:
         if no_store:
             return self.answer_from_upstream(MISS, MISS)
         return stampede.fill(self, Names.build(self.slug, found.version, self.fingerprint, self.upstream_kind))
+
+    def shadow(self, *, no_cache: bool, no_store: bool) -> CachedResult:
+        """Shadow mode: read the entry without counting a read, ask the upstream, store the
+        fresh answer (unless ``no_store``) and count what the entry would have done. A caller
+        that skipped the lookup (``no_cache``) would not have hit. Raises CacheUnavailable."""
+        found = self.lookup("")
+        self.shadowed = None if no_cache else found.entry
+        names = None if no_store else Names.build(self.slug, found.version, self.fingerprint, self.upstream_kind)
+        return self.answer_from_upstream(SHADOW, SHADOW, names)
+
+    def shadow_counts(self, response: UpstreamResponse) -> Counts:
+        """What a shadow call that would have hit counts, once its fresh answer is here."""
+        stored = self.shadowed
+        if stored is None:
+            return NO_COUNTS
+        try:
+            before = orjson.loads(stored.message)
+        except orjson.JSONDecodeError:
+            before = None
+        if not isinstance(before, dict):
+            return Counts.shadowed(saved_in=0, saved_out=0, agree=False)
+        usage = UpstreamResponse(body=stored.message, message=before, latency_ms=0.0)
+        return Counts.shadowed(
+            saved_in=usage.input_tokens, saved_out=usage.output_tokens, agree=self.same_answer(before, response.message)
+        )
+
+    @staticmethod
+    def same_answer(stored: dict[str, Any], fresh: dict[str, Any]) -> bool:
+        """A Message's answer: its content blocks and stop reason (ids and usage differ)."""
+        return stored.get("content") == fresh.get("content") and stored.get("stop_reason") == fresh.get("stop_reason")
 
     def result(
         self,
@@ -345,9 +393,8 @@ class Call:
             self.count(self.call_counts(outcome, response) + counts)
         return response
 
-    @staticmethod
-    def call_counts(outcome: str, response: UpstreamResponse) -> Counts:
-        return Counts.outcome(outcome) + Counts.upstream_call(response.latency_ms)
+    def call_counts(self, outcome: str, response: UpstreamResponse) -> Counts:
+        return Counts.outcome(outcome) + Counts.upstream_call(response.latency_ms) + self.shadow_counts(response)
 
     def count(self, counts: Counts) -> None:
         """Add ``counts`` to the workload's counters now (kept for later if Redis is down)."""
@@ -408,6 +455,10 @@ class CountTokensCall(Call):
 
     def request_upstream(self) -> UpstreamResponse:
         return self.upstream.count_tokens(self.raw_body, self.body, headers=self.headers)
+
+    @staticmethod
+    def same_answer(stored: dict[str, Any], fresh: dict[str, Any]) -> bool:
+        return stored == fresh
 
 
 CallKind = TypeVar("CallKind", bound=Call)

@@ -6,7 +6,7 @@ module docstring lists them); ``stats.count(slug, now, **counts)`` takes a Count
 a Counts is a read-only mapping of field name to amount.
 
 The outcome words are both what ``X-Respcache`` says (``hit``, ``miss``, ``wait``, ``bypass``,
-``refresh``) and what is counted; ``fallthrough`` is only counted (its header says ``miss``).
+``refresh``, ``shadow``) and what is counted; ``fallthrough`` is only counted (its header says ``miss``).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from collections.abc import Iterator, Mapping
 from respcache import stats
 
 #: What ``X-Respcache`` says, and the outcome counted for it.
-HIT, MISS, WAIT, BYPASS, REFRESH = "hit", "miss", "wait", "bypass", "refresh"
+HIT, MISS, WAIT, BYPASS, REFRESH, SHADOW = "hit", "miss", "wait", "bypass", "refresh", "shadow"
 #: Counted outcome of a waiter that gave up after wait_max and called the upstream itself.
 FALLTHROUGH = "fallthrough"
 
@@ -79,6 +79,12 @@ class Counts(Mapping[str, int]):
     def wake(cls, milliseconds: float) -> Counts:
         """One waiter woken ``milliseconds`` after the answer was written (the wake-up histogram)."""
         return cls(stats.wake_fields(milliseconds))
+
+    @classmethod
+    def shadowed(cls, *, saved_in: int, saved_out: int, agree: bool) -> Counts:
+        """A shadow call that would have hit: the tokens that hit would have saved, and whether
+        the fresh answer equalled the stored one."""
+        return cls({"would_hit": 1, "would_save_in": saved_in, "would_save_out": saved_out, "agree": int(agree)})
 
     @classmethod
     def uncount(cls, word: str, input_tokens: int | None, output_tokens: int | None) -> Counts:

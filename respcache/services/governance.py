@@ -45,6 +45,8 @@ POLICY_FIELDS = (
     "wait_max",
     "max_upstream_per_minute",
     "max_tokens_per_day",
+    "shadow",
+    "drift_threshold_points",
     "description",
 )
 

@@ -78,7 +78,7 @@ class StreamCall(Call):
         message = assembler.result()
         latency_ms = (time.perf_counter() - opened.started) * 1000
         response = UpstreamResponse(body=orjson.dumps(message), message=message, latency_ms=latency_ms)
-        self.write(names, response, token)
+        self.write(names, response, token, counts=self.shadow_counts(response))
 
 
 class Tee:

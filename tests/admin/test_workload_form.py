@@ -23,6 +23,7 @@ FORM = {
     "wait_max": 310,
     "max_upstream_per_minute": 0,
     "max_tokens_per_day": 0,
+    "drift_threshold_points": 20,
     "description": "",
 }
 

@@ -10,7 +10,15 @@ from respcache.services.counting import NO_COUNTS, Counts
 
 
 def test_the_outcome_words_are_the_counted_outcomes() -> None:
-    words = {counting.HIT, counting.MISS, counting.WAIT, counting.BYPASS, counting.REFRESH, counting.FALLTHROUGH}
+    words = {
+        counting.HIT,
+        counting.MISS,
+        counting.WAIT,
+        counting.BYPASS,
+        counting.REFRESH,
+        counting.FALLTHROUGH,
+        counting.SHADOW,
+    }
     assert words == set(stats.OUTCOMES)
 
 

@@ -46,7 +46,8 @@ class Command(BaseCommand):
         header = (
             f"{'workload':<24} {'window':>6} {'requests':>9} {'hit':>7} {'wait':>6} {'miss':>7} "
             f"{'fallthr':>7} {'bypass':>7} {'refresh':>7} {'up_err':>6} {'cache_err':>9} "
-            f"{'hit_rate':>8} {'stampede':>8} {'dead_wr':>8} {'saved_in':>9} {'saved_out':>9}"
+            f"{'hit_rate':>8} {'stampede':>8} {'dead_wr':>8} {'saved_in':>9} {'saved_out':>9} "
+            f"{'shadow':>7} {'would_hit':>9} {'agreement':>9}"
         )
         self.stdout.write(header)
         for w, t in rows:
@@ -54,5 +55,6 @@ class Command(BaseCommand):
                 f"{w.slug:<24} {t.window:>6} {t.requests:>9} {t['hit']:>7} {t['wait']:>6} {t['miss']:>7} "
                 f"{t['fallthrough']:>7} {t['bypass']:>7} {t['refresh']:>7} {t['upstream_error']:>6} "
                 f"{t['cache_error']:>9} {_pct(t.hit_rate):>8} {_pct(t.stampede_rate):>8} "
-                f"{_pct(t.dead_write_rate):>8} {t['saved_in']:>9} {t['saved_out']:>9}"
+                f"{_pct(t.dead_write_rate):>8} {t['saved_in']:>9} {t['saved_out']:>9} "
+                f"{t['shadow']:>7} {t['would_hit']:>9} {_pct(t.agreement):>9}"
             )

@@ -16,7 +16,8 @@ def describe(workload: Any) -> str:
         f"key_version={workload.key_version} strict={workload.strict} "
         f"lock_ttl={workload.lock_ttl:g}s wait_max={workload.wait_max:g}s "
         f"max_upstream_per_minute={workload.max_upstream_per_minute} "
-        f"max_tokens_per_day={workload.max_tokens_per_day}"
+        f"max_tokens_per_day={workload.max_tokens_per_day} shadow={workload.shadow} "
+        f"drift_threshold={workload.drift_threshold_points}"
     )
 
 
@@ -55,6 +56,21 @@ class Command(BaseCommand):
             help="Budget: upstream tokens (input + output) per UTC day, beyond which calls that would go "
             "upstream get 429 (0: none).",
         )
+        shadow = parser.add_mutually_exclusive_group()
+        shadow.add_argument(
+            "--shadow",
+            dest="shadow",
+            action="store_true",
+            default=None,
+            help="Shadow mode: every call gets a fresh answer; record would-be hits and agreement.",
+        )
+        shadow.add_argument("--no-shadow", dest="shadow", action="store_false")
+        parser.add_argument(
+            "--drift-threshold",
+            type=int,
+            metavar="POINTS",
+            help="Alert when the last hour's hit rate is this many points below the 24 h before (1-100).",
+        )
         parser.add_argument("--description")
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -66,6 +82,8 @@ class Command(BaseCommand):
             "wait_max": options["wait_max"],
             "max_upstream_per_minute": options["max_upstream_per_minute"],
             "max_tokens_per_day": options["max_tokens_per_day"],
+            "shadow": options["shadow"],
+            "drift_threshold_points": options["drift_threshold"],
             "description": options["description"],
         }
         fields = {k: v for k, v in fields.items() if v is not None}
