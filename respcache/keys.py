@@ -489,6 +489,8 @@ def budget_key(*, workload: str, width_seconds: int, start: int) -> str:
     except KeyError:
         raise ValueError(f"no budget window is {width_seconds} s wide") from None
     return f"respcache:b:{workload}:{kind}:{start}"
+
+
 _SHAPES = "respcache:x:"
 
 

@@ -242,7 +242,7 @@ class WorkloadPagesMixin(_ModelAdmin):
             page_number=number,
             previous_page=number - 1 if number > 1 else None,
             next_page=number + 1 if number * size < len(hot.entries) else None,
-            rows=self._entry_rows(workload, version, shown),
+            rows=self._entry_rows(request, workload, version, shown),
         )
         return TemplateResponse(request, TEMPLATES + "entries.html", context)
 
@@ -267,11 +267,19 @@ class WorkloadPagesMixin(_ModelAdmin):
         if text:
             needle = text.casefold()
             entries = [e for e in entries if e.summary and any(needle in v.casefold() for v in e.summary.values())]
-        context.update(current_version=version, page=page, rows=self._entry_rows(workload, version, entries))
+        context.update(current_version=version, page=page, rows=self._entry_rows(request, workload, version, entries))
         return TemplateResponse(request, TEMPLATES + "entries.html", context)
 
-    def _entry_rows(self, workload: Workload, version: int, entries: list[Any]) -> list[dict[str, Any]]:
+    def _entry_rows(
+        self, request: HttpRequest, workload: Workload, version: int, entries: list[Any]
+    ) -> list[dict[str, Any]]:
+        """The page's rows; a page that shows summaries is a read of them, in the audit trail."""
         now = timezone.now().timestamp()
+        summarised = [e.fingerprint for e in entries if e.summary]
+        if summarised and self.has_view_entry_content_permission(request, workload):
+            services.entry_summaries_viewed(
+                workload, version=version, fingerprints=summarised, actor=actor(request), user=request.user
+            )
         return [
             presenters.entry_row(
                 e,

@@ -313,6 +313,7 @@ class Call:
     def spend_tokens(self, input_tokens: int | None, output_tokens: int | None) -> None:
         """Add an upstream answer's tokens to the workload's day (if it has a token budget)."""
         budgets.spend_tokens(self.policy, (input_tokens or 0) + (output_tokens or 0), now=self.clock())
+
     @functools.cached_property
     def request_fields(self) -> dict[str, str]:
         """The request's per-field fingerprint (computed on a miss only, never on a hit)."""

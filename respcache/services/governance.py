@@ -227,6 +227,20 @@ def entry_viewed(workload: Workload, *, version: int, fingerprint: str, actor: s
     )
 
 
+def entry_summaries_viewed(
+    workload: Workload, *, version: int, fingerprints: list[str], actor: str, user: Any = None
+) -> None:
+    """Record that ``actor`` was shown the summaries (the start of each request and answer) of
+    these entries: a page of the admin's entry browser is a read of what they say, too."""
+    audit(
+        actor=actor,
+        user=user,
+        action=AuditEntry.Action.VIEW_ENTRY,
+        workload=workload,
+        after={"key_version": version, "summaries_of": fingerprints},
+    )
+
+
 def api_key_revoke(api_keys: Iterable[ApiKey]) -> int:
     """Revoke keys: refused on this worker at once, on the others within LOCAL_CACHE_SECONDS."""
     ids = [k.pk for k in api_keys]

@@ -86,10 +86,13 @@ def test_entry_list_and_page_by_permission(name: str, workload: Workload, stored
         # The metadata is listed for every viewer: the fingerprint, the model, the reads.
         assert f'title="{stored}"' in body and "claude-test-1" in body
         assert (url("entry", workload.pk, 1, stored) in body) is links
-        assert ANSWER not in body
+        # The summary (the answer's first line among it) is content: only with the permission.
+        assert (ANSWER in body) is links
     if page == 200:
         assert ANSWER in detail.content.decode() and "get_weather" in detail.content.decode()
-        (view,) = views
+        (listed,) = [v for v in views if "summaries_of" in v.after]
+        assert listed.after == {"key_version": 1, "summaries_of": [stored]}
+        (view,) = [v for v in views if "fingerprint" in v.after]
         assert (view.actor, view.user.username, view.workload, view.workload_slug) == (name, name, workload, "intents")
         assert view.after == {"key_version": 1, "fingerprint": stored}
     else:
@@ -97,10 +100,15 @@ def test_entry_list_and_page_by_permission(name: str, workload: Workload, stored
         assert not views.exists()  # a refused look is not a read
 
 
-def test_every_view_of_an_entrys_content_is_audited_and_listing_is_not(workload: Workload, stored: str) -> None:
+def test_every_view_of_an_entrys_content_is_audited(workload: Workload, stored: str) -> None:
     client = login("reader")
     for _ in range(2):
         assert client.get(url("entries", workload.pk)).status_code == 200
+    listed = AuditEntry.objects.filter(action="view_entry")
+    assert [(r.actor, r.after) for r in listed] == [("reader", {"key_version": 1, "summaries_of": [stored]})] * 2
+    listed.delete()
+    # Without the permission a listing shows no summary, and is no read.
+    assert login("viewer").get(url("entries", workload.pk)).status_code == 200
     assert not AuditEntry.objects.filter(action="view_entry").exists()
     for _ in range(3):
         assert client.get(url("entry", workload.pk, 1, stored)).status_code == 200
