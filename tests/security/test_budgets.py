@@ -281,8 +281,9 @@ def test_a_hit_on_a_budgeted_workload_is_still_one_round_trip(
     with redis_round_trips(monkeypatch) as hits:
         assert [status(client, ask()) for _ in range(3)] == ["hit"] * 3
     assert hits.commands() == ["EVALSHA"] * 3
-    # The miss: lookup, lock, re-read, the budget's check, its tokens, and the write.
-    assert miss.commands() == ["EVALSHA", "SET", "EVALSHA", "EVALSHA", "INCRBY", "EVALSHA"], miss.commands()
+    # The miss: lookup, lock, re-read, the explainer's read of its shape index, the budget's
+    # check, its tokens, and the write.
+    assert miss.commands() == ["EVALSHA", "SET", "EVALSHA", "LRANGE", "EVALSHA", "INCRBY", "EVALSHA"], miss.commands()
 
 
 # --- setting budgets: the command, the admin, and what is exported --------------------------------
@@ -293,7 +294,7 @@ def test_the_command_sets_budgets_with_audit(workload: Workload) -> None:
     call_command(
         "respcache_workload", "intents", "--max-upstream-per-minute", "60", "--max-tokens-per-day", "100000", stdout=out
     )
-    assert out.getvalue().endswith("max_upstream_per_minute=60 max_tokens_per_day=100000\n")
+    assert "max_upstream_per_minute=60 max_tokens_per_day=100000 " in out.getvalue()
     workload.refresh_from_db()
     assert (workload.max_upstream_per_minute, workload.max_tokens_per_day) == (60, 100000)
     entry = AuditEntry.objects.get()
@@ -318,6 +319,7 @@ def test_the_admin_edits_budgets_with_audit(admin_client: Client, workload: Work
         "wait_max": workload.wait_max,
         "max_upstream_per_minute": 5,
         "max_tokens_per_day": 777,
+        "drift_threshold_points": workload.drift_threshold_points,
     }
     response = admin_client.post(change, form)
     assert response.status_code == 302, response.content
