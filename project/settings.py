@@ -249,6 +249,9 @@ RESPCACHE: dict[str, Any] = {
     "CACHE_ALIAS": "respcache",
     "UPSTREAM": os.environ.get("RESPCACHE_UPSTREAM", ""),
     "METRICS_TOKEN": os.environ.get("RESPCACHE_METRICS_TOKEN", ""),
+    # Comma-separated: the first key encrypts, all decrypt (see the reference's Encryption at rest).
+    "ENCRYPTION_KEYS": [k.strip() for k in os.environ.get("RESPCACHE_ENCRYPTION_KEYS", "").split(",") if k.strip()],
+    "ENCRYPTION_REQUIRED": _env_bool("RESPCACHE_ENCRYPTION_REQUIRED"),
 }
 
 LOGGING: dict[str, Any] = {

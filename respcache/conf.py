@@ -51,6 +51,13 @@ DEFAULTS: dict[str, Any] = {
     # When set, /metrics requires "Authorization: Bearer <this token>" (Prometheus'
     # `authorization` scrape option); empty: open, protect it at the load balancer instead.
     "METRICS_TOKEN": "",
+    # Entries (and other payloads kept at rest) are encrypted with AES-256-GCM under the first of
+    # these keys, and read with any of them (so keys rotate): each 32 random bytes in URL-safe
+    # base64 (manage.py respcache_genkey prints one). Empty: stored readable, as before.
+    "ENCRYPTION_KEYS": [],
+    # With keys set, entries stored readable (before encryption was turned on) are still read;
+    # True makes them misses, so that only what was encrypted under a key can be served.
+    "ENCRYPTION_REQUIRED": False,
 }
 
 
