@@ -129,7 +129,7 @@ def check_encryption_keys(app_configs: Any = None, **kwargs: Any) -> list[Any]:
                 str(exc),
                 hint="Generate a key with manage.py respcache_genkey; separate keys with commas in "
                 "RESPCACHE_ENCRYPTION_KEYS.",
-                id="respcache.E009",
+                id="respcache.E010",
             )
         ]
     return []
