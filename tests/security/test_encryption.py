@@ -7,21 +7,19 @@ system checks and respcache_genkey."""
 from __future__ import annotations
 
 import threading
-
 from collections.abc import Iterator
 from io import StringIO
 from typing import Any
 
 import pytest
-
-from tests.conftest import ask
-from django.test import override_settings
 from django.core.management import call_command
+from django.test import override_settings
 from django_redis import get_redis_connection
 from redis.connection import AbstractConnection
 
 from respcache import checks, sealing, store
 from respcache.store.records import FLAG_AESGCM, HEADER, decode_record, encode_record, ok_message, record_of
+from tests.conftest import ask
 
 A, B = sealing.generate_key(), sealing.generate_key()
 MESSAGE = b'{"type":"message","content":[{"type":"text","text":"the secret answer"}]}'
