@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import flood, keybuild, loadgen
+from bench import crypto, flood, keybuild, loadgen
 from bench.harness import ROOT, Harness, web_concurrency
 from bench.report import Row, as_json, machine, percentile, ratio, render
 
@@ -63,6 +63,7 @@ class Plan:
     key_min_time: float = 0.2
     key_repeats: int = 5
     key_sizes: tuple[int, ...] = (1_000, 100_000, 1_000_000)
+    crypto_decodes: int = 20_000
 
 
 QUICK = Plan(
@@ -79,6 +80,7 @@ QUICK = Plan(
     key_min_time=0.01,
     key_repeats=1,
     key_sizes=(1_000, 100_000),
+    crypto_decodes=200,
 )
 
 
@@ -680,6 +682,13 @@ class Bench:
                 )
             )
 
+    def crypto_rows(self) -> None:
+        """Encryption at rest's CPU per hit (bench/crypto.py), after cpu_rows: against its hit CPU."""
+        say("encryption at rest: record decode CPU with and without a key")
+        rows, raw = crypto.rows(SIZES, self.plan.crypto_decodes, self.plan.rounds, self.raw.get("cpu_per_request", {}))
+        self.rows += rows
+        self.raw["encryption"] = raw
+
     def memory(self, key: str) -> int:
         return int(self.redis.memory_usage(key, samples=0) or 0)
 
@@ -796,6 +805,7 @@ def main(argv: list[str] | None = None) -> int:
             bench.hit_rows(wires)
             bench.redis_cost_rows(wires)
             bench.cpu_rows(wires)
+            bench.crypto_rows()
             bench.db_rows(wires)
             bench.miss_rows()
             bench.stampede_rows()

@@ -286,6 +286,9 @@ RESPCACHE: dict[str, Any] = {
     "METRICS_TOKEN": os.environ.get("RESPCACHE_METRICS_TOKEN", ""),
     # In production /metrics needs its token unless this opens it on purpose (respcache.E009).
     "METRICS_PUBLIC": _env_bool("RESPCACHE_METRICS_PUBLIC", False),
+    # Comma-separated: the first key encrypts, all decrypt (see the reference's Encryption at rest).
+    "ENCRYPTION_KEYS": [k.strip() for k in os.environ.get("RESPCACHE_ENCRYPTION_KEYS", "").split(",") if k.strip()],
+    "ENCRYPTION_REQUIRED": _env_bool("RESPCACHE_ENCRYPTION_REQUIRED"),
 }
 
 LOGGING: dict[str, Any] = {

@@ -33,6 +33,10 @@ get_resolver().url_patterns  # noqa: B018
 from respcache.conf import app_settings  # noqa: E402
 
 get_upstream()  # an unknown RESPCACHE_UPSTREAM stops the worker here, not at its first call
+
+from respcache import sealing  # noqa: E402
+
+sealing.keyring()  # so does a malformed RESPCACHE_ENCRYPTION_KEYS (ImproperlyConfigured)
 if app_settings.upstream_kind == "simulated":
     import sys
 

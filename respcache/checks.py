@@ -7,8 +7,10 @@ import os
 from typing import Any
 
 from django.conf import settings
-from django.core.checks import Error, Tags, register
+from django.core.checks import Error, Tags, Warning, register
+from django.core.exceptions import ImproperlyConfigured
 
+from respcache import sealing
 from respcache.conf import app_settings
 from respcache.keys import DEFAULT_MAX_DEPTH
 
@@ -130,5 +132,36 @@ def check_body_limits(app_configs: Any = None, **kwargs: Any) -> list[Any]:
             hint=f"MAX_JSON_VALUES: an integer of at least 1; MAX_JSON_DEPTH: an integer from 1 to "
             f"{DEFAULT_MAX_DEPTH} (what orjson serialises, and so what can be hashed).",
             id="respcache.E008",
+        )
+    ]
+
+
+@register(Tags.security)
+def check_encryption_keys(app_configs: Any = None, **kwargs: Any) -> list[Any]:
+    try:
+        sealing.keyring()
+    except ImproperlyConfigured as exc:
+        return [
+            Error(
+                str(exc),
+                hint="Generate a key with manage.py respcache_genkey; separate keys with commas in "
+                "RESPCACHE_ENCRYPTION_KEYS.",
+                id="respcache.E010",
+            )
+        ]
+    return []
+
+
+@register(Tags.security, deploy=True)
+def check_encrypted_at_rest(app_configs: Any = None, **kwargs: Any) -> list[Any]:
+    """Answers are data: a deployment says whether Redis holds them readable."""
+    if app_settings.ENCRYPTION_KEYS:
+        return []
+    return [
+        Warning(
+            "Cached answers are stored readable in Redis: ENCRYPTION_KEYS is empty.",
+            hint="Set RESPCACHE_ENCRYPTION_KEYS to a key from manage.py respcache_genkey (AES-256-GCM, "
+            "~1% of a hit's CPU), or silence respcache.W001 if Redis and its disks are protected otherwise.",
+            id="respcache.W001",
         )
     ]

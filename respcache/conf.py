@@ -57,6 +57,13 @@ DEFAULTS: dict[str, Any] = {
     # Prices in USD per million tokens, {"model": {"input": 3.0, "output": 15.0}}, added to (or
     # replacing entries of) DEFAULT_MODEL_PRICES: respcache_replay estimates the cost it saved.
     "MODEL_PRICES": {},
+    # Entries (and other payloads kept at rest) are encrypted with AES-256-GCM under the first of
+    # these keys, and read with any of them (so keys rotate): each 32 random bytes in URL-safe
+    # base64 (manage.py respcache_genkey prints one). Empty: stored readable, as before.
+    "ENCRYPTION_KEYS": [],
+    # With keys set, entries stored readable (before encryption was turned on) are still read;
+    # True makes them misses, so that only what was encrypted under a key can be served.
+    "ENCRYPTION_REQUIRED": False,
 }
 
 #: Anthropic's list prices (USD per million tokens) of current Claude models, base input and

@@ -113,6 +113,8 @@ def test_quick_bench_end_to_end(tmp_path: Path) -> None:
         "stampede of 20: waiters served after the write, p99",
         "key building 100 KB: canonicalise + SHA-256",
         "memory per entry 20 KB (entry + meta + notes)",
+        "hit 20 KB: record decode CPU, encrypted",
+        "hit 1 KB: CPU per hit, encrypted (hit + decode difference)",
     ):
         assert measure in rows, measure
     assert rows["Redis round trips per hit, 1 KB"]["value"] <= 2

@@ -21,6 +21,7 @@ LAYERS: dict[str, int] = {
     "exceptions": 0,
     "keys": 0,
     "store.records": 0,
+    "sealing": 0,
     "store.fields": 0,
     "breaker": 0,
     "singleflight": 0,

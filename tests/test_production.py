@@ -39,8 +39,11 @@ PRODUCTION_ENV = {
     "REDIS_URL": "rediss://:redis-pw@redis.example.com:6380/0",
     "ANTHROPIC_API_KEY": "sk-ant-test",
     "RESPCACHE_METRICS_TOKEN": "scrape-token",
+    "RESPCACHE_ENCRYPTION_KEYS": "rmY0QAiWm4Kt6l5hOZcVTEcqn6rBffbOp0qM9AAEkFk=",
 }
 ENV_NAMES = {
+    "RESPCACHE_ENCRYPTION_KEYS",
+    "RESPCACHE_ENCRYPTION_REQUIRED",
     "DJANGO_DEBUG",
     "DJANGO_SECRET_KEY",
     "DJANGO_ALLOWED_HOSTS",

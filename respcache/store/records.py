@@ -4,7 +4,15 @@ An entry is the upstream's Message JSON, byte for byte, behind a small header::
 
     b"RC" | schema (1 byte) | flags (1 byte) | payload
     payload = meta JSON | b"\\n" | Message JSON
-              (compressed: an LZ4 block with its size when FLAG_LZ4, zlib when FLAG_ZLIB)
+              (compressed: an LZ4 block with its size when FLAG_LZ4, zlib when FLAG_ZLIB;
+              then, with FLAG_AESGCM, sealed: see respcache.sealing)
+
+With ENCRYPTION_KEYS set, the payload is compressed, then encrypted (AES-256-GCM); the header
+stays readable (the lookup script checks it) and is authenticated with the payload, with a
+label that makes a record's payload useless as any other sealed payload. A record is not bound
+to its Redis key: the write hands it to the waiters as it is, and export/import re-encode
+records; someone who can write to Redis can swap two encrypted entries (or delete them), but
+cannot read or forge one. A record that cannot be decrypted is a miss, logged.
 
 A record with an unknown schema or a damaged payload is a miss, never a crash: an older or
 newer release may have written it. The write also publishes the record to the waiters
@@ -20,6 +28,7 @@ from dataclasses import dataclass
 import lz4.block
 import orjson
 
+from respcache import sealing
 from respcache.conf import app_settings
 
 logger = logging.getLogger(__name__)
@@ -30,6 +39,10 @@ SCHEMA_VERSION = 1
 HEADER = MAGIC + bytes((SCHEMA_VERSION,))
 FLAG_ZLIB = 0x01
 FLAG_LZ4 = 0x02
+#: The payload is sealed (AES-256-GCM, respcache.sealing), after compression.
+FLAG_AESGCM = 0x04
+#: Authenticated with every sealed record, after its header: a record's payload and no other.
+RECORD_PURPOSE = b"respcache entry record"
 #: A compressed payload declaring more than this is damaged, not decoded (an LZ4 block names its
 #: own size: a flipped bit there must not become a huge allocation).
 MAX_DECODED_BYTES = 1 << 30
@@ -60,6 +73,9 @@ def encode_record(message: bytes, *, stored_at: float, model: str) -> bytes:
         compressed, flag = _compress(payload)
         if len(compressed) < len(payload):
             payload, flags = compressed, flag
+    if sealing.enabled():
+        header = MAGIC + bytes((SCHEMA_VERSION, flags | FLAG_AESGCM))
+        return header + sealing.seal(payload, header + RECORD_PURPOSE)
     return MAGIC + bytes((SCHEMA_VERSION, flags)) + payload
 
 
@@ -67,9 +83,16 @@ def decode_record(raw: bytes | None) -> Entry | None:
     """The Entry in ``raw``; None for a missing, foreign, older/newer or damaged record."""
     if not raw or raw[:2] != MAGIC or len(raw) < 4 or raw[2] != SCHEMA_VERSION:
         return None
-    payload = raw[4:]
+    payload: bytes | None = raw[4:]
+    flags = raw[3]
+    if flags & FLAG_AESGCM:
+        payload = sealing.open_sealed(raw[4:], raw[:4] + RECORD_PURPOSE)
+    elif sealing.plain_refused():
+        logger.warning("respcache: a record stored readable is refused (ENCRYPTION_REQUIRED); treated as a miss")
+        return None
+    if payload is None:
+        return None
     try:
-        flags = raw[3]
         if flags & FLAG_LZ4:
             if len(payload) < 4 or int.from_bytes(payload[:4], "little") > MAX_DECODED_BYTES:
                 raise ValueError("damaged LZ4 size")
@@ -104,16 +127,25 @@ def record_of(message: bytes) -> Entry | None:
 # explainer skips it.
 
 
+#: What a summary's seal is bound to: a sealed summary cannot pass for a record, or the reverse.
+SUMMARY_PURPOSE = b"respcache entry summary"
+
+
 def encode_summary(summary: dict[str, str]) -> bytes:
-    """An entry's summary (``system``, ``user``, ``answer``: short texts) as stored."""
-    return orjson.dumps(summary)
+    """An entry's summary (``system``, ``user``, ``answer``: short texts) as stored: it quotes
+    the request and the answer, so it is sealed like the record when ENCRYPTION_KEYS are set."""
+    return sealing.seal(orjson.dumps(summary), SUMMARY_PURPOSE)
 
 
 def decode_summary(raw: bytes | None) -> dict[str, str] | None:
+    """The summary; None when missing, damaged, or sealed under a key not configured."""
     if not raw:
         return None
+    opened = sealing.unseal(raw, SUMMARY_PURPOSE)
+    if opened is None:
+        return None
     try:
-        value = orjson.loads(raw)
+        value = orjson.loads(opened)
     except orjson.JSONDecodeError:
         return None
     if not isinstance(value, dict):
