@@ -30,14 +30,18 @@ mixed flood's ratio back under the 1.5x target.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import orjson
+from axes.handlers.cache import AxesCacheHandler
 from django.contrib.auth.hashers import PBKDF2PasswordHasher
 from django.http import HttpRequest, HttpResponse
+from django_redis.exceptions import ConnectionInterrupted
+from redis.exceptions import RedisError
 from rest_framework.throttling import BaseThrottle
 
 T = TypeVar("T")
@@ -172,3 +176,34 @@ class ManagementBulkheadMiddleware:
             return self.get_response(request)
         finally:
             self.gate.semaphore.release()
+
+
+logger = logging.getLogger(__name__)
+#: What a Redis that is down, frozen or full raises through django-redis.
+_REDIS_DOWN = (ConnectionInterrupted, RedisError, OSError)
+
+
+class FailOpenAxesCacheHandler(AxesCacheHandler):  # type: ignore[misc]  # axes is untyped
+    """django-axes' cache handler (the counts in respcache's Redis), failing open like the cache:
+    while Redis cannot be reached, a sign-in is checked by its password alone and nothing is
+    counted, instead of every sign-in answering 500. Guessing stays bounded meanwhile by the
+    one-at-a-time hashing per worker."""
+
+    def get_failures(self, request: Any, credentials: dict[str, Any] | None = None) -> int:
+        try:
+            return int(super().get_failures(request, credentials))
+        except _REDIS_DOWN:
+            logger.warning("respcache: sign-in guard: Redis unreachable, failures not checked")
+            return 0
+
+    def user_login_failed(self, sender: Any, credentials: dict[str, Any], request: Any = None, **kwargs: Any) -> None:
+        try:
+            super().user_login_failed(sender, credentials, request, **kwargs)
+        except _REDIS_DOWN:
+            logger.warning("respcache: sign-in guard: Redis unreachable, a failed sign-in not counted")
+
+    def user_logged_in(self, sender: Any, request: Any, user: Any, **kwargs: Any) -> None:
+        try:
+            super().user_logged_in(sender, request, user, **kwargs)
+        except _REDIS_DOWN:
+            logger.warning("respcache: sign-in guard: Redis unreachable, the count not reset")

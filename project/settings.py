@@ -186,7 +186,7 @@ AUTHENTICATION_BACKENDS = [
     "axes.backends.AxesStandaloneBackend",
     "django.contrib.auth.backends.ModelBackend",
 ]
-AXES_HANDLER = "axes.handlers.cache.AxesCacheHandler"
+AXES_HANDLER = "project.login_guard.FailOpenAxesCacheHandler"  # Redis down: the password alone decides
 AXES_CACHE = "respcache"
 AXES_FAILURE_LIMIT = int(os.environ.get("RESPCACHE_LOGIN_FAILURE_LIMIT", "5"))
 AXES_COOLOFF_TIME = timedelta(minutes=float(os.environ.get("RESPCACHE_LOGIN_COOLOFF_MINUTES", "15")))

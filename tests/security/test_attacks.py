@@ -18,6 +18,7 @@ from typing import Any
 import httpx2 as httpx
 import orjson
 import pytest
+from axes.handlers.proxy import AxesProxyHandler
 from django.contrib.auth.hashers import PBKDF2PasswordHasher, check_password, identify_hasher, make_password
 from django.test import Client, override_settings
 
@@ -68,6 +69,28 @@ def test_a_successful_sign_in_clears_the_count(django_user_model: Any, settings:
     for _ in range(settings.AXES_FAILURE_LIMIT - 1):
         assert sign_in(client, "ops", "guess").status_code == 200  # counted from zero again
     assert sign_in(client, "ops", PASSWORD).status_code == 302
+
+
+def test_with_redis_down_a_sign_in_is_checked_by_its_password_alone(django_user_model: Any, settings: Any) -> None:
+    """The guard's counts are in Redis; while it is down they are skipped (fail-open), not a 500."""
+    django_user_model.objects.create_superuser("ops", "ops@example.com", PASSWORD)
+    alias = settings.CACHES["respcache"]
+    down = {
+        **alias,
+        "LOCATION": "redis://127.0.0.1:1/0",
+        "OPTIONS": {**alias["OPTIONS"], "SOCKET_CONNECT_TIMEOUT": 0.2},
+    }
+    settings.CACHES = {**settings.CACHES, "respcache": down}
+    AxesProxyHandler.get_implementation(force=True)  # axes keeps its cache from when it started
+    try:
+        client = Client()
+        for _ in range(settings.AXES_FAILURE_LIMIT + 1):
+            refused = sign_in(client, "ops", "guess")
+            assert refused.status_code == 200 and "Please enter the correct username" in refused.content.decode()
+        assert sign_in(client, "ops", PASSWORD).status_code == 302
+    finally:
+        settings.CACHES = {**settings.CACHES, "respcache": alias}
+        AxesProxyHandler.get_implementation(force=True)
 
 
 def test_the_bounded_hasher_reads_and_writes_django_pbkdf2() -> None:
