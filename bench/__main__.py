@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import crypto, flood, keybuild, loadgen
+from bench import crypto, flood, keybuild, limits, loadgen
 from bench.harness import ROOT, Harness, web_concurrency
 from bench.report import Row, as_json, machine, percentile, ratio, render
 
@@ -790,7 +790,7 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         help="write the results as JSON here (default: bench/results.json, none with --quick)",
     )
-    parser.add_argument("--only", choices=["flood"], help="run only this section (after the setup)")
+    parser.add_argument("--only", choices=["flood", "limits"], help="run only this section (after the setup)")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore", message="No directory at")  # whitenoise, before collectstatic
     plan = QUICK if args.quick else Plan()
@@ -811,7 +811,10 @@ def main(argv: list[str] | None = None) -> int:
             bench.stampede_rows()
             bench.key_rows()
             bench.memory_rows()
-        flood.add_rows(bench)
+        if args.only in (None, "limits"):
+            limits.add_rows(bench)
+        if args.only in (None, "flood"):
+            flood.add_rows(bench)
         workers = web_concurrency()
         redis_version = bench.redis_version
     now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")

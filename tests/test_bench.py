@@ -115,6 +115,10 @@ def test_quick_bench_end_to_end(tmp_path: Path) -> None:
         "memory per entry 20 KB (entry + meta + notes)",
         "hit 20 KB: record decode CPU, encrypted",
         "hit 1 KB: CPU per hit, encrypted (hit + decode difference)",
+        "peak memory: 1 KB request (process high-water)",
+        "peak memory: largest body of most values (refused, 400)",
+        "peak memory: deepest tool_result content (refused, 400)",
+        "peak memory: largest body, one text string (accepted)",
     ):
         assert measure in rows, measure
     assert rows["Redis round trips per hit, 1 KB"]["value"] <= 2
