@@ -9,6 +9,7 @@ from typing import Any
 from rest_framework import serializers
 
 from respcache.models import Workload
+from respcache.services.governance import POLICY_FIELDS
 
 
 class StatsSerializer(serializers.Serializer[dict[str, Any]]):
@@ -84,22 +85,8 @@ class WorkloadSerializer(serializers.ModelSerializer[Workload]):
 
     class Meta:
         model = Workload
-        fields = (
-            "slug",
-            "enabled",
-            "ttl_seconds",
-            "key_version",
-            "strict",
-            "lock_ttl",
-            "wait_max",
-            "max_upstream_per_minute",
-            "max_tokens_per_day",
-            "shadow",
-            "drift_threshold_points",
-            "description",
-            "updated_at",
-            "stats",
-        )
+        # The policy is what governance writes: a field added there is listed here too.
+        fields = ("slug", *POLICY_FIELDS, "updated_at", "stats")
         read_only_fields = fields
 
 

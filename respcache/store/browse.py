@@ -85,6 +85,20 @@ def _notes_key(workload: str, version: int, fingerprint: str, upstream: str) -> 
     return full_key(keys.notes_key(raw))
 
 
+def _infos(redis_client: Any, workload: str, version: int, fingerprints: list[str], upstream: str) -> list[EntryInfo]:
+    """Each entry's meta hash, PTTL and summary, in one pipeline whatever their number."""
+    pipe = redis_client.pipeline(transaction=False)
+    for fingerprint in fingerprints:
+        raw = keys.entry_key(workload=workload, version=version, fingerprint=fingerprint, upstream=upstream)
+        pipe.hmget(full_key(keys.meta_key(raw)), META_FIELDS)
+        pipe.pttl(full_key(raw))
+    if fingerprints:  # the summaries in one command, whatever the page's size
+        pipe.mget([_notes_key(workload, version, fp, upstream) for fp in fingerprints])
+    replies = pipe.execute() if fingerprints else [[]]
+    notes = replies[-1]
+    return [_info(fp, version, replies[2 * i], replies[2 * i + 1], notes[i]) for i, fp in enumerate(fingerprints)]
+
+
 def scan_entries(
     workload: str,
     version: int,
@@ -119,16 +133,7 @@ def scan_entries(
             if not batch:
                 count = min(count * 2, 10_000)
         fingerprints = sorted({k.decode().rsplit(":", 1)[1] for k in found})
-        pipe = redis_client.pipeline(transaction=False)
-        for fingerprint in fingerprints:
-            raw = keys.entry_key(workload=workload, version=version, fingerprint=fingerprint, upstream=upstream)
-            pipe.hmget(full_key(keys.meta_key(raw)), META_FIELDS)
-            pipe.pttl(full_key(raw))
-        if fingerprints:  # the summaries in one command, whatever the page's size
-            pipe.mget([_notes_key(workload, version, fp, upstream) for fp in fingerprints])
-        replies = pipe.execute() if fingerprints else [[]]
-    notes = replies[-1]
-    entries = [_info(fp, version, replies[2 * i], replies[2 * i + 1], notes[i]) for i, fp in enumerate(fingerprints)]
+        entries = _infos(redis_client, workload, version, fingerprints, upstream)
     return EntryPage(entries=entries, next_cursor=int(cursor), scan_calls=calls)
 
 
@@ -168,16 +173,7 @@ def hot_entries(
                 break
         complete = complete and len(found) <= max_entries
         fingerprints = sorted(found)[:max_entries]
-        pipe = redis_client.pipeline(transaction=False)
-        for fingerprint in fingerprints:
-            raw = keys.entry_key(workload=workload, version=version, fingerprint=fingerprint, upstream=upstream)
-            pipe.hmget(full_key(keys.meta_key(raw)), META_FIELDS)
-            pipe.pttl(full_key(raw))
-        if fingerprints:  # the summaries in one command, whatever the page's size
-            pipe.mget([_notes_key(workload, version, fp, upstream) for fp in fingerprints])
-        replies = pipe.execute() if fingerprints else [[]]
-    notes = replies[-1]
-    entries = [_info(fp, version, replies[2 * i], replies[2 * i + 1], notes[i]) for i, fp in enumerate(fingerprints)]
+        entries = _infos(redis_client, workload, version, fingerprints, upstream)
     if text:
         needle = text.casefold()
         entries = [e for e in entries if e.summary and any(needle in v.casefold() for v in e.summary.values())]
