@@ -24,7 +24,9 @@ PID_PATH = RUN_DIR / "redis.pid"
 
 def wanted() -> bool:
     """Whether this process should use (and start) the embedded server: no Redis configured."""
-    return not (os.environ.get("REDIS_URL") or os.environ.get("REDIS_SENTINELS"))
+    return not (
+        os.environ.get("REDIS_URL") or os.environ.get("REDIS_SENTINELS") or os.environ.get("REDIS_CLUSTER_NODES")
+    )
 
 
 def url(db: int = 0) -> str:

@@ -111,9 +111,16 @@ elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     )
 
 # Redis: REDIS_URL (redis://, rediss:// for TLS, unix://), or a Sentinel group (REDIS_SENTINELS),
-# else the embedded server that manage.py / wsgi.py / the tests start.
+# or a Redis Cluster (REDIS_CLUSTER_NODES), else the embedded server that manage.py / wsgi.py /
+# the tests start. A cluster is reached over TLS with REDIS_CLUSTER_TLS=1 (and the same
+# REDIS_TLS_* variables as a rediss:// URL); its password is REDIS_PASSWORD.
 _SENTINELS = [s.strip() for s in os.environ.get("REDIS_SENTINELS", "").split(",") if s.strip()]
-if _SENTINELS:
+_CLUSTER_NODES = [s.strip() for s in os.environ.get("REDIS_CLUSTER_NODES", "").split(",") if s.strip()]
+if _CLUSTER_NODES:
+    # The startup nodes, as URLs (django-redis's LOCATION): any one that answers finds the rest.
+    _scheme = "rediss" if _env_bool("REDIS_CLUSTER_TLS") else "redis"
+    REDIS_URL = ",".join(f"{_scheme}://{node}" for node in _CLUSTER_NODES)
+elif _SENTINELS:
     # django-redis's SentinelClient reads the service name as the URL's host.
     REDIS_URL = f"redis://{os.environ.get('REDIS_SENTINEL_SERVICE', 'mymaster')}/{os.environ.get('REDIS_DB', '0')}"
 else:
@@ -159,7 +166,11 @@ if REDIS_URL.startswith("rediss://"):
         },
         ssl_cert_reqs=os.environ.get("REDIS_TLS_CERT_REQS", "required"),
     )
-if _SENTINELS:
+if _CLUSTER_NODES:
+    # redis-py's RedisCluster through a small django-redis client (respcache/store/cluster.py):
+    # the options above apply to every node (a blocking pool per node, its size per node).
+    _REDIS_OPTIONS["CLIENT_CLASS"] = "respcache.store.cluster.ClusterClient"
+elif _SENTINELS:
     _REDIS_OPTIONS.update(
         CLIENT_CLASS="django_redis.client.SentinelClient",
         CONNECTION_FACTORY="django_redis.pool.SentinelConnectionFactory",

@@ -35,6 +35,16 @@ def check_cache_alias(app_configs: Any = None, **kwargs: Any) -> list[Any]:
                 id="respcache.E002",
             )
         ]
+    prefix = str(caches[alias].get("KEY_PREFIX", ""))
+    if "{" in prefix or "}" in prefix:
+        return [
+            Error(
+                f"The cache alias {alias!r} has a KEY_PREFIX with a brace: {prefix!r}.",
+                hint="Redis Cluster hashes the first {...} of a key name: respcache's keys carry their own "
+                "hash tags, which a brace in the prefix would replace. Remove the braces from KEY_PREFIX.",
+                id="respcache.E011",
+            )
+        ]
     if caches[alias].get("KEY_FUNCTION"):
         return [
             Error(

@@ -34,6 +34,7 @@ from types import TracebackType
 
 from respcache import pubsub, store
 from respcache.exceptions import CacheUnavailable
+from respcache.store import connection as store_connection
 
 logger = logging.getLogger(__name__)
 
@@ -121,7 +122,7 @@ class Renewal:
 
 # --- waiting: the process's one Pub/Sub owner ----------------------------------------------
 
-_hubs = pubsub.Hubs(lambda: store.client().pubsub(), store.location)
+_hubs = pubsub.Hubs(lambda: store_connection.open_pubsub(), store.location)
 
 
 def hub() -> pubsub.Hub:

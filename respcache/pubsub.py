@@ -24,12 +24,13 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import select
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ RESUBSCRIBED = b"\x00resubscribed"
 #: Handed to waiters: the connection was lost and Redis cannot be reached again.
 BROKEN = b"\x00broken"
 
-_ERRORS = (RedisError, OSError, ValueError, AttributeError)
+_ERRORS = (RedisError, RedisClusterException, OSError, ValueError, AttributeError)
 
 
 class Waiter:
@@ -270,6 +271,145 @@ class Hub:
             pubsub.close()
         except _ERRORS:
             pass
+
+
+class ClusterChannels:
+    """The Hub's connection on a Redis Cluster, with the little of redis-py's ``PubSub`` the Hub
+    uses (subscribe, unsubscribe, get_message, ping, close).
+
+    A channel for which ``sharded(channel)`` is true (an entry's wake-up channel, in its entry's
+    slot) is SSUBSCRIBEd on the primary that owns its slot, where the write script's SPUBLISH
+    lands; one connection per such primary, opened when first needed. Any other channel (the
+    policies channel) is SUBSCRIBEd on one node: a cluster broadcasts PUBLISH to every node.
+    With ``sharded_pubsub`` false (servers before Redis 7), every channel is plain: the scripts
+    PUBLISH, which reaches every node.
+
+    Messages come back as the Hub knows them (``ssubscribe``/``smessage`` read as
+    ``subscribe``/``message``). Any error (a node gone, a MOVED after a failover) refreshes the
+    client's slot map and is raised: the Hub then closes this object and opens a new one, which
+    subscribes every channel again on the nodes that own them now.
+    """
+
+    def __init__(self, cluster: Any, *, sharded: Callable[[str], bool], sharded_pubsub: bool = True) -> None:
+        self.cluster = cluster
+        self._sharded = sharded
+        self.sharded_pubsub = sharded_pubsub
+        self._plain: Any = None
+        self._shards: dict[str, Any] = {}  # node name -> a PubSub holding SSUBSCRIBEs
+        self._where: dict[str, str] = {}  # sharded channel -> node name
+        self._turn = 0
+
+    # --- routing ---
+
+    def _is_sharded(self, channel: str) -> bool:
+        return self.sharded_pubsub and self._sharded(channel)
+
+    def _plain_pubsub(self) -> Any:
+        if self._plain is None:
+            self._plain = self.cluster.get_redis_connection(self.cluster.get_random_node()).pubsub()
+        return self._plain
+
+    def _shard_pubsub(self, channel: str) -> Any:
+        node = self.cluster.get_node_from_key(channel)
+        pubsub = self._shards.get(node.name)
+        if pubsub is None:
+            pubsub = self._shards[node.name] = self.cluster.get_redis_connection(node).pubsub()
+        self._where[channel] = node.name
+        return pubsub
+
+    def _refresh(self) -> None:
+        """After an error: ask the cluster again which node owns which slot."""
+        try:
+            self.cluster.nodes_manager.initialize()
+        except Exception as exc:  # noqa: BLE001 - every node down: the next open retries
+            logger.debug("respcache: cluster slot map not refreshed (%s)", exc)
+
+    # --- what the Hub calls ---
+
+    def subscribe(self, *channels: str) -> None:
+        try:
+            plain = [c for c in channels if not self._is_sharded(c)]
+            if plain:
+                self._plain_pubsub().subscribe(*plain)
+            for channel in channels:
+                if self._is_sharded(channel):
+                    # One SSUBSCRIBE per channel: several in one must share a slot.
+                    self._shard_pubsub(channel).ssubscribe(channel)
+        except _ERRORS:
+            self._refresh()
+            raise
+
+    def unsubscribe(self, channel: str) -> None:
+        try:
+            name = self._where.pop(channel, None)
+            if name is not None:
+                self._shards[name].sunsubscribe(channel)
+            elif self._plain is not None:
+                self._plain.unsubscribe(channel)
+        except _ERRORS:
+            self._refresh()
+            raise
+
+    def ping(self) -> Any:
+        try:
+            return self._plain_pubsub().ping()
+        except _ERRORS:
+            self._refresh()
+            raise
+
+    def get_message(self, timeout: float = 0.0) -> dict[str, Any] | None:
+        try:
+            message = self._next(timeout)
+        except _ERRORS:
+            self._refresh()
+            raise
+        if message is not None:
+            kind = message.get("type")
+            if kind in _SHARDED_TYPES:
+                message = {**message, "type": _SHARDED_TYPES[kind]}
+        return message
+
+    def _next(self, timeout: float) -> dict[str, Any] | None:
+        sources = ([self._plain] if self._plain is not None else []) + list(self._shards.values())
+        if not sources:
+            time.sleep(timeout)
+            return None
+        for attempt in range(2):
+            # What is buffered first (each PubSub's parser), taking turns so no node starves.
+            self._turn += 1
+            for i in range(len(sources)):
+                message = sources[(self._turn + i) % len(sources)].get_message(timeout=0)
+                if message is not None:
+                    return message  # type: ignore[no-any-return]
+            if attempt == 1 or timeout <= 0:
+                return None
+            sockets = [
+                sock
+                for pubsub in sources
+                if pubsub.subscribed and pubsub.connection is not None
+                for sock in [getattr(pubsub.connection, "_sock", None)]
+                if sock is not None
+            ]
+            if sockets:
+                select.select(sockets, [], [], timeout)
+            else:
+                time.sleep(timeout)
+        return None
+
+    def close(self) -> None:
+        for pubsub in [self._plain, *self._shards.values()]:
+            if pubsub is None:
+                continue
+            try:
+                pubsub.close()
+            except _ERRORS:
+                pass
+        self._plain = None
+        self._shards.clear()
+        self._where.clear()
+
+
+_SHARDED_TYPES = {"ssubscribe": "subscribe", "smessage": "message", "sunsubscribe": "unsubscribe"}
 
 
 class Hubs:

@@ -1,7 +1,9 @@
 """Test settings: the project's, with Redis on a dedicated database that the tests flush.
 
 Redis is real: REDIS_URL when set, else the embedded server (started here if needed).
-The tests use database RESPCACHE_TEST_REDIS_DB (13 by default) of that server.
+The tests use database RESPCACHE_TEST_REDIS_DB (13 by default) of that server. With
+RESPCACHE_TEST_CLUSTER=1, tests/conftest.py starts a local Redis Cluster first and sets
+REDIS_CLUSTER_NODES: the tests then use that cluster.
 """
 
 import os
@@ -28,7 +30,12 @@ def _with_db(url: str, db: int) -> str:
     return urlunsplit(parts._replace(path=f"/{db}"))
 
 
-TEST_REDIS_URL = _with_db(REDIS_URL, TEST_REDIS_DB)
+if os.environ.get("REDIS_CLUSTER_NODES"):
+    # A cluster has one database: the tests use the whole cluster (the one tests/conftest.py
+    # starts for the cluster pass, RESPCACHE_TEST_CLUSTER=1).
+    TEST_REDIS_URL = REDIS_URL
+else:
+    TEST_REDIS_URL = _with_db(REDIS_URL, TEST_REDIS_DB)
 CACHES["respcache"]["LOCATION"] = TEST_REDIS_URL
 CACHES["respcache"]["KEY_PREFIX"] = "rctest"
 

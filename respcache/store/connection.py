@@ -17,14 +17,19 @@ from django.conf import settings
 from django.core.cache import caches
 from django.core.signals import setting_changed
 from django_redis import get_redis_connection
+from redis.cluster import RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from respcache import keys
 from respcache.breaker import Breaker
 from respcache.conf import app_settings
 from respcache.exceptions import CacheUnavailable
+from respcache.pubsub import ClusterChannels
+from respcache.store.cluster import ClusterClient
+
+CLUSTER_CLIENT_CLASS = "respcache.store.cluster.ClusterClient"
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +47,15 @@ def guarded() -> Iterator[None]:
         raise CacheUnavailable(f"Redis is marked down; next try in {breaker.retry_in():.1f} s")
     try:
         yield
+    except RedisClusterException as exc:
+        # redis-py's own cluster errors: keys of one command on several slots (a bug: Redis was not
+        # asked), else no node of the cluster could be reached or a slot has no node.
+        if "same slot" in str(exc):
+            raise CacheUnavailable(str(exc)) from exc
+        if breaker.state == "closed":
+            logger.warning("respcache: Redis Cluster unreachable (%s); skipping it for a back-off", exc)
+        breaker.failure()
+        raise CacheUnavailable(str(exc) or type(exc).__name__) from exc
     except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
         if breaker.state == "closed":
             logger.warning("respcache: Redis unreachable (%s); skipping it for a back-off", exc)
@@ -76,15 +90,76 @@ _workload_keys: dict[tuple[str, str], tuple[str, str, str, str]] = {}
 _scripts: dict[str, Any] = {}
 
 
+#: What the servers are: "clustered" (bool) and "publish" (the wake-up command), once asked.
+_topology: dict[str, Any] = {}
+
+
 def _reset_memo(*, setting: str, **kwargs: Any) -> None:
     if setting in ("CACHES", "RESPCACHE"):
         breaker.reset()  # another Redis: what we knew of the old one says nothing
         _prefix.clear()
         _workload_keys.clear()
         _scripts.clear()
+        _topology.clear()
 
 
 setting_changed.connect(_reset_memo)
+
+
+def clustered() -> bool:
+    """Whether the cache alias is a Redis Cluster (its client is redis-py's RedisCluster); known
+    from the settings, without asking Redis."""
+    found = _topology.get("clustered")
+    if found is None:
+        options = settings.CACHES[app_settings.CACHE_ALIAS].get("OPTIONS", {})
+        client_class = options.get("CLIENT_CLASS", "")
+        found = _topology["clustered"] = client_class == CLUSTER_CLIENT_CLASS or (
+            isinstance(client_class, type) and issubclass(client_class, ClusterClient)
+        )
+    return bool(found)
+
+
+def publish_command() -> str:
+    """The command that wakes an entry's waiters: "SPUBLISH" (sharded Pub/Sub, delivered only in
+    the entry's shard) on a cluster whose servers have it (Redis 7 or later, every primary),
+    else "PUBLISH". Asked of Redis once per process (raises if it cannot be reached: call it
+    inside ``guarded()``)."""
+    found = _topology.get("publish")
+    if found is None:
+        found = "PUBLISH"
+        if clustered():
+            infos = client().info("server", target_nodes=RedisCluster.PRIMARIES)
+            versions = [_version(info.get("redis_version", "0")) for info in infos.values()]
+            if versions and min(versions) >= (7, 0):
+                found = "SPUBLISH"
+        _topology["publish"] = found
+    return str(found)
+
+
+def _version(text: Any) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in str(text).split(".")[:2])
+    except ValueError:
+        return (0,)
+
+
+#: Entry wake-up channels (keys.channel_name) start with this, under the alias's prefix.
+CHANNEL_PREFIX = "respcache:c:"
+
+
+def open_pubsub() -> Any:
+    """A new Pub/Sub connection for the process's hub (respcache.pubsub.Hub): redis-py's PubSub on
+    one Redis; on a cluster, a ``ClusterChannels`` that SSUBSCRIBEs the entry channels on their
+    shards (or SUBSCRIBEs them when the servers have no sharded Pub/Sub)."""
+    redis_client = client()
+    if not clustered():
+        return redis_client.pubsub()
+    entry_channels = full_key(CHANNEL_PREFIX)
+    return ClusterChannels(
+        redis_client,
+        sharded=lambda channel: channel.startswith(entry_channels),
+        sharded_pubsub=publish_command() == "SPUBLISH",
+    )
 
 
 def script(name: str) -> Any:
