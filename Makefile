@@ -35,6 +35,7 @@ faults: install
 
 stop:
 	$(PY) project/embedded_redis.py stop
+	$(PY) project/cluster_redis.py stop
 
 clean: stop
 	rm -rf .run staticfiles

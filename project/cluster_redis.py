@@ -101,6 +101,7 @@ class LocalCluster:
     directory: Path
     password: str | None = None
     primaries_made: int = 3
+    node_timeout_ms: int = 1000
     _pids: dict[int, int] = field(default_factory=dict)
 
     # --- looking at it ---
@@ -196,6 +197,25 @@ class LocalCluster:
         os.kill(pid, signal.SIGKILL)
         _wait(f"PID {pid} to exit", lambda: not _ours(pid, port), 5.0)
         return pid
+
+    def restart(self, port: int, timeout: float = 20.0) -> int:
+        """Start the node on ``port`` again (after ``kill``), from its own nodes.conf: it rejoins
+        the cluster, as a replica of whoever took its slots over; returns once every node says
+        cluster_state:ok and every replica's link is up. Returns its new PID."""
+        self._pids.pop(port, None)
+        _start_node(binary(), port, self.directory / str(port), self.password, self.node_timeout_ms)
+        _wait(f"node {port} to answer", lambda: self.client(port).ping(), timeout)
+        self.wait_healthy(timeout)
+
+        def linked() -> bool:
+            for _, replica in self.replicas():
+                info = self.client(replica).info("replication")
+                if info.get("master_link_status") != "up":
+                    return False
+            return True
+
+        _wait("every replica's link to its primary", linked, timeout)
+        return self.pid(port)
 
     def stop(self, *, keep_files: bool = False) -> None:
         """Stop every node (SIGTERM, then SIGKILL after 5 s) and remove the directory."""
@@ -296,7 +316,11 @@ def start(
     ports = free_ports(count)
     directory = (run_dir or embedded_redis.RUN_DIR) / f"cluster-{ports[0]}"
     cluster = LocalCluster(
-        nodes=[(HOST, p) for p in ports], directory=directory, password=password, primaries_made=primaries
+        nodes=[(HOST, p) for p in ports],
+        directory=directory,
+        password=password,
+        primaries_made=primaries,
+        node_timeout_ms=node_timeout_ms,
     )
     try:
         for port in ports:

@@ -15,6 +15,58 @@ from respcache.models import ApiKey, Workload
 from respcache.services import api_key_create
 from tests.fake_anthropic import FakeAnthropic
 
+#: The cache tests: the ones the cluster pass runs again on a local Redis Cluster
+#: (``RESPCACHE_TEST_CLUSTER=1 make test PYTEST_ARGS='-m cluster'``). Not in it: the tests of the
+#: single-Redis embedded server, Sentinel, TLS and production settings, the fault harness, the
+#: admin pages and the API's HTTP surface (they reach Redis only through the same store calls).
+CLUSTER_MODULES = {
+    "test_cluster.py",
+    "test_service.py",
+    "test_service_stream.py",
+    "test_store.py",
+    "test_locks.py",
+    "test_singleflight.py",
+    "test_pubsub.py",
+    "test_stats.py",
+    "test_metrics.py",
+    "test_counting.py",
+    "test_commands.py",
+    "test_export_import.py",
+    "test_explain.py",
+    "test_shadow.py",
+    "test_stampede.py",
+    "test_counts.py",
+}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.name in CLUSTER_MODULES:
+            item.add_marker(pytest.mark.cluster)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """The cluster pass: the hub stops listening, then the cluster stops (at exit otherwise,
+    with the hub's thread still reconnecting to it)."""
+    from tests import settings as test_settings
+
+    if test_settings.TEST_CLUSTER is not None:
+        from respcache import locks
+
+        locks.hub().stop()
+        test_settings.TEST_CLUSTER.stop()
+
+
+@pytest.fixture(scope="session")
+def local_cluster() -> Any:
+    """The local Redis Cluster this test run started (tests/settings.py, RESPCACHE_TEST_CLUSTER=1):
+    its nodes, primaries, PIDs; skips the test on a single Redis or a cluster not ours."""
+    from tests import settings as test_settings
+
+    if test_settings.TEST_CLUSTER is None:
+        pytest.skip("needs the local Redis Cluster of the cluster pass (RESPCACHE_TEST_CLUSTER=1)")
+    return test_settings.TEST_CLUSTER
+
 
 @pytest.fixture(autouse=True)
 def redis_db(settings: Any) -> Iterator[Any]:

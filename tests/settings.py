@@ -2,14 +2,28 @@
 
 Redis is real: REDIS_URL when set, else the embedded server (started here if needed).
 The tests use database RESPCACHE_TEST_REDIS_DB (13 by default) of that server. With
-RESPCACHE_TEST_CLUSTER=1, tests/conftest.py starts a local Redis Cluster first and sets
-REDIS_CLUSTER_NODES: the tests then use that cluster.
+RESPCACHE_TEST_CLUSTER=1 (the cluster pass, ``-m cluster``), this module starts a local Redis
+Cluster (project/cluster_redis.py: 3 primaries, 3 replicas) and sets REDIS_CLUSTER_NODES: the
+tests then use that cluster.
 """
 
 import os
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from project import embedded_redis
+
+#: The local Redis Cluster of the cluster pass (RESPCACHE_TEST_CLUSTER=1), started here, before
+#: the project's settings read REDIS_CLUSTER_NODES; a process this one starts inherits the
+#: variable and uses the same cluster. Stopped when the process that started it exits.
+TEST_CLUSTER = None
+if os.environ.get("RESPCACHE_TEST_CLUSTER") == "1" and not os.environ.get("REDIS_CLUSTER_NODES"):
+    import atexit
+
+    from project import cluster_redis
+
+    TEST_CLUSTER = cluster_redis.start()
+    os.environ["REDIS_CLUSTER_NODES"] = TEST_CLUSTER.startup_nodes
+    atexit.register(TEST_CLUSTER.stop)
 
 if embedded_redis.wanted():
     embedded_redis.ensure_running()

@@ -43,7 +43,8 @@ from django_redis.exceptions import ConnectionInterrupted
 from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisClusterException, RedisError
+from redis.exceptions import RedisClusterException, RedisError, SlotNotCoveredError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 #: One RedisCluster per (process, location, options): Django makes a cache client per thread
@@ -85,9 +86,22 @@ class RespcacheCluster(RedisCluster):
         try:
             return super().execute_command(*args, **kwargs)  # type: ignore[no-untyped-call]
         except RedisClusterException as exc:
-            if "same slot" in str(exc):  # keys of one command on several slots: a bug, not an outage
-                raise
-            raise ClusterUnreachable(str(exc)) from exc
+            if unreachable(exc):
+                raise ClusterUnreachable(str(exc)) from exc
+            raise  # keys of one command on several slots, a command the cluster client lacks: a bug
+
+
+def unreachable(exc: RedisClusterException) -> bool:
+    """Whether redis-py's cluster error says the cluster (or the node of a slot) cannot be
+    reached, rather than refusing a command (keys on several slots, an unsupported command)."""
+    text = str(exc)
+    return (
+        isinstance(exc, SlotNotCoveredError)
+        or isinstance(exc.__cause__, RedisConnectionError | RedisTimeoutError | OSError)
+        or "cannot be connected" in text
+        or "slots are not covered" in text
+        or "could not agree" in text
+    )
 
 
 def startup_nodes(location: str | list[str] | tuple[str, ...]) -> tuple[list[ClusterNode], dict[str, Any]]:

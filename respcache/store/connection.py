@@ -28,6 +28,7 @@ from respcache.conf import app_settings
 from respcache.exceptions import CacheUnavailable
 from respcache.pubsub import ClusterChannels
 from respcache.store.cluster import ClusterClient
+from respcache.store.cluster import unreachable as cluster_unreachable
 
 CLUSTER_CLIENT_CLASS = "respcache.store.cluster.ClusterClient"
 
@@ -48,9 +49,10 @@ def guarded() -> Iterator[None]:
     try:
         yield
     except RedisClusterException as exc:
-        # redis-py's own cluster errors: keys of one command on several slots (a bug: Redis was not
-        # asked), else no node of the cluster could be reached or a slot has no node.
-        if "same slot" in str(exc):
+        # redis-py's own cluster errors: a command refused before reaching Redis (keys of one
+        # command on several slots: a bug), else no node of the cluster could be reached.
+        if not cluster_unreachable(exc):
+            logger.error("respcache: Redis Cluster client refused a command (%s)", exc)
             raise CacheUnavailable(str(exc)) from exc
         if breaker.state == "closed":
             logger.warning("respcache: Redis Cluster unreachable (%s); skipping it for a back-off", exc)

@@ -1,0 +1,324 @@
+"""respcache on a real Redis Cluster (3 primaries, 3 replicas, started by tests/settings.py for
+the cluster pass: ``RESPCACHE_TEST_CLUSTER=1 make test PYTEST_ARGS='-m cluster'``).
+
+Where the keys land (one entry's keys on one slot, a workload's entries on every primary), that
+bump and purge reach every primary, that a waiter is woken through sharded Pub/Sub, that a hit
+is one command, and a failover under load: a primary SIGKILLed while the official SDK calls
+the service from several threads; every caller gets its answer meanwhile, and once the replica
+has taken over the cache serves hits again, with nothing restarted.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from typing import Any
+
+import anthropic
+import orjson
+import pytest
+
+from respcache import keys, locks, selectors, services, stats, store
+from respcache.exceptions import CacheUnavailable
+from respcache.models import Workload
+from respcache.services import governance
+from respcache.store import connection
+from tests.conftest import ask
+from tests.services.test_stampede import Running, miss, parked
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def call(workload: str, body: dict[str, Any]) -> str:
+    """One call through respcache's service layer (the simulated upstream): its status."""
+    selectors.clear_local_caches()
+    policy = selectors.workload_policy(workload)
+    assert policy is not None
+    return services.cached_message_create(policy=policy, body=body, raw_body=orjson.dumps(body)).status
+
+
+def keys_on(cluster: Any, port: int, pattern: str) -> list[bytes]:
+    """The keys matching ``pattern`` on one node (its own SCAN, not the cluster's)."""
+    return list(cluster.client(port).scan_iter(match=pattern, count=1000))
+
+
+def entry_pattern(workload: str) -> str:
+    return connection.full_key(keys.entry_pattern(workload=workload))
+
+
+def entries_per_primary(cluster: Any, workload: str) -> dict[int, int]:
+    return {port: len(keys_on(cluster, port, entry_pattern(workload))) for _, port in cluster.primaries()}
+
+
+def slot(cluster: Any, name: str | bytes) -> int:
+    return int(cluster.client(cluster.ports[0]).execute_command("CLUSTER", "KEYSLOT", name))
+
+
+def test_the_cache_alias_is_a_cluster_with_sharded_pubsub(local_cluster: Any) -> None:
+    assert connection.clustered()
+    assert connection.publish_command() == "SPUBLISH"  # redis-server 7 on PATH
+    pools = {type(n.redis_connection.connection_pool).__name__ for n in store.client().get_nodes()}
+    assert pools == {"BlockingConnectionPool"}  # the project's pool, one per node
+
+
+def test_the_keys_of_one_entry_share_a_slot(local_cluster: Any, make_workload: Any) -> None:
+    make_workload("slots")
+    for i in range(5):
+        assert call("slots", ask(f"question {i}")) == "miss"
+        assert call("slots", ask(f"question {i}")) == "hit"
+    prefix = connection.full_key("")
+    entries = [
+        k.decode()
+        for _, port in local_cluster.primaries()
+        for k in keys_on(local_cluster, port, entry_pattern("slots"))
+    ]
+    assert len(entries) == 5
+    for entry in entries:
+        raw = entry.removeprefix(prefix)
+        names = [
+            keys.meta_key(raw),
+            keys.notes_key(raw),
+            keys.lock_key(raw),
+            keys.channel_name(raw),
+            keys.failure_key(raw),
+        ]
+        assert {slot(local_cluster, connection.full_key(n)) for n in names} == {slot(local_cluster, entry)}, entry
+        # and they are really there, beside it: the meta and the notes the write stored
+        node = local_cluster.client(local_cluster.owner(entry)[1])
+        assert node.exists(connection.full_key(keys.meta_key(raw)), connection.full_key(keys.notes_key(raw))) == 2
+
+
+def test_one_workloads_entries_land_on_every_primary(local_cluster: Any, make_workload: Any) -> None:
+    make_workload("spread")
+    for i in range(30):
+        assert call("spread", ask(f"spread {i}")) == "miss"
+    per_primary = entries_per_primary(local_cluster, "spread")
+    assert len(per_primary) == 3 and sum(per_primary.values()) == 30
+    assert all(count > 0 for count in per_primary.values()), per_primary
+
+
+def test_bump_and_purge_reach_every_primary(local_cluster: Any, make_workload: Any) -> None:
+    workload: Workload = make_workload("wide")
+    bodies = [ask(f"wide {i}") for i in range(30)]
+    assert [call("wide", b) for b in bodies] == ["miss"] * 30
+    assert [call("wide", b) for b in bodies] == ["hit"] * 30
+    # A bump: no entry of the old version is served, whichever primary holds it.
+    governance.workload_bump(workload, actor="test")
+    assert [call("wide", b) for b in bodies] == ["miss"] * 30
+    assert [call("wide", b) for b in bodies] == ["hit"] * 30
+    assert all(count > 0 for count in entries_per_primary(local_cluster, "wide").values())
+    # A purge: SCAN on every primary deletes every entry of both versions.
+    workload.refresh_from_db()
+    deleted = governance.workload_purge(workload, actor="test")
+    assert deleted == 60
+    assert entries_per_primary(local_cluster, "wide") == {port: 0 for _, port in local_cluster.primaries()}
+    assert [call("wide", b) for b in bodies[:3]] == ["miss"] * 3
+
+
+def test_a_waiter_is_woken_through_sharded_pubsub(local_cluster: Any, fake: Any, make_workload: Any) -> None:
+    workload = make_workload("pair", wait_max=30)
+    body = ask("held by the fake, on a cluster")
+    fake.pause.clear()
+    holder = Running(miss(workload, body))
+    while not fake.message_calls():
+        time.sleep(0.01)
+    waiter = Running(miss(workload, body))
+    channel = waiter.machine.names.channel
+    parked(waiter.machine.names)
+    # The waiter's subscription is a shard channel on the primary owning the channel's slot
+    # (the entry's slot), not a plain one.
+    owner = local_cluster.owner(channel)
+    node = local_cluster.client(owner[1])
+    assert channel.encode() in node.execute_command("PUBSUB", "SHARDCHANNELS")
+    assert channel.encode() not in node.execute_command("PUBSUB", "CHANNELS")
+    assert slot(local_cluster, channel) == slot(local_cluster, waiter.machine.names.entry)
+    fake.pause.set()
+    holder.join(), waiter.join()
+    assert holder.result is not None and waiter.result is not None
+    assert (holder.result.status, waiter.result.status) == ("miss", "wait")
+    assert waiter.result.body == holder.result.body
+    assert len(fake.message_calls()) == 1
+    # The waiter's channel is given back: nobody holds a shard subscription to it any more.
+    deadline = time.monotonic() + 5
+    while channel.encode() in node.execute_command("PUBSUB", "SHARDCHANNELS"):
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+
+
+def commands_on_primaries(cluster: Any) -> Counter[str]:
+    """INFO commandstats summed over the primaries: calls per command."""
+    total: Counter[str] = Counter()
+    for _, port in cluster.primaries():
+        for name, numbers in cluster.client(port).info("commandstats").items():
+            total[name.removeprefix("cmdstat_")] += int(numbers["calls"])
+    return total
+
+
+#: What the measurement itself (INFO) and the client's topology refreshes send.
+NOT_THE_CALL = {"info", "cluster", "ping", "command", "readonly"}
+
+
+def test_a_hit_is_one_command_on_the_cluster(local_cluster: Any, make_workload: Any, settings: Any) -> None:
+    # The counters are flushed by a background thread (when batched): not during the measure.
+    settings.RESPCACHE = {**settings.RESPCACHE, "LOCAL_CACHE_SECONDS": 60, "COUNTER_FLUSH_SECONDS": 3600}
+    make_workload("one")
+    body = ask("one command")
+    assert call("one", body) == "miss"
+    policy = selectors.workload_policy("one")
+    assert policy is not None
+    raw = orjson.dumps(body)
+    assert services.cached_message_create(policy=policy, body=body, raw_body=raw).status == "hit"  # script loaded
+    before = commands_on_primaries(local_cluster)
+    assert services.cached_message_create(policy=policy, body=body, raw_body=raw).status == "hit"
+    after = commands_on_primaries(local_cluster)
+    delta = {name: after[name] - before[name] for name in after if after[name] != before[name]}
+    sent = {name: n for name, n in delta.items() if name not in NOT_THE_CALL}
+    assert sent == {"evalsha": 1}, delta
+
+
+# --- failover ---------------------------------------------------------------------------------
+
+
+class Load:
+    """Threads calling the service through the official SDK, round robin over ``bodies``, until
+    stopped: every answer's X-Respcache, and every failure."""
+
+    def __init__(self, client: anthropic.Anthropic, bodies: list[dict[str, Any]], threads: int = 6) -> None:
+        self.client = client
+        self.bodies = bodies
+        self.statuses: list[tuple[float, int, str]] = []  # (when, body index, X-Respcache)
+        self.failures: list[BaseException] = []
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(threads)]
+
+    def _run(self, offset: int) -> None:
+        i = offset
+        while not self._stop.is_set():
+            index = i % len(self.bodies)
+            i += 1
+            try:
+                raw = self.client.messages.with_raw_response.create(**self.bodies[index])
+                raw.parse()  # the answer itself, whole
+                status = str(raw.headers["x-respcache"])
+            except Exception as exc:  # noqa: BLE001 - counted: the test wants none
+                with self._lock:
+                    self.failures.append(exc)
+                continue
+            with self._lock:
+                self.statuses.append((time.monotonic(), index, status))
+
+    def start(self) -> Load:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(30)
+
+    def since(self, moment: float) -> list[tuple[float, int, str]]:
+        with self._lock:
+            return [s for s in self.statuses if s[0] >= moment]
+
+
+def test_a_primary_killed_under_load_fails_open_then_the_replica_serves_hits(
+    local_cluster: Any, fake: Any, sdk: Any, workload: Workload
+) -> None:
+    client = sdk(timeout=30.0)
+    bodies = [ask(f"failover {i}") for i in range(24)]
+    fingerprints = []
+    for body in bodies:
+        raw = client.messages.with_raw_response.create(**body)
+        assert raw.headers["x-respcache"] == "miss"
+        fingerprints.append(str(raw.headers["x-respcache-key"]))
+    warm_calls = len(fake.message_calls())
+    assert warm_calls == len(bodies)
+    # The primary owning the first entry, and every body whose entry it holds.
+    entries = {
+        k.decode()
+        for _, port in local_cluster.primaries()
+        for k in keys_on(local_cluster, port, entry_pattern(workload.slug))
+    }
+    entry_of = {i: next(e for e in entries if e.endswith(fp)) for i, fp in enumerate(fingerprints)}
+    victim = local_cluster.owner(entry_of[0])
+    on_victim = {i for i, entry in entry_of.items() if local_cluster.owner(entry) == victim}
+    assert 0 < len(on_victim) < len(bodies)
+    errors_before = stats.totals(workload.slug, "5m")["cache_error"]
+
+    load = Load(client, bodies).start()
+    try:
+        time.sleep(1.0)
+        assert {s for _, _, s in load.since(0)} == {"hit"}, "steady state before the kill"
+        pid = local_cluster.kill(victim[1])
+        killed_at = time.monotonic()
+        # The replica takes over (node timeout 1 s): the victim is no primary any more.
+        deadline = killed_at + 20
+        while victim in local_cluster.primaries() or len(local_cluster.primaries()) < 3:
+            assert time.monotonic() < deadline, "no replica took over"
+            time.sleep(0.1)
+        promoted_at = time.monotonic()
+        # Within seconds, the entries the dead primary held are hits again, from its replica.
+        deadline = promoted_at + 10
+        while True:
+            back = [s for s in load.since(time.monotonic() - 0.5) if s[1] in on_victim]
+            if back and all(status == "hit" for _, _, status in back):
+                break
+            assert time.monotonic() < deadline, f"no hits on the promoted replica: {back[-5:]}"
+            time.sleep(0.1)
+        back_at = time.monotonic()
+        time.sleep(0.5)
+    finally:
+        load.stop()
+    statuses = Counter(s for _, _, s in load.statuses)
+    # Every caller got its answer: the calls that found the cache down went to the upstream.
+    assert load.failures == []
+    assert sum(statuses.values()) > 100
+    upstream_during = len(fake.message_calls()) - warm_calls
+    outage = [s for s in load.statuses if killed_at <= s[0] < back_at]
+    assert upstream_during > 0 and any(status != "hit" for _, _, status in outage)
+    assert stats.totals(workload.slug, "5m")["cache_error"] > errors_before
+    print(
+        f"\nfailover: primary {victim[1]} (PID {pid}) killed; replica promoted after "
+        f"{promoted_at - killed_at:.1f} s; hits again {back_at - promoted_at:.1f} s later; "
+        f"{sum(statuses.values())} calls ({dict(statuses)}), {upstream_during} upstream during the outage"
+    )
+    # The dead node comes back as a replica, for the tests that follow (not respcache's doing).
+    local_cluster.restart(victim[1])
+    assert len(local_cluster.primaries()) == 3 and len(local_cluster.replicas()) == 3
+
+
+def test_pubsub_waiters_survive_the_failover_of_their_shard(local_cluster: Any) -> None:
+    """The hub's shard subscription on a killed primary is made again on the promoted replica."""
+    channel = connection.full_key(keys.channel_name(keys.entry_key(workload="w", version=1, fingerprint="f" * 64)))
+    with locks.Subscription(channel) as waiting:
+        owner = local_cluster.owner(channel)
+        local_cluster.kill(owner[1])
+        try:
+            deadline = time.monotonic() + 20
+            while owner in local_cluster.primaries() or len(local_cluster.primaries()) < 3:
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+            new_owner = local_cluster.owner(channel)
+            node = local_cluster.client(new_owner[1])
+            while channel.encode() not in node.execute_command("PUBSUB", "SHARDCHANNELS"):
+                assert time.monotonic() < deadline + 10, "the hub did not subscribe again"
+                time.sleep(0.05)
+            node.execute_command("SPUBLISH", channel, b"ok")
+            # Meanwhile the waiter was told the connection broke (it would have failed open) and
+            # that it is back (it would re-read the entry); then it hears what is published.
+            heard: list[bytes | str] = []
+            while not heard or heard[-1] != b"ok":
+                assert time.monotonic() < deadline + 15, heard
+                try:
+                    message = waiting.wait(time.monotonic() + 5)
+                except CacheUnavailable:
+                    heard.append("broken")
+                    continue
+                assert message is not None, heard
+                heard.append(message)
+            assert heard[-1] == b"ok"
+        finally:
+            local_cluster.restart(owner[1])
