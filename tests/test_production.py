@@ -1,6 +1,6 @@
 """Production settings: built from the environment, `check --deploy` clean, the API refusing plain
-HTTP with a 403 where pages are redirected, Redis over TLS with a password and through a Sentinel
-group (real servers, started here), static files served."""
+HTTP with a 403 where pages are redirected, Redis over TLS with a password, through a Sentinel
+group and as a Redis Cluster with a password (real servers, started here), static files served."""
 
 from __future__ import annotations
 
@@ -23,10 +23,11 @@ from django.conf import settings
 from django.test import Client, override_settings
 from django_redis.pool import ConnectionFactory
 
-from project import embedded_redis
+from project import cluster_redis, embedded_redis
 from respcache import selectors, services, store
 from respcache.exceptions import CacheUnavailable
 from respcache.models import Workload
+from respcache.store import cluster
 from tests.conftest import ask
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -53,6 +54,8 @@ ENV_NAMES = {
     "REDIS_SENTINELS",
     "REDIS_SENTINEL_SERVICE",
     "REDIS_SENTINEL_PASSWORD",
+    "REDIS_CLUSTER_NODES",
+    "REDIS_CLUSTER_TLS",
     "REDIS_DB",
     "REDIS_TLS_CA_CERTS",
     "REDIS_TLS_CERTFILE",
@@ -163,6 +166,76 @@ def test_redis_sentinel_through_django_redis(monkeypatch: pytest.MonkeyPatch) ->
     assert options["SENTINELS"] == [("sentinel-a", 26379), ("sentinel-b", 26380)]
     assert options["SENTINEL_KWARGS"]["password"] == "s-pw"
     assert options["SENTINEL_KWARGS"]["socket_timeout"] == options["SOCKET_TIMEOUT"]
+
+
+def test_redis_cluster_from_its_nodes(monkeypatch: pytest.MonkeyPatch) -> None:
+    built = build_settings(
+        monkeypatch,
+        REDIS_CLUSTER_NODES="10.0.0.1:6379, 10.0.0.2:6380",
+        REDIS_PASSWORD="from-env",
+        REDIS_URL="redis://ignored:6379/0",
+        REDIS_SENTINELS="ignored:26379",
+    )
+    cache = built["CACHES"]["respcache"]
+    assert cache["LOCATION"] == built["REDIS_URL"] == "redis://10.0.0.1:6379,redis://10.0.0.2:6380"
+    options = cache["OPTIONS"]
+    assert options["CLIENT_CLASS"] == "respcache.store.cluster.ClusterClient"
+    assert "SENTINELS" not in options
+    # What redis-py's RedisCluster is given: every node, the password, the timeouts, a blocking
+    # pool per node of the same size, few retries (a call fails open fast while a primary is down).
+    kwargs = cluster.cluster_kwargs(cache["LOCATION"], options)
+    assert kwargs["url"] == "redis://10.0.0.1:6379"
+    assert [(n.host, n.port) for n in kwargs["startup_nodes"]] == [("10.0.0.2", 6380)]
+    assert kwargs["password"] == "from-env" and "ssl" not in kwargs
+    assert (kwargs["socket_timeout"], kwargs["socket_connect_timeout"]) == (2.0, 0.5)
+    assert kwargs["connection_pool_class"] is redis.BlockingConnectionPool
+    assert (kwargs["max_connections"], kwargs["timeout"]) == (200, 2.0)
+    assert kwargs["retry"].get_retries() == 1
+    assert not any(name.startswith("ssl") for name in kwargs)
+    # Neither the embedded server nor a database number with a cluster.
+    monkeypatch.setenv("REDIS_CLUSTER_NODES", "10.0.0.1:6379")
+    monkeypatch.delenv("REDIS_URL")
+    monkeypatch.delenv("REDIS_SENTINELS")
+    assert not embedded_redis.wanted()
+
+
+def test_redis_cluster_over_tls(monkeypatch: pytest.MonkeyPatch) -> None:
+    cache = build_settings(
+        monkeypatch,
+        REDIS_CLUSTER_NODES="redis-1.example.com:6380,redis-2.example.com:6380",
+        REDIS_CLUSTER_TLS="1",
+        REDIS_TLS_CA_CERTS="/etc/ssl/redis-ca.pem",
+        REDIS_TLS_CERTFILE="/etc/ssl/client.pem",
+        REDIS_TLS_KEYFILE="/etc/ssl/client.key",
+    )["CACHES"]["respcache"]
+    assert cache["LOCATION"] == "rediss://redis-1.example.com:6380,rediss://redis-2.example.com:6380"
+    kwargs = cluster.cluster_kwargs(cache["LOCATION"], cache["OPTIONS"])
+    assert kwargs["url"] == "rediss://redis-1.example.com:6380"  # every node over TLS
+    assert (kwargs["ssl_ca_certs"], kwargs["ssl_certfile"], kwargs["ssl_keyfile"], kwargs["ssl_cert_reqs"]) == (
+        "/etc/ssl/redis-ca.pem",
+        "/etc/ssl/client.pem",
+        "/etc/ssl/client.key",
+        "required",
+    )
+
+
+@pytest.mark.django_db
+def test_respcache_through_a_real_cluster_with_a_password(monkeypatch: pytest.MonkeyPatch, make_workload: Any) -> None:
+    password = secrets.token_hex(8)
+    local = cluster_redis.start(primaries=3, replicas_per_primary=0, password=password)
+    try:
+        nodes = local.startup_nodes
+        cache = build_settings(monkeypatch, REDIS_CLUSTER_NODES=nodes, REDIS_PASSWORD=password)["CACHES"]["respcache"]
+        make_workload("intents")
+        assert served_through(cache) == ["miss", "hit"]
+        # Served by the cluster: the entry is on one of its primaries.
+        assert any(local.client(port).keys("*respcache:e:intents*") for port in local.ports)
+        wrong = build_settings(monkeypatch, REDIS_CLUSTER_NODES=nodes, REDIS_PASSWORD="wrong")["CACHES"]["respcache"]
+        with override_settings(CACHES={**settings.CACHES, "respcache": wrong}):
+            with pytest.raises(CacheUnavailable):
+                store.ping()
+    finally:
+        local.stop()
 
 
 # --- manage.py check --deploy --------------------------------------------------------------------

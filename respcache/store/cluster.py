@@ -144,7 +144,16 @@ def connect(location: str | list[str] | tuple[str, ...], options: dict[str, Any]
 
 
 def build(location: str | list[str] | tuple[str, ...], options: dict[str, Any]) -> RespcacheCluster:
-    """A new RedisCluster from a cache alias's LOCATION and OPTIONS."""
+    """A new RedisCluster from a cache alias's LOCATION and OPTIONS (it asks a startup node for
+    the slot map at once: ClusterUnreachable if none answers)."""
+    try:
+        return RespcacheCluster(**cluster_kwargs(location, options))
+    except RedisClusterException as exc:
+        raise ClusterUnreachable(str(exc)) from exc
+
+
+def cluster_kwargs(location: str | list[str] | tuple[str, ...], options: dict[str, Any]) -> dict[str, Any]:
+    """What ``build`` passes to RedisCluster, from a cache alias's LOCATION and OPTIONS."""
     nodes, kwargs = startup_nodes(location)
     for option, name in (
         ("USERNAME", "username"),
@@ -163,15 +172,13 @@ def build(location: str | list[str] | tuple[str, ...], options: dict[str, Any]) 
     else:
         kwargs.pop("timeout", None)  # only a blocking pool waits
     kwargs.update(options.get("CLUSTER_KWARGS", {}))
-    retries = int(options.get("CLUSTER_RETRIES", 1))
     # The first node as a URL: only then does redis-py build each node's pool from
-    # connection_pool_class (a blocking pool, as for a single Redis) and the scheme says TLS.
+    # connection_pool_class (a blocking pool, as for a single Redis), and its scheme says TLS.
     first, others = nodes[0], nodes[1:]
-    url = f"{'rediss' if tls else 'redis'}://{first.host}:{first.port}"
-    try:
-        return RespcacheCluster(url=url, startup_nodes=others, retry=Retry(NoBackoff(), retries), **kwargs)
-    except RedisClusterException as exc:  # no startup node answers
-        raise ClusterUnreachable(str(exc)) from exc
+    kwargs["url"] = f"{'rediss' if tls else 'redis'}://{first.host}:{first.port}"
+    kwargs["startup_nodes"] = others
+    kwargs["retry"] = Retry(NoBackoff(), int(options.get("CLUSTER_RETRIES", 1)))
+    return kwargs
 
 
 class ClusterClient(DefaultClient):  # type: ignore[misc]
