@@ -5,8 +5,9 @@ greenlet, not a whole worker process. Every value can be set from the environmen
 
 Workers keep no state that others need (entries, locks, counters and key versions are in Redis,
 policies in the database; a worker flushes the counters it added up every second and on exit),
-so: graceful reload after a deploy or a settings change is ``kill -HUP <master pid>`` (new workers start with the new code, old ones finish their requests
-within ``graceful_timeout``, no request is dropped); ``kill -TTIN`` / ``-TTOU`` add or remove a
+so: graceful reload after a deploy or a settings change is ``kill -HUP <master pid>`` (new
+workers start with the new code, old ones finish their requests within ``graceful_timeout``, no
+request is dropped); ``kill -TTIN`` / ``-TTOU`` add or remove a
 worker; ``kill -TERM`` stops gracefully. ``GUNICORN_PIDFILE`` writes the master's pid to a file.
 """
 
