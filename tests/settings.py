@@ -8,6 +8,7 @@ tests then use that cluster.
 """
 
 import os
+import sys
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from project import embedded_redis
@@ -72,4 +73,7 @@ RESPCACHE = {
     # a server a test starts with the production settings needs them for /metrics.
     "METRICS_TOKEN": PROJECT_RESPCACHE["METRICS_TOKEN"],
     "METRICS_PUBLIC": PROJECT_RESPCACHE["METRICS_PUBLIC"],
+    # A server a test starts flushes its counters every second, as deployed; the test process
+    # itself flushes when it reads (stats flushes first), so a flush never lands mid-test.
+    "COUNTER_FLUSH_SECONDS": PROJECT_RESPCACHE["COUNTER_FLUSH_SECONDS"] if "pytest" not in sys.modules else 3600.0,
 }
