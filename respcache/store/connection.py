@@ -94,10 +94,6 @@ _topology: dict[str, Any] = {}
 _scripts: dict[str, Any] = {}
 
 
-#: What the servers are: "clustered" (bool) and "publish" (the wake-up command), once asked.
-_topology: dict[str, Any] = {}
-
-
 def _reset_memo(*, setting: str, **kwargs: Any) -> None:
     if setting in ("CACHES", "RESPCACHE"):
         breaker.reset()  # another Redis: what we knew of the old one says nothing
@@ -124,15 +120,29 @@ def clustered() -> bool:
 
 
 def publish_command() -> str:
-    """The command that wakes an entry's waiters: "SPUBLISH" (sharded Pub/Sub, delivered only in
-    the entry's shard) on a cluster whose servers have it (Redis 7 or later, every primary),
-    else "PUBLISH". Asked of Redis once per process (raises if it cannot be reached: call it
-    inside ``guarded()``)."""
+    """How the scripts wake an entry's waiters: "SPUBLISH" (sharded Pub/Sub: the message stays on
+    the shard of the entry's slot) on a cluster whose servers have it (Redis 7 or later, on every
+    primary), else "PUBLISH" (on a cluster, broadcast to every node). Asked of Redis once per
+    process; while Redis cannot be asked, "PUBLISH", not memoised."""
+    found = _topology.get("publish")
+    if found is None:
+        try:
+            with guarded():
+                found = _ask_publish_command()
+        except CacheUnavailable:
+            return "PUBLISH"  # asked again once Redis answers
+    return str(found)
+
+
+def _ask_publish_command() -> str:
+    """``publish_command``'s answer, asked of Redis now unless known (raises RedisError)."""
     found = _topology.get("publish")
     if found is None:
         found = "PUBLISH"
         if clustered():
             infos = client().info("server", target_nodes=RedisCluster.PRIMARIES)
+            if "redis_version" in infos:  # one primary answers as a single Redis
+                infos = {"": infos}
             versions = [_version(info.get("redis_version", "0")) for info in infos.values()]
             if versions and min(versions) >= (7, 0):
                 found = "SPUBLISH"
@@ -162,7 +172,7 @@ def open_pubsub() -> Any:
     return ClusterChannels(
         redis_client,
         sharded=lambda channel: channel.startswith(entry_channels),
-        sharded_pubsub=publish_command() == "SPUBLISH",
+        sharded_pubsub=_ask_publish_command() == "SPUBLISH",
     )
 
 
@@ -193,37 +203,6 @@ def full_key(raw: str) -> str:
 def version_key(workload: str) -> str:
     """The workload's key version in Redis (``keys.version_key``, full)."""
     return full_key(keys.version_key(workload))
-
-
-def clustered() -> bool:
-    """Whether the cache alias's Redis is a Redis Cluster (its client a redis-py RedisCluster)."""
-    found = _topology.get("clustered")
-    if found is None:
-        from redis.cluster import RedisCluster  # noqa: PLC0415 - only its type is needed
-
-        found = _topology["clustered"] = isinstance(client(), RedisCluster)
-    return bool(found)
-
-
-def publish_command() -> str:
-    """How the scripts wake an entry's waiters: ``SPUBLISH`` (sharded Pub/Sub: the message stays
-    on the shard of the entry's slot) on a cluster whose servers have it (Redis 7), else
-    ``PUBLISH`` (on a cluster, broadcast to every node)."""
-    found = _topology.get("publish")
-    if found is None:
-        found = "PUBLISH"
-        if clustered():
-            try:
-                with guarded():
-                    info = client().info("server")
-            except CacheUnavailable:
-                return found  # not memoised: asked again once Redis answers
-            if "redis_version" not in info:  # a cluster may answer per node: {node: info}
-                info = next(iter(info.values()), {})
-            if int(str(info.get("redis_version", "0")).split(".")[0] or 0) >= 7:
-                found = "SPUBLISH"
-        _topology["publish"] = found
-    return str(found)
 
 
 def lookup_version_key(workload: str, fingerprint: str) -> str:
