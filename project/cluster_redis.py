@@ -207,14 +207,21 @@ class LocalCluster:
         _wait(f"node {port} to answer", lambda: self.client(port).ping(), timeout)
         self.wait_healthy(timeout)
 
-        def linked() -> bool:
-            for _, replica in self.replicas():
-                info = self.client(replica).info("replication")
-                if info.get("master_link_status") != "up":
+        def rejoined() -> bool:
+            # Every node sees it again (no "fail" flag) and it follows a primary, linked.
+            for other in self.ports:
+                if not _ours(self.pid(other), other):
+                    continue
+                view = _parse_nodes(_decode(self.client(other).execute_command("CLUSTER", "NODES")))
+                if any(
+                    n["flags"] & {"fail", "fail?", "handshake", "noaddr"} and _ours(self.pid(n["port"]), n["port"])
+                    for n in view
+                ):
                     return False
-            return True
+            info = self.client(port).info("replication")
+            return bool(info.get("role") == "slave" and info.get("master_link_status") == "up")
 
-        _wait("every replica's link to its primary", linked, timeout)
+        _wait(f"node {port} to rejoin as a replica", rejoined, timeout)
         return self.pid(port)
 
     def stop(self, *, keep_files: bool = False) -> None:

@@ -41,7 +41,7 @@ from django.utils.module_loading import import_string
 from django_redis.client import DefaultClient
 from django_redis.exceptions import ConnectionInterrupted
 from redis.backoff import NoBackoff
-from redis.cluster import ClusterNode, RedisCluster
+from redis.cluster import ClusterNode, ClusterPipeline, RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisClusterException, RedisError, SlotNotCoveredError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -89,6 +89,22 @@ class RespcacheCluster(RedisCluster):
             if unreachable(exc):
                 raise ClusterUnreachable(str(exc)) from exc
             raise  # keys of one command on several slots, a command the cluster client lacks: a bug
+
+    def pipeline(self, transaction: Any = None, shard_hint: Any = None) -> Any:
+        pipe = super().pipeline(transaction, shard_hint)  # type: ignore[no-untyped-call]
+        pipe.__class__ = RespcacheClusterPipeline  # the same object, with EVAL and EVALSHA queued
+        return pipe
+
+
+class RespcacheClusterPipeline(ClusterPipeline):
+    """redis-py's cluster pipeline, which refuses EVAL and EVALSHA (its ``eval`` takes no
+    arguments): here they are queued as any keyed command, sent to their first key's slot."""
+
+    def eval(self, script: Any, numkeys: int, *keys_and_args: Any) -> Any:  # type: ignore[override]
+        return self.execute_command("EVAL", script, numkeys, *keys_and_args)  # type: ignore[no-untyped-call]
+
+    def evalsha(self, sha: Any, numkeys: int, *keys_and_args: Any) -> Any:
+        return self.execute_command("EVALSHA", sha, numkeys, *keys_and_args)  # type: ignore[no-untyped-call]
 
 
 def unreachable(exc: RedisClusterException) -> bool:
