@@ -218,6 +218,8 @@ class LocalCluster:
                     for n in view
                 ):
                     return False
+                if not any(n["port"] == port and "slave" in n["flags"] for n in view):
+                    return False
             info = self.client(port).info("replication")
             return bool(info.get("role") == "slave" and info.get("master_link_status") == "up")
 

@@ -18,7 +18,9 @@ from tests.fake_anthropic import FakeAnthropic
 #: The cache tests: the ones the cluster pass runs again on a local Redis Cluster
 #: (``RESPCACHE_TEST_CLUSTER=1 make test PYTEST_ARGS='-m cluster'``). Not in it: the tests of the
 #: single-Redis embedded server, Sentinel, TLS and production settings, the fault harness, the
-#: admin pages and the API's HTTP surface (they reach Redis only through the same store calls).
+#: admin pages and the API's HTTP surface (they reach Redis only through the same store calls),
+#: and test_counting.py (Redis round trips as one Redis sees them: a cluster pipeline is one per
+#: shard; test_cluster.py counts a hit's commands per primary instead).
 CLUSTER_MODULES = {
     "test_cluster.py",
     "test_service.py",
@@ -29,7 +31,6 @@ CLUSTER_MODULES = {
     "test_pubsub.py",
     "test_stats.py",
     "test_metrics.py",
-    "test_counting.py",
     "test_commands.py",
     "test_export_import.py",
     "test_explain.py",
@@ -152,6 +153,67 @@ def sdk(live_server: Any, api_key: str) -> Any:
         )
 
     return make
+
+
+def publish(channel: str, message: bytes) -> int:
+    """Publish as respcache does: an entry's channel with ``store.publish_command()`` (SPUBLISH on
+    a cluster with sharded Pub/Sub, where its waiters listen), any other channel with PUBLISH.
+    Returns how many subscribers got it."""
+    from respcache.store import connection
+
+    sharded = channel.startswith(connection.full_key(connection.CHANNEL_PREFIX))
+    command = store.publish_command() if sharded else "PUBLISH"
+    return int(store.client().execute_command(command, channel, message))
+
+
+def on_every_node(command: str, *args: Any) -> list[Any]:
+    """``command`` on the Redis, or on every node of a cluster: each node's reply."""
+    from redis.cluster import RedisCluster
+
+    client = store.client()
+    if isinstance(client, RedisCluster):
+        replies = client.execute_command(command, *args, target_nodes=RedisCluster.ALL_NODES)
+        return list(replies.values()) if isinstance(replies, dict) else [replies]
+    return [client.execute_command(command, *args)]
+
+
+def kill_pubsub_connections() -> int:
+    """CLIENT KILL TYPE pubsub on the Redis (every node of a cluster): how many were killed."""
+    return sum(int(n) for n in on_every_node("CLIENT", "KILL", "TYPE", "pubsub"))
+
+
+def pubsub_connections() -> int:
+    """How many Pub/Sub connections the Redis (every node of a cluster) has now."""
+    listings = on_every_node("CLIENT", "LIST", "TYPE", "pubsub")
+    return sum(len((x.decode() if isinstance(x, bytes) else str(x)).strip().splitlines()) for x in listings)
+
+
+def connected_clients() -> int:
+    """Connected clients of the Redis (summed over every node of a cluster)."""
+    from redis.cluster import RedisCluster
+
+    client = store.client()
+    if isinstance(client, RedisCluster):
+        infos = client.info("clients", target_nodes=RedisCluster.ALL_NODES)
+        return sum(int(info["connected_clients"]) for info in infos.values())
+    return int(client.info("clients")["connected_clients"])
+
+
+def subscribers(channel: str) -> int:
+    """How many subscribe to ``channel``: PUBSUB NUMSUB, or on a cluster with sharded Pub/Sub
+    and an entry channel, PUBSUB SHARDNUMSUB on the node of its slot."""
+    from redis.cluster import RedisCluster
+
+    from respcache.store import connection
+
+    client = store.client()
+    sharded = channel.startswith(connection.full_key(connection.CHANNEL_PREFIX))
+    if isinstance(client, RedisCluster) and sharded and store.publish_command() == "SPUBLISH":
+        node = client.get_node_from_key(channel)
+        reply = client.get_redis_connection(node).execute_command("PUBSUB", "SHARDNUMSUB", channel)
+    else:
+        reply = client.execute_command("PUBSUB", "NUMSUB", channel)
+    return int(reply[1])
 
 
 def redis_down(caches: dict[str, Any]) -> dict[str, Any]:

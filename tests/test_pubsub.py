@@ -1,4 +1,8 @@
-"""The process's Pub/Sub owner against a real Redis: delivery, and surviving a killed connection."""
+"""The process's Pub/Sub owner against a real Redis: delivery, and surviving a killed connection.
+
+Its connection is the one respcache opens (``store.connection.open_pubsub``): redis-py's PubSub
+on one Redis; on a cluster (the cluster pass) the one that SSUBSCRIBEs entry channels (the
+waiters' channels below are named so) on their shards; "ch:signal" is plain, as the policies' is."""
 
 from __future__ import annotations
 
@@ -6,13 +10,19 @@ import time
 from typing import Any
 
 import pytest
-from django_redis import get_redis_connection
 
 from respcache import pubsub
+from respcache.store import connection
+from tests.conftest import kill_pubsub_connections, publish, pubsub_connections
 
 
 def _hub(redis_db: Any) -> pubsub.Hub:
-    return pubsub.Hub(lambda: get_redis_connection("respcache").pubsub(), retry_seconds=0.05)
+    return pubsub.Hub(connection.open_pubsub, retry_seconds=0.05)
+
+
+def ch(name: str) -> str:
+    """An entry channel's name (sharded on a cluster)."""
+    return connection.full_key(f"{connection.CHANNEL_PREFIX}{name}")
 
 
 def _next(waiter: pubsub.Waiter, timeout: float = 5.0) -> bytes:
@@ -21,20 +31,20 @@ def _next(waiter: pubsub.Waiter, timeout: float = 5.0) -> bytes:
 
 
 def _kill_pubsub(redis_db: Any) -> int:
-    return int(redis_db.execute_command("CLIENT", "KILL", "TYPE", "pubsub"))
+    return kill_pubsub_connections()
 
 
 def test_a_waiter_gets_what_is_published_on_its_channel_only(redis_db: Any) -> None:
     hub = _hub(redis_db)
     try:
-        a, b = hub.register("ch:a"), hub.register("ch:b")
+        a, b = hub.register(ch("a")), hub.register(ch("b"))
         assert a.ready.wait(5) and b.ready.wait(5)
-        redis_db.publish("ch:a", b"ok-a")
+        publish(ch("a"), b"ok-a")
         assert _next(a) == b"ok-a"
         assert b.messages.empty()
         hub.unregister(a)
-        redis_db.publish("ch:a", b"late")
-        redis_db.publish("ch:b", b"ok-b")
+        publish(ch("a"), b"late")
+        publish(ch("b"), b"ok-b")
         assert _next(b) == b"ok-b"
         assert a.messages.empty()
     finally:
@@ -46,19 +56,19 @@ def test_a_killed_connection_is_reopened_and_waiters_are_told_to_recheck(redis_d
     seen: list[bytes] = []
     try:
         hub.listen("ch:signal", seen.append)
-        waiter = hub.register("ch:key")
+        waiter = hub.register(ch("key"))
         assert waiter.ready.wait(5)
         assert _kill_pubsub(redis_db) >= 1
         # The owner notices, reconnects and resubscribes; the waiter is told to re-check.
         assert _next(waiter) == pubsub.RESUBSCRIBED
         assert hub.reconnections == 1
-        redis_db.publish("ch:key", b"ok")
+        publish(ch("key"), b"ok")
         assert _next(waiter) == b"ok"
         deadline = time.monotonic() + 5
         while pubsub.RESUBSCRIBED not in seen and time.monotonic() < deadline:
             time.sleep(0.01)
         assert pubsub.RESUBSCRIBED in seen  # a permanent channel's handler hears it too
-        redis_db.publish("ch:signal", b"changed")
+        publish("ch:signal", b"changed")
         deadline = time.monotonic() + 5
         while b"changed" not in seen and time.monotonic() < deadline:
             time.sleep(0.01)
@@ -74,11 +84,11 @@ def test_waiters_are_told_broken_when_redis_cannot_be_reached_again(redis_db: An
         connects.append(1)
         if len(connects) > 1:  # Redis "went away" after the first connection
             raise OSError("connection refused")
-        return get_redis_connection("respcache").pubsub()
+        return connection.open_pubsub()
 
     hub = pubsub.Hub(connect, retry_seconds=0.05)
     try:
-        waiter = hub.register("ch:key")
+        waiter = hub.register(ch("key"))
         assert waiter.ready.wait(5)
         _kill_pubsub(redis_db)
         assert _next(waiter) == pubsub.BROKEN
@@ -89,14 +99,13 @@ def test_waiters_are_told_broken_when_redis_cannot_be_reached_again(redis_db: An
 
 @pytest.mark.parametrize("waiters", [1, 50])
 def test_many_waiters_share_one_connection(redis_db: Any, waiters: int) -> None:
-    before = len(redis_db.client_list(_type="pubsub"))  # the process's own hub, listening
+    before = pubsub_connections()  # the process's own hub, listening
     hub = _hub(redis_db)
     try:
-        registered = [hub.register("ch:many") for _ in range(waiters)]
+        registered = [hub.register(ch("many")) for _ in range(waiters)]
         assert all(w.ready.wait(5) for w in registered)
-        clients = redis_db.client_list(_type="pubsub")
-        assert len(clients) == before + 1
-        redis_db.publish("ch:many", b"ok")
+        assert pubsub_connections() == before + 1
+        publish(ch("many"), b"ok")
         assert all(_next(w) == b"ok" for w in registered)
     finally:
         hub.stop()

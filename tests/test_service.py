@@ -13,7 +13,7 @@ from respcache import keys, locks, selectors, services, stats, store
 from respcache.exceptions import InvalidRequest, UpstreamError
 from respcache.models import Workload
 from respcache.services import calls, stampede
-from tests.conftest import ask, redis_down
+from tests.conftest import ask, publish, redis_down
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -119,7 +119,7 @@ def test_waiters_answer_from_the_record_the_write_publishes(fake: Any, make_work
     message = b'{"type":"message","usage":{"input_tokens":3,"output_tokens":4}}'
     record = store.encode_record(message, stored_at=time.time(), model="m")
     assert store.ok_message(record) == b"ok" + record
-    assert store.client().publish(n_.channel, store.ok_message(record)) >= 1
+    assert publish(n_.channel, store.ok_message(record)) >= 1
     for t in threads:
         t.join(20)
     assert [r.status for r in results] == ["wait"] * 3
@@ -137,7 +137,7 @@ def test_a_bare_ok_makes_waiters_read_the_entry(fake: Any, make_workload: Any, r
     n_, results, threads = _hold_and_wait(workload, body, 2)
     message = b'{"type":"message","usage":{"input_tokens":3,"output_tokens":4}}'
     store.client().set(n_.entry, store.encode_record(message, stored_at=time.time(), model="m"), px=60_000)
-    store.client().publish(n_.channel, b"ok")
+    publish(n_.channel, b"ok")
     for t in threads:
         t.join(20)
     assert [r.status for r in results] == ["wait"] * 2 and {r.body for r in results} == {message}
@@ -339,7 +339,7 @@ def test_a_waiter_that_takes_a_lock_freed_with_the_answer_in_a_message_answers_f
         if locks.waiting(n_.channel) >= 1 and store.client().get(n_.lock) == b"stand-in":
             store.client().delete(n_.lock)  # the holder let go, the answer in its message only
             record = store.encode_record(RECORDED_MESSAGE, stored_at=time.time(), model="m")
-            store.client().publish(n_.channel, store.ok_message(record))
+            publish(n_.channel, store.ok_message(record))
             time.sleep(0.2)  # the listener hands it to this waiter
         return real_take_over(**kw)
 
@@ -366,7 +366,7 @@ def test_wake_time_is_the_listeners_handover_not_the_callers_clock(
     t.start()
     wait_for_subscribers(n_.channel, 1)
     record = store.encode_record(RECORDED_MESSAGE, stored_at=time.time(), model="m")
-    store.client().publish(n_.channel, store.ok_message(record))
+    publish(n_.channel, store.ok_message(record))
     t.join(20)
     assert results[0].status == "wait"
     assert len(seen) == 1 and seen[0] < 1000  # the caller's clock is 5 s ahead: not used for the wake

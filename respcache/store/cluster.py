@@ -106,6 +106,22 @@ class RespcacheClusterPipeline(ClusterPipeline):
     def evalsha(self, sha: Any, numkeys: int, *keys_and_args: Any) -> Any:
         return self.execute_command("EVALSHA", sha, numkeys, *keys_and_args)  # type: ignore[no-untyped-call]
 
+    # redis-py's cluster pipeline refuses DEL, UNLINK and EXISTS of several keys; several keys of
+    # one slot (an entry's record, meta and notes) are one command to one node, one reply.
+    def delete(self, *names: Any) -> Any:
+        return self._same_slot("DEL", names, super().delete)
+
+    def unlink(self, *names: Any) -> Any:
+        return self._same_slot("UNLINK", names, super().unlink)
+
+    def exists(self, *names: Any) -> Any:
+        return self._same_slot("EXISTS", names, super().exists)
+
+    def _same_slot(self, command: str, names: tuple[Any, ...], single: Any) -> Any:
+        if len(names) > 1 and len({self.keyslot(name) for name in names}) == 1:  # type: ignore[no-untyped-call]
+            return self.execute_command(command, *names)  # type: ignore[no-untyped-call]
+        return single(*names)
+
 
 def unreachable(exc: RedisClusterException) -> bool:
     """Whether redis-py's cluster error says the cluster (or the node of a slot) cannot be

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from respcache import keys
 from respcache.store import fields
 from respcache.store.browse import iter_entry_keys
-from respcache.store.connection import client, full_key, guarded
+from respcache.store.connection import client, clustered, full_key, guarded
 
 #: Meta fields that are bookkeeping of the Redis the entry lives in, not part of the entry:
 #: its read counter and the keys of its expiry-time counter buckets. Never exported.
@@ -86,9 +86,10 @@ def existing(workload: str, version: int, upstream: str, fingerprints: Sequence[
 
 def put_entries(workload: str, version: int, upstream: str, entries: Sequence[StoredEntry]) -> None:
     """Write ``entries`` (each with a TTL) in one MULTI/EXEC: the record, and its meta hash with
-    a read count of 0, replacing what was there. Counts nothing."""
+    a read count of 0, replacing what was there. Counts nothing. On a Redis Cluster, where a
+    MULTI holds keys of one slot only, the batch is one pipeline per shard, without MULTI."""
     with guarded():
-        pipe = client().pipeline(transaction=True)
+        pipe = client().pipeline(transaction=not clustered())
         for entry in entries:
             assert entry.ttl_ms is not None and entry.ttl_ms > 0
             raw = _entry_key(workload, version, entry.fingerprint, upstream)

@@ -22,7 +22,7 @@ from respcache.models import Workload
 from respcache.services import calls, stampede
 from respcache.services.calls import CachedResult
 from respcache.services.stampede import Names, Stampede, State
-from tests.conftest import ask
+from tests.conftest import ask, publish
 from tests.fake_anthropic import make_message
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -143,7 +143,7 @@ def test_a_bare_ok_sends_the_waiter_back_to_read(fake: Any, workload: Workload) 
     waiter = Running(machine)
     parked(machine.names)
     store.client().set(machine.names.entry, record(), px=60_000)
-    store.client().publish(machine.names.channel, b"ok")
+    publish(machine.names.channel, b"ok")
     waiter.join()
     assert machine.visited == [*PARKED, State.HEARD, State.READ]
     assert waiter.result is not None and (waiter.result.status, waiter.result.body) == ("wait", MESSAGE)
