@@ -61,7 +61,15 @@ def test_a_killed_connection_is_reopened_and_waiters_are_told_to_recheck(redis_d
         assert _kill_pubsub(redis_db) >= 1
         # The owner notices, reconnects and resubscribes; the waiter is told to re-check.
         assert _next(waiter) == pubsub.RESUBSCRIBED
-        assert hub.reconnections == 1
+        if connection.clustered():
+            # The kill goes node after node: the connection the hub opened again on a node not
+            # yet visited may be killed too, and opened once more.
+            time.sleep(0.5)
+            while not waiter.messages.empty() and waiter.messages.queue[0][0] == pubsub.RESUBSCRIBED:
+                _next(waiter)
+            assert hub.reconnections >= 1
+        else:
+            assert hub.reconnections == 1
         publish(ch("key"), b"ok")
         assert _next(waiter) == b"ok"
         deadline = time.monotonic() + 5

@@ -10,7 +10,7 @@ from typing import Any
 from redis.exceptions import ResponseError
 
 from respcache import keys
-from respcache.store.connection import cache, client, full_key, guarded
+from respcache.store.connection import cache, client, clustered, full_key, guarded
 from respcache.store.fields import META_FIELDS
 from respcache.store.records import Entry, decode_notes, decode_record, decode_summary
 
@@ -38,6 +38,28 @@ class EntryPage:
     entries: list[EntryInfo]
     next_cursor: int  # 0: the scan is complete
     scan_calls: int
+
+
+#: A cluster's SCAN cursor holds the primary's index in its low bits (up to this many primaries).
+_CLUSTER_CURSOR_BASE = 1024
+
+
+def scan_step(redis_client: Any, cursor: int, match: str, count: int) -> tuple[int, list[bytes]]:
+    """One SCAN call from ``cursor`` (0: the start); returns the next cursor (0: complete) and
+    the keys found. On a Redis Cluster the scan goes through every primary in turn, and the
+    cursor says which primary and where on it: (its cursor there) × 1024 + (its index)."""
+    if not clustered():
+        next_cursor, batch = redis_client.scan(cursor=cursor, match=match, count=count)
+        return int(next_cursor), list(batch)
+    primaries = sorted(redis_client.get_primaries(), key=lambda node: node.name)
+    index, node_cursor = cursor % _CLUSTER_CURSOR_BASE, cursor // _CLUSTER_CURSOR_BASE
+    if index >= len(primaries):
+        return 0, []
+    node = redis_client.get_redis_connection(primaries[index])
+    node_next, batch = node.scan(cursor=node_cursor, match=match, count=count)
+    if int(node_next) != 0:
+        return int(node_next) * _CLUSTER_CURSOR_BASE + index, list(batch)
+    return (index + 1 if index + 1 < len(primaries) else 0), list(batch)
 
 
 def iter_entry_keys(pattern: str, *, count: int = 1000) -> Iterator[str]:
@@ -92,10 +114,15 @@ def _infos(redis_client: Any, workload: str, version: int, fingerprints: list[st
         raw = keys.entry_key(workload=workload, version=version, fingerprint=fingerprint, upstream=upstream)
         pipe.hmget(full_key(keys.meta_key(raw)), META_FIELDS)
         pipe.pttl(full_key(raw))
-    if fingerprints:  # the summaries in one command, whatever the page's size
-        pipe.mget([_notes_key(workload, version, fp, upstream) for fp in fingerprints])
+    notes_keys = [_notes_key(workload, version, fp, upstream) for fp in fingerprints]
+    sharded = clustered()
+    if sharded:  # an MGET spans slots: a GET each, in the same pipeline (one per shard)
+        for key in notes_keys:
+            pipe.get(key)
+    elif fingerprints:  # the summaries in one command, whatever the page's size
+        pipe.mget(notes_keys)
     replies = pipe.execute() if fingerprints else [[]]
-    notes = replies[-1]
+    notes = replies[2 * len(fingerprints) :] if sharded else replies[-1]
     return [_info(fp, version, replies[2 * i], replies[2 * i + 1], notes[i]) for i, fp in enumerate(fingerprints)]
 
 
@@ -125,7 +152,7 @@ def scan_entries(
     count, calls = page_size, 0
     with guarded():
         while calls < max_calls:
-            cursor, batch = redis_client.scan(cursor=cursor, match=pattern, count=count)
+            cursor, batch = scan_step(redis_client, cursor, pattern, count)
             calls += 1
             found.extend(batch)
             if cursor == 0 or len(found) >= page_size:
@@ -164,7 +191,7 @@ def hot_entries(
     cursor, complete = 0, True
     with guarded():
         while True:
-            cursor, batch = redis_client.scan(cursor=cursor, match=pattern, count=1000)
+            cursor, batch = scan_step(redis_client, cursor, pattern, 1000)
             found.update(k.decode().rsplit(":", 1)[1] for k in batch)
             if cursor == 0:
                 break
@@ -216,6 +243,24 @@ class ServerInfo:
     refused: tuple[str, ...] = ()  # commands the server refused (managed Redis often does)
 
 
+def _server_section(redis_client: Any, section: str) -> dict[str, Any]:
+    """INFO ``section``; on a Redis Cluster, its primaries' numbers added up (memory, maxmemory,
+    evicted and expired keys are the cluster's), the rest as the first primary says."""
+    if not clustered():
+        return dict(redis_client.info(section))
+    from redis.cluster import RedisCluster  # noqa: PLC0415
+
+    per_node = list(redis_client.info(section, target_nodes=RedisCluster.PRIMARIES).values())
+    merged: dict[str, Any] = dict(per_node[0]) if per_node else {}
+    for name in ("used_memory", "maxmemory", "evicted_keys", "expired_keys"):
+        values = [info.get(name) for info in per_node]
+        if values and all(isinstance(v, int) for v in values):
+            merged[name] = sum(values)
+    if isinstance(merged.get("used_memory"), int):
+        merged["used_memory_human"] = f"{merged['used_memory'] / 1048576:.2f}M"
+    return merged
+
+
 def server_info(redis_client: Any = None) -> ServerInfo:
     """INFO memory and INFO stats; CONFIG GET for maxmemory settings INFO did not give.
 
@@ -228,11 +273,11 @@ def server_info(redis_client: Any = None) -> ServerInfo:
     counters: dict[str, Any] = {}
     with guarded():
         try:
-            memory = redis_client.info("memory")
+            memory = _server_section(redis_client, "memory")
         except ResponseError:
             refused.append("INFO memory")
         try:
-            counters = redis_client.info("stats")
+            counters = _server_section(redis_client, "stats")
         except ResponseError:
             refused.append("INFO stats")
         if "maxmemory" not in memory or "maxmemory_policy" not in memory:
