@@ -10,7 +10,7 @@ from typing import Any
 from redis.exceptions import ResponseError
 
 from respcache import keys
-from respcache.store.connection import cache, client, clustered, full_key, guarded
+from respcache.store.connection import cache, client, clustered, full_key, guarded, scan_page
 from respcache.store.fields import META_FIELDS
 from respcache.store.records import Entry, decode_notes, decode_record, decode_summary
 
@@ -38,28 +38,6 @@ class EntryPage:
     entries: list[EntryInfo]
     next_cursor: int  # 0: the scan is complete
     scan_calls: int
-
-
-#: A cluster's SCAN cursor holds the primary's index in its low bits (up to this many primaries).
-_CLUSTER_CURSOR_BASE = 1024
-
-
-def scan_step(redis_client: Any, cursor: int, match: str, count: int) -> tuple[int, list[bytes]]:
-    """One SCAN call from ``cursor`` (0: the start); returns the next cursor (0: complete) and
-    the keys found. On a Redis Cluster the scan goes through every primary in turn, and the
-    cursor says which primary and where on it: (its cursor there) × 1024 + (its index)."""
-    if not clustered():
-        next_cursor, batch = redis_client.scan(cursor=cursor, match=match, count=count)
-        return int(next_cursor), list(batch)
-    primaries = sorted(redis_client.get_primaries(), key=lambda node: node.name)
-    index, node_cursor = cursor % _CLUSTER_CURSOR_BASE, cursor // _CLUSTER_CURSOR_BASE
-    if index >= len(primaries):
-        return 0, []
-    node = redis_client.get_redis_connection(primaries[index])
-    node_next, batch = node.scan(cursor=node_cursor, match=match, count=count)
-    if int(node_next) != 0:
-        return int(node_next) * _CLUSTER_CURSOR_BASE + index, list(batch)
-    return (index + 1 if index + 1 < len(primaries) else 0), list(batch)
 
 
 def iter_entry_keys(pattern: str, *, count: int = 1000) -> Iterator[str]:
@@ -152,7 +130,7 @@ def scan_entries(
     count, calls = page_size, 0
     with guarded():
         while calls < max_calls:
-            cursor, batch = scan_step(redis_client, cursor, pattern, count)
+            cursor, batch = scan_page(cursor, match=pattern, count=count)
             calls += 1
             found.extend(batch)
             if cursor == 0 or len(found) >= page_size:
@@ -191,7 +169,7 @@ def hot_entries(
     cursor, complete = 0, True
     with guarded():
         while True:
-            cursor, batch = scan_step(redis_client, cursor, pattern, 1000)
+            cursor, batch = scan_page(cursor, match=pattern, count=1000)
             found.update(k.decode().rsplit(":", 1)[1] for k in batch)
             if cursor == 0:
                 break
