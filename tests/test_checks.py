@@ -28,6 +28,13 @@ def test_cache_alias_must_exist_and_be_django_redis(settings: Any) -> None:
     assert ids(checks.check_cache_alias()) == ["respcache.E005"]
 
 
+@pytest.mark.parametrize("prefix", ["{rc}", "rc{", "r}c"])
+def test_a_brace_in_the_key_prefix_is_refused(settings: Any, prefix: str) -> None:
+    """It would become every key's hash tag on a Redis Cluster, in place of each entry's own."""
+    settings.CACHES = {**settings.CACHES, "respcache": {**settings.CACHES["respcache"], "KEY_PREFIX": prefix}}
+    assert ids(checks.check_cache_alias()) == ["respcache.E011"]
+
+
 def test_upstream_checks(settings: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     settings.RESPCACHE = {**settings.RESPCACHE, "UPSTREAM": "openai"}
     assert ids(checks.check_upstream()) == ["respcache.E003"]

@@ -169,6 +169,7 @@ SETTINGS_ENVIRONMENTS = [
         "REDIS_TLS_KEYFILE": "/client.key",
     },
     {"REDIS_SENTINELS": "sentinel-1:26379,sentinel-2:26379", "REDIS_SENTINEL_PASSWORD": "pw"},
+    {"REDIS_CLUSTER_NODES": "redis-1:6379,redis-2:6379", "REDIS_CLUSTER_TLS": "1", "REDIS_PASSWORD": "pw"},
 ]
 
 
