@@ -43,6 +43,8 @@ if __package__ in (None, ""):  # run as a script: make ``project`` importable
 from project import embedded_redis
 
 HOST = "127.0.0.1"
+#: TLS files of the nodes: CA, certificate, key.
+Tls = tuple[str, str, str]
 SLOTS = 16384
 BUS_OFFSET = 10000
 
@@ -74,10 +76,13 @@ def free_ports(count: int, *, low: int = 20000, high: int = 30000) -> list[int]:
     raise RuntimeError(f"no {count} free consecutive ports (with their bus ports) in {low}-{high}")
 
 
-def _client(port: int, password: str | None = None, timeout: float = 2.0) -> Any:
+def _client(port: int, password: str | None = None, timeout: float = 2.0, tls: Tls | None = None) -> Any:
     import redis  # noqa: PLC0415 - keep the module importable before redis is installed
 
-    return redis.Redis(host=HOST, port=port, password=password, socket_timeout=timeout, socket_connect_timeout=timeout)
+    secure: dict[str, Any] = {"ssl": True, "ssl_ca_certs": tls[0]} if tls else {}
+    return redis.Redis(
+        host=HOST, port=port, password=password, socket_timeout=timeout, socket_connect_timeout=timeout, **secure
+    )
 
 
 def _wait(what: str, check: Any, timeout: float) -> None:
@@ -100,8 +105,11 @@ class LocalCluster:
     nodes: list[tuple[str, int]]
     directory: Path
     password: str | None = None
+    #: TLS only (no plain port): the CA, certificate and key files the nodes use.
+    tls: Tls | None = None
     primaries_made: int = 3
     node_timeout_ms: int = 1000
+    executable: str = ""
     _pids: dict[int, int] = field(default_factory=dict)
 
     # --- looking at it ---
@@ -117,7 +125,7 @@ class LocalCluster:
 
     def client(self, port: int) -> Any:
         """A plain redis-py client to one node (not cluster-aware)."""
-        return _client(port, self.password)
+        return _client(port, self.password, tls=self.tls)
 
     def alive(self, port: int) -> bool:
         try:
@@ -203,7 +211,9 @@ class LocalCluster:
         the cluster, as a replica of whoever took its slots over; returns once every node says
         cluster_state:ok and every replica's link is up. Returns its new PID."""
         self._pids.pop(port, None)
-        _start_node(binary(), port, self.directory / str(port), self.password, self.node_timeout_ms)
+        _start_node(
+            self.executable or binary(), port, self.directory / str(port), self.password, self.node_timeout_ms, self.tls
+        )
         _wait(f"node {port} to answer", lambda: self.client(port).ping(), timeout)
         self.wait_healthy(timeout)
 
@@ -268,7 +278,9 @@ def _ours(pid: int, port: int) -> bool:
     return "redis" in cmdline and f":{port}" in cmdline
 
 
-def _start_node(exe: str, port: int, directory: Path, password: str | None, node_timeout_ms: int) -> None:
+def _start_node(
+    exe: str, port: int, directory: Path, password: str | None, node_timeout_ms: int, tls: Tls | None = None
+) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     args = [
         exe,
@@ -306,6 +318,11 @@ def _start_node(exe: str, port: int, directory: Path, password: str | None, node
     ]
     if password:
         args += ["--requirepass", password, "--masterauth", password]
+    if tls:  # clients, the cluster bus and replication all over TLS; no plain port
+        ca, cert, key = tls
+        args[1:3] = ["--port", "0", "--tls-port", str(port)]
+        args += ["--tls-cluster", "yes", "--tls-replication", "yes", "--tls-auth-clients", "no"]
+        args += ["--tls-cert-file", cert, "--tls-key-file", key, "--tls-ca-cert-file", ca]
     subprocess.run(args, check=True, stdout=subprocess.DEVNULL)
 
 
@@ -317,11 +334,15 @@ def start(
     node_timeout_ms: int = 1000,
     timeout: float = 30.0,
     run_dir: Path | None = None,
+    executable: str | None = None,
+    tls: Tls | None = None,
 ) -> LocalCluster:
     """Start a cluster of ``primaries`` primaries with ``replicas_per_primary`` replicas each and
-    return it once healthy (every node cluster_state:ok, every replica linked)."""
+    return it once healthy (every node cluster_state:ok, every replica linked). ``executable``:
+    the redis-server to run (default: ``binary()``); ``tls``: (CA, certificate, key) files: the
+    nodes then speak TLS only (clients, cluster bus, replication), with that certificate."""
     count = primaries * (1 + replicas_per_primary)
-    exe = binary()
+    exe = executable or binary()
     ports = free_ports(count)
     directory = (run_dir or embedded_redis.RUN_DIR) / f"cluster-{ports[0]}"
     cluster = LocalCluster(
@@ -330,10 +351,12 @@ def start(
         password=password,
         primaries_made=primaries,
         node_timeout_ms=node_timeout_ms,
+        executable=exe,
+        tls=tls,
     )
     try:
         for port in ports:
-            _start_node(exe, port, directory / str(port), password, node_timeout_ms)
+            _start_node(exe, port, directory / str(port), password, node_timeout_ms, tls)
         for port in ports:
             _wait(f"node {port} to answer", lambda port=port: cluster.client(port).ping(), timeout)
             cluster.pid(port)

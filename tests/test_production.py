@@ -601,3 +601,36 @@ def test_respcache_over_tls_with_a_password(
     with override_settings(CACHES={**settings.CACHES, "respcache": wrong["CACHES"]["respcache"]}):
         with pytest.raises(CacheUnavailable):
             store.ping()
+
+
+@pytest.mark.skipif(not (TLS_REDIS and OPENSSL), reason="needs a TLS-capable redis-server and openssl on PATH")
+@pytest.mark.django_db
+def test_respcache_through_a_real_cluster_over_tls(
+    monkeypatch: pytest.MonkeyPatch, make_workload: Any, tmp_path: Path
+) -> None:
+    """Every node speaks TLS only (clients, cluster bus, replication) and wants a password: the
+    settings a single Redis over TLS takes, plus REDIS_CLUSTER_TLS=1, reach it; without our CA
+    the certificate is refused and calls fail open."""
+    ca, cert, key = make_certificates(tmp_path)
+    password = secrets.token_hex(8)
+    files = (str(ca), str(cert), str(key))
+    local = cluster_redis.start(
+        primaries=3, replicas_per_primary=0, password=password, tls=files, executable=str(TLS_REDIS)
+    )
+    try:
+        env = {
+            "REDIS_CLUSTER_NODES": local.startup_nodes,
+            "REDIS_CLUSTER_TLS": "1",
+            "REDIS_TLS_CA_CERTS": str(ca),
+            "REDIS_PASSWORD": password,
+        }
+        cache = build_settings(monkeypatch, **env)["CACHES"]["respcache"]
+        assert cache["LOCATION"].startswith("rediss://")
+        make_workload("intents")
+        assert served_through(cache) == ["miss", "hit"]
+        untrusted = build_settings(monkeypatch, **{**env, "REDIS_TLS_CA_CERTS": ""})["CACHES"]["respcache"]
+        with override_settings(CACHES={**settings.CACHES, "respcache": untrusted}):
+            with pytest.raises(CacheUnavailable, match="certificate verify failed"):
+                store.ping()
+    finally:
+        local.stop()

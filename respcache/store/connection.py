@@ -158,7 +158,7 @@ def _version(text: Any) -> tuple[int, ...]:
 
 
 #: Entry wake-up channels (keys.channel_name) start with this, under the alias's prefix.
-CHANNEL_PREFIX = "respcache:c:"
+CHANNEL_PREFIX = keys.channel_name("")
 
 
 def open_pubsub() -> Any:
