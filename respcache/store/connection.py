@@ -16,6 +16,7 @@ from typing import Any
 from django.conf import settings
 from django.core.cache import caches
 from django.core.signals import setting_changed
+from django.utils.module_loading import import_string
 from django_redis import get_redis_connection
 from redis.cluster import RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -113,9 +114,12 @@ def clustered() -> bool:
     if found is None:
         options = settings.CACHES[app_settings.CACHE_ALIAS].get("OPTIONS", {})
         client_class = options.get("CLIENT_CLASS", "")
-        found = _topology["clustered"] = client_class == CLUSTER_CLIENT_CLASS or (
-            isinstance(client_class, type) and issubclass(client_class, ClusterClient)
-        )
+        if isinstance(client_class, str):
+            try:
+                client_class = import_string(client_class) if client_class else None
+            except ImportError:
+                client_class = None
+        found = _topology["clustered"] = isinstance(client_class, type) and issubclass(client_class, ClusterClient)
     return bool(found)
 
 
