@@ -73,6 +73,34 @@ def test_the_cache_alias_is_a_cluster_with_sharded_pubsub(local_cluster: Any) ->
     assert pools == {"BlockingConnectionPool"}  # the project's pool, one per node
 
 
+def test_the_django_cache_api_on_the_cluster(local_cluster: Any) -> None:
+    """What the app and django-axes use of django-redis, with keys on every primary."""
+    cache = connection.cache()
+    names = [f"api-{i}" for i in range(60)]
+    cache.set_many({name: i for i, name in enumerate(names)}, timeout=60)
+    assert cache.get("api-7") == 7 and cache.get_many(names) == {name: i for i, name in enumerate(names)}
+    assert cache.add("api-7", 0) is False and cache.add("api-new", 1) is True
+    assert cache.incr("api-new", 5) == 6  # django-axes counts failures so
+    assert cache.touch("api-new", 30) and 0 < cache.ttl("api-new") <= 30
+    per_primary = [len(keys_on(local_cluster, port, cache.make_key("api-*"))) for _, port in local_cluster.primaries()]
+    assert all(n > 0 for n in per_primary) and sum(per_primary) == 61
+    assert sorted(cache.iter_keys("api-*")) == sorted([*names, "api-new"])  # SCAN on every primary
+    assert cache.delete_many(names[:10]) == 10 and cache.delete("api-new")
+    assert cache.delete_pattern("api-*") == 50
+    assert list(cache.iter_keys("api-*")) == []
+
+
+def test_a_flushed_script_cache_is_loaded_again(local_cluster: Any, make_workload: Any) -> None:
+    """NOSCRIPT (a replica promoted without the scripts, SCRIPT FLUSH): the script is loaded on
+    every primary and the call goes on."""
+    make_workload("noscript")
+    body = ask("noscript")
+    assert call("noscript", body) == "miss"
+    assert call("noscript", body) == "hit"
+    store.client().script_flush()  # on every primary
+    assert call("noscript", body) == "hit"
+
+
 def test_the_keys_of_one_entry_share_a_slot(local_cluster: Any, make_workload: Any) -> None:
     make_workload("slots")
     for i in range(5):
