@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 
@@ -119,8 +120,15 @@ class Run:
 
 
 async def _closed_loop(
-    host: str, port: int, request: bytes, *, concurrency: int, duration: float, expect: bytes | None
+    host: str,
+    port: int,
+    request: bytes | Sequence[bytes],
+    *,
+    concurrency: int,
+    duration: float,
+    expect: bytes | None,
 ) -> Run:
+    requests = [request] if isinstance(request, bytes) else list(request)
     connections = [await _connect(host, port) for _ in range(concurrency)]
     run = Run()
     started = time.perf_counter()
@@ -128,7 +136,10 @@ async def _closed_loop(
 
     async def worker(index: int) -> None:
         connection = connections[index]
+        turn = index  # each connection walks the requests from its own place
         while time.perf_counter() < deadline:
+            request = requests[turn % len(requests)]
+            turn += 1
             try:
                 response = await connection.exchange(request)
             except OSError:
@@ -156,13 +167,14 @@ async def _closed_loop(
 def closed_loop(
     host: str,
     port: int,
-    request: bytes,
+    request: bytes | Sequence[bytes],
     *,
     concurrency: int,
     duration: float,
     expect: bytes | None = None,
 ) -> Run:
-    """Replay ``request`` on ``concurrency`` keep-alive connections for ``duration`` seconds.
+    """Replay ``request`` on ``concurrency`` keep-alive connections for ``duration`` seconds
+    (several requests: each connection sends them in turn, starting at its own index).
 
     ``expect``: bytes every answer's (lower-cased) head must contain, e.g. ``b"x-respcache: hit"``.
     """
