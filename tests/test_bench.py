@@ -119,8 +119,18 @@ def test_quick_bench_end_to_end(tmp_path: Path) -> None:
         "peak memory: largest body of most values (refused, 400)",
         "peak memory: deepest tool_result content (refused, 400)",
         "peak memory: largest body, one text string (accepted)",
+        "capacity: Redis CPU per hit, 1 KB (server main thread)",
+        "capacity: Redis command time per miss, 1 KB (commandstats)",
+        "capacity: Redis bytes per miss (in + out), 1 KB",
+        "capacity: worker CPU per hit, 1 KB (gunicorn workers, 16 in flight)",
+        "capacity: hits/s per Redis shard at 100% CPU (1e6 / CPU µs per hit)",
     ):
         assert measure in rows, measure
+    assert rows["hit 1 KB, 1 in flight: req/s"]["target"] == "≥ 1.00× floor"
+    assert rows["hit 1 KB, 16 in flight: p99"]["target"] == "≤ 1.50× floor"
+    assert rows["capacity: Redis round trips per hit, 1 KB (16 in flight)"]["value"] <= 2
+    assert rows["capacity: Redis round trips per miss, 1 KB"]["value"] > 1  # a miss is several commands
+    assert rows["capacity: Redis CPU per hit, 1 KB (server main thread)"]["value"] > 0
     assert rows["Redis round trips per hit, 1 KB"]["value"] <= 2
     assert rows["DB queries per hit (steady state)"]["value"] == 0
     assert rows["stampede of 20: upstream calls (worst of 1)"]["value"] == 1
