@@ -4,9 +4,10 @@ gevent workers: a waiter blocked on the stampede lock or a slow streaming client
 greenlet, not a whole worker process. Every value can be set from the environment.
 
 Workers keep no state that others need (entries, locks, counters and key versions are in Redis,
-policies in the database), so: graceful reload after a deploy or a settings change is
-``kill -HUP <master pid>`` (new workers start with the new code, old ones finish their requests
-within ``graceful_timeout``, no request is dropped); ``kill -TTIN`` / ``-TTOU`` add or remove a
+policies in the database; a worker flushes the counters it added up every second and on exit),
+so: graceful reload after a deploy or a settings change is ``kill -HUP <master pid>`` (new
+workers start with the new code, old ones finish their requests within ``graceful_timeout``, no
+request is dropped); ``kill -TTIN`` / ``-TTOU`` add or remove a
 worker; ``kill -TERM`` stops gracefully. ``GUNICORN_PIDFILE`` writes the master's pid to a file.
 """
 
@@ -28,3 +29,13 @@ accesslog = os.environ.get("GUNICORN_ACCESSLOG", "-")
 errorlog = "-"
 loglevel = os.environ.get("GUNICORN_LOGLEVEL", "info")
 pidfile = os.environ.get("GUNICORN_PIDFILE") or None
+
+
+def worker_exit(server: object, worker: object) -> None:
+    """A worker that stops (reload, TTOU, TERM) first sends the counters it added up (tally.py)."""
+    try:
+        from respcache import tally  # noqa: PLC0415 - only in a worker that loaded the app
+
+        tally.flush_quietly()
+    except Exception:  # noqa: BLE001 - never block a worker's exit
+        pass

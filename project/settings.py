@@ -289,6 +289,9 @@ RESPCACHE: dict[str, Any] = {
     # Comma-separated: the first key encrypts, all decrypt (see the reference's Encryption at rest).
     "ENCRYPTION_KEYS": [k.strip() for k in os.environ.get("RESPCACHE_ENCRYPTION_KEYS", "").split(",") if k.strip()],
     "ENCRYPTION_REQUIRED": _env_bool("RESPCACHE_ENCRYPTION_REQUIRED"),
+    # How often each process flushes its counters to Redis (/metrics and the admin agree across
+    # processes within this time).
+    "COUNTER_FLUSH_SECONDS": float(os.environ.get("RESPCACHE_COUNTER_FLUSH_SECONDS", "1")),
 }
 
 LOGGING: dict[str, Any] = {

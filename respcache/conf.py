@@ -45,6 +45,10 @@ DEFAULTS: dict[str, Any] = {
     # Counter retention: one-minute buckets for 5m/1h/24h windows, one-hour buckets for 7d.
     "MINUTE_BUCKET_RETENTION_SECONDS": 26 * 3600,
     "HOUR_BUCKET_RETENTION_SECONDS": 8 * 24 * 3600,
+    # Each process adds its counters up in memory and flushes them to Redis this often, in one
+    # pipeline (respcache/tally.py): no per-call counter writes, no hot counter key on a
+    # cluster. Readers in another process see a process's counts within this time.
+    "COUNTER_FLUSH_SECONDS": 1.0,
     # The call log (logger respcache.calls) is written in batches this often by a thread of each
     # worker, which keeps it cheap per call; 0 writes each line during its call.
     "CALL_LOG_BATCH_SECONDS": 0.1,

@@ -342,30 +342,58 @@ def request_shape(body: dict[str, Any], *, endpoint: str = MESSAGES) -> str:
 # slug holds no ":" and no glob character (a SlugField), so "<kind>:<slug>:" never matches
 # another workload's names, even one whose slug starts with this one's.
 #
-#   respcache:v:<slug>                          the workload's key version (Redis's copy)
-#   respcache:e:<slug>:<version>:<fingerprint>  an entry (the record)
-#   respcache:m:<slug>:<version>:<fingerprint>  its accounting hash (same TTL)
-#   respcache:n:<slug>:<version>:<fingerprint>  its notes: request fields and summary (same TTL)
-#   respcache:l:<slug>:<version>:<fingerprint>  its stampede lock
-#   respcache:c:<slug>:<version>:<fingerprint>  the channel that wakes its waiters
-#   respcache:f:<slug>:<version>:<fingerprint>  its lock holder's failure, for a few seconds
+# Redis Cluster puts a key in the slot of its hash tag (the text between the first "{" and the
+# next "}"). Every name of one entry carries the same tag, ``{<g>}``, where g is the first
+# three hex digits of its fingerprint (``group``: 4,096 groups): a script or a wake-up touches
+# one slot, and a workload's entries spread over every shard instead of pinning one.
+#
+#   respcache:v:<slug>                              the workload's key version (one Redis)
+#   respcache:v:<slug>:{<g>}                        its copy for one group (a cluster: the
+#                                                   lookup reads it in the entry's own slot)
+#   respcache:e:<slug>:<version>:{<g>}:<fingerprint>  an entry (the record)
+#   respcache:m:<slug>:<version>:{<g>}:<fingerprint>  its accounting hash (same TTL)
+#   respcache:n:<slug>:<version>:{<g>}:<fingerprint>  its notes: request fields, summary
+#   respcache:l:<slug>:<version>:{<g>}:<fingerprint>  its stampede lock
+#   respcache:c:<slug>:<version>:{<g>}:<fingerprint>  the channel that wakes its waiters
+#   respcache:f:<slug>:<version>:{<g>}:<fingerprint>  its lock holder's failure, for a few seconds
 #   respcache:x:<slug>:<version>:<shape>        recent requests of one shape (the miss explainer)
 #   respcache:policies                          the channel that says "policies changed"
 #   respcache:s:<slug>:m:<start> / :h:<start>   a minute / hour counter bucket
 #   respcache:s:<slug>:total                    the all-time counters
-#   respcache:b:<slug>:m:<start> / :d:<start>   budget: upstream calls of a UTC minute / tokens
-#                                               of a UTC day (expire when the window ends)
+#   respcache:b:{<slug>}:m:<start> / :d:<start> budget: upstream calls of a UTC minute / tokens
+#                                               of a UTC day (expire when the window ends;
+#                                               one tag, as one script reads both)
 #
 # Those are the names of the anthropic upstream's key space. The simulated upstream's entries
 # (and their meta, lock, channel and failure names) carry its kind after the slug,
-# "respcache:e:<slug>:simulated:<version>:<fingerprint>", so neither upstream's answers are
-# ever served as the other's; a version never reads "simulated", and a slug holds no ":", so no
-# name of one key space matches a pattern of the other's. Key versions and counters are the
-# workload's, shared by both.
+# "respcache:e:<slug>:simulated:<version>:{<g>}:<fingerprint>", so neither upstream's answers
+# are ever served as the other's; a version never reads "simulated", and a slug holds no ":",
+# so no name of one key space matches a pattern of the other's. Key versions and counters are
+# the workload's, shared by both.
 #
-# The lookup script appends "<version>:<fingerprint>" to ``entry_prefix`` and ``meta_prefix``
-# itself (the version is resolved inside Redis): ``entry_prefix(w, u) + f"{v}:{fp}"`` is
-# ``entry_key(workload=w, version=v, fingerprint=fp, upstream=u)``, and tests hold it so.
+# The lookup script appends "<version>:" and the entry's tail (``entry_tail``: "{<g>}:<fp>")
+# to ``entry_prefix`` and ``meta_prefix`` itself (the version is resolved inside Redis):
+# ``entry_prefix(w, u) + f"{v}:" + entry_tail(fp)`` is ``entry_key(workload=w, version=v,
+# fingerprint=fp, upstream=u)``, and tests hold it so.
+
+#: Hex digits of the fingerprint in an entry's hash tag: 16**3 = 4,096 groups per workload.
+GROUP_DIGITS = 3
+
+
+def group(fingerprint: str) -> str:
+    """The entry's group: what its hash tag holds (the fingerprint's first hex digits)."""
+    return fingerprint[:GROUP_DIGITS]
+
+
+def groups() -> list[str]:
+    """Every group, in order (a bump raises the key version copy of each on a cluster)."""
+    return [f"{i:0{GROUP_DIGITS}x}" for i in range(16**GROUP_DIGITS)]
+
+
+def entry_tail(fingerprint: str) -> str:
+    """What follows "<version>:" in every name of one entry: its hash tag and fingerprint."""
+    return f"{{{group(fingerprint)}}}:{fingerprint}"
+
 
 _ENTRY, _META, _LOCK, _CHANNEL = "respcache:e:", "respcache:m:", "respcache:l:", "respcache:c:"
 _FAILURE = "respcache:f:"
@@ -389,13 +417,16 @@ def _space(workload: str, upstream: str) -> str:
         raise ValueError(f"unknown upstream kind {upstream!r}") from None
 
 
-def version_key(workload: str) -> str:
-    """The workload's current key version, as Redis holds it (a bump raises it)."""
-    return f"respcache:v:{workload}"
+def version_key(workload: str, group_: str | None = None) -> str:
+    """The workload's current key version, as Redis holds it (a bump raises it); with a
+    ``group_``, that group's copy (a cluster keeps one per group, in the group's slot)."""
+    if group_ is None:
+        return f"respcache:v:{workload}"
+    return f"respcache:v:{workload}:{{{group_}}}"
 
 
 def entry_key(*, workload: str, version: int, fingerprint: str, upstream: str = ANTHROPIC) -> str:
-    return f"{_ENTRY}{_space(workload, upstream)}{version}:{fingerprint}"
+    return f"{_ENTRY}{_space(workload, upstream)}{version}:{entry_tail(fingerprint)}"
 
 
 def entry_prefix(workload: str, upstream: str = ANTHROPIC) -> str:
@@ -488,7 +519,7 @@ def budget_key(*, workload: str, width_seconds: int, start: int) -> str:
         kind = _BUDGET_KINDS[width_seconds]
     except KeyError:
         raise ValueError(f"no budget window is {width_seconds} s wide") from None
-    return f"respcache:b:{workload}:{kind}:{start}"
+    return f"respcache:b:{{{workload}}}:{kind}:{start}"
 
 
 _SHAPES = "respcache:x:"

@@ -74,7 +74,11 @@ def release(lock: str, *, token: str, channel: str, message: bytes, failure: str
     ``failure`` key, the message (the holder's error) also stays there a few seconds."""
     ttl = _ms(FAILURE_RECORD_SECONDS) if failure else 0
     with store.guarded():
-        return bool(store.script("release")(keys=[lock, failure or lock], args=[token, channel, message, ttl]))
+        return bool(
+            store.script("release")(
+                keys=[lock, failure or lock], args=[token, channel, message, ttl, store.publish_command()]
+            )
+        )
 
 
 def take_over(*, entry: str, lock: str, failure: str, token: str, ttl_seconds: float) -> tuple[str, bytes]:

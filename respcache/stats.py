@@ -24,13 +24,14 @@ Every field but the two ``exp_`` ones is also added to the workload's all-time t
 (``store.totals_key``), which never expires: /metrics exports it as monotonic Prometheus counters,
 with ``first_read`` (entries read at least once) beside ``written``.
 
-A cache error seen while Redis is unreachable cannot be counted there: it is kept in this
-process and added to the next batch of counters that reaches Redis.
+Counts are added up in each process and flushed to Redis every ``COUNTER_FLUSH_SECONDS``
+(respcache/tally.py): a call writes no counter itself, and every reader here flushes its own
+process's counts first. Counts that Redis does not take (unreachable, full) wait in the process
+for the next flush.
 """
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -38,9 +39,8 @@ from typing import Any
 
 from django.core.signals import setting_changed
 
-from respcache import store
+from respcache import store, tally
 from respcache.conf import app_settings
-from respcache.exceptions import CacheUnavailable
 from respcache.keys import bucket_key
 
 OUTCOMES = ("hit", "wait", "miss", "fallthrough", "bypass", "refresh", "shadow")
@@ -76,9 +76,6 @@ WINDOWS = {"5m": 300, "1h": 3600, "24h": 86400, "7d": 7 * 86400}
 #: Readable like a window by ``window_totals`` (not a choice of the commands or the API).
 BASELINE = "24h_before_1h"
 MINUTE, HOUR = 60, 3600
-
-_pending_lock = threading.Lock()
-_pending: dict[str, dict[str, int]] = {}
 
 
 def _bucket_key(workload: str, width: int, start: int) -> str:
@@ -150,45 +147,41 @@ def wake_percentile(counts: dict[str, int], q: float) -> float | None:
 
 
 def count(workload: str, now: float, **fields: int) -> None:
-    """Add ``fields`` to the workload's current buckets and totals, in one pipelined round trip."""
-    fields = with_pending(workload, fields)
+    """Add ``fields`` to the workload's buckets of ``now`` and its totals (in this process: they
+    reach Redis with the next flush, tally.py)."""
     keys, ttls = bucket_keys(workload, now)
-    try:
-        with store.guarded():
-            pipe = store.client().pipeline(transaction=False)
-            for key, ttl in zip(keys, ttls, strict=True):
-                for name, value in fields.items():
-                    if value:
-                        pipe.hincrby(key, name, value)
-                pipe.expire(key, ttl)
-            total = store.totals_key(workload)
-            for name, value in fields.items():
-                if value:
-                    pipe.hincrby(total, name, value)
-            pipe.execute()
-    except CacheUnavailable:
-        keep_pending(workload, **fields)
-        raise
+    wall = int(time.time())  # a bucket lives its TTL from now, whatever clock ``now`` is on
+    for key, ttl in zip(keys, ttls, strict=True):
+        tally.add(key, wall + ttl, fields)
+    tally.add(store.totals_key(workload), 0, {k: v for k, v in fields.items() if not k.startswith("exp_")})
 
 
-def with_pending(workload: str, fields: dict[str, int]) -> dict[str, int]:
-    """``fields`` plus the counts kept while Redis was unreachable, which the caller now sends
-    (and keeps again with ``keep_pending`` if that fails)."""
-    with _pending_lock:
-        pending = _pending.pop(workload, None)
-    if not pending:
-        return fields
-    merged = dict(fields)
-    for name, value in pending.items():
-        merged[name] = merged.get(name, 0) + value
-    return merged
+def count_written(workload: str, expiry_buckets: Sequence[str], now: float) -> None:
+    """An entry was stored at ``now``: exp_written in the buckets of its expiry
+    (``expiry_bucket_keys``; ``written`` itself is one of the call's counts)."""
+    for key in expiry_buckets:
+        count_in_bucket(key, "exp_written", now)
 
 
-def keep_pending(workload: str, **fields: int) -> None:
-    with _pending_lock:
-        bucket = _pending.setdefault(workload, {})
-        for name, value in fields.items():
-            bucket[name] = bucket.get(name, 0) + value
+def count_first_read(workload: str, expiry_buckets: Sequence[str], now: float) -> None:
+    """An entry's first read, at ``now``: exp_read in the buckets of its expiry (its meta hash
+    keeps their keys), and first_read in the workload's totals."""
+    for key in expiry_buckets:
+        count_in_bucket(key, "exp_read", now)
+    tally.add(store.totals_key(workload), 0, {"first_read": 1})
+
+
+def count_in_bucket(key: str, name: str, now: float) -> None:
+    """Add 1 to ``name`` in the bucket ``key`` (a full bucket key, as ``expiry_bucket_keys``
+    names it), which lives until its retention ends (counted from ``now``)."""
+    head, _, start = key.rpartition(":")
+    width, retention = (
+        (MINUTE, app_settings.MINUTE_BUCKET_RETENTION_SECONDS)
+        if head.endswith(":m")
+        else (HOUR, app_settings.HOUR_BUCKET_RETENTION_SECONDS)
+    )
+    ttl = int(start) + width + retention - int(now)
+    tally.add(key, int(time.time()) + ttl, {name: 1})
 
 
 def expiry_bucket_keys(workload: str, now: float, ttl_seconds: int) -> tuple[list[str], list[int]]:
@@ -294,6 +287,7 @@ def totals(workload: str, window: str = "1h", *, now: float | None = None) -> To
 def all_time(workloads: Iterable[str]) -> dict[str, dict[str, int]]:
     """Each workload's all-time totals (``TOTAL_FIELDS``, zeros included), in one round trip."""
     slugs = list(workloads)
+    tally.flush_quietly()
     with store.guarded():
         pipe = store.client().pipeline(transaction=False)
         for slug in slugs:
@@ -313,6 +307,7 @@ def series(
     """The window's counters in ``points`` consecutive slices (start time, counts), for charts."""
     t = int(time.time() if now is None else now)
     keys = _window_buckets(workload, window, t)
+    tally.flush_quietly()
     with store.guarded():
         pipe = store.client().pipeline(transaction=False)
         for key in keys:
@@ -380,6 +375,7 @@ def window_totals(
     _check_windows(windows)
     t = int(time.time() if now is None else now)
     plan = [(w, win, _plan_buckets(w, win, t)) for w in workloads for win in windows]
+    tally.flush_quietly()
     with store.guarded():
         pipe = store.client().pipeline(transaction=False)
         for _, _, keys in plan:
@@ -403,6 +399,7 @@ def all_time_and_window_totals(
     slugs = list(workloads)
     t = int(time.time() if now is None else now)
     plan = [(w, win, _plan_buckets(w, win, t)) for w in slugs for win in windows]
+    tally.flush_quietly()
     with store.guarded():
         pipe = store.client().pipeline(transaction=False)
         for slug in slugs:

@@ -10,7 +10,7 @@ import anthropic
 import pytest
 from django_redis import get_redis_connection
 
-from respcache import selectors, stats, store, upstream
+from respcache import selectors, store, tally, upstream
 from respcache.models import ApiKey, Workload
 from respcache.services import api_key_create
 from tests.fake_anthropic import FakeAnthropic
@@ -24,7 +24,7 @@ def redis_db(settings: Any) -> Iterator[Any]:
     store.breaker.reset()
     listening()
     selectors.clear_local_caches()
-    stats._pending.clear()
+    tally.discard()
     yield client
     client.flushdb()
     selectors.clear_local_caches()

@@ -5,6 +5,7 @@ The tests use database RESPCACHE_TEST_REDIS_DB (13 by default) of that server.
 """
 
 import os
+import sys
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from project import embedded_redis
@@ -51,4 +52,7 @@ RESPCACHE = {
     # a server a test starts with the production settings needs them for /metrics.
     "METRICS_TOKEN": PROJECT_RESPCACHE["METRICS_TOKEN"],
     "METRICS_PUBLIC": PROJECT_RESPCACHE["METRICS_PUBLIC"],
+    # A server a test starts flushes its counters every second, as deployed; the test process
+    # itself flushes when it reads (stats flushes first), so a flush never lands mid-test.
+    "COUNTER_FLUSH_SECONDS": PROJECT_RESPCACHE["COUNTER_FLUSH_SECONDS"] if "pytest" not in sys.modules else 3600.0,
 }

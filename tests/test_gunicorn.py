@@ -25,6 +25,7 @@ from django.db import connection
 
 from respcache import stats
 from tests.conftest import ask
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.django_db(transaction=True)  # the workers must see the rows
 
@@ -146,6 +147,13 @@ def test_every_worker_reports_the_same_metrics_even_after_a_reload(
     assert len(workers) == 2, "the calls should have reached both workers"
     hits = calls - len(prompts)
 
+    # Each worker flushes its counts every second (COUNTER_FLUSH_SECONDS): within that, every
+    # worker reports the same numbers.
+    def agreed() -> int:
+        return len(scrape_every_worker(gunicorn, workers))
+
+    eventually(lambda: stats.all_time(["intents"])["intents"]["hit"], hits)
+    eventually(agreed, 1)
     bodies = scrape_every_worker(gunicorn, workers)
     assert len(bodies) == 1, "every worker must report the same numbers"
     text = next(iter(bodies))

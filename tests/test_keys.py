@@ -422,25 +422,30 @@ def test_few_dots_are_checked_without_the_regex(monkeypatch: Any) -> None:
 # --- Redis key and channel names ---------------------------------------------------------------
 
 FP = "ab" * 32
-ENTRY = f"respcache:e:intents:3:{FP}"
+TAIL = f"{{aba}}:{FP}"  # the hash tag of the fingerprint's group (its first 3 hex digits)
+ENTRY = f"respcache:e:intents:3:{TAIL}"
 SIM = keys.SIMULATED
-SIM_ENTRY = f"respcache:e:intents:simulated:3:{FP}"
+SIM_ENTRY = f"respcache:e:intents:simulated:3:{TAIL}"
 
 
 @pytest.mark.parametrize(
     ("built", "expected"),
     [
         (lambda: keys.version_key("intents"), "respcache:v:intents"),
+        (lambda: keys.version_key("intents", "aba"), "respcache:v:intents:{aba}"),
+        (lambda: keys.entry_tail(FP), TAIL),
+        (lambda: keys.budget_key(workload="intents", width_seconds=60, start=60), "respcache:b:{intents}:m:60"),
+        (lambda: keys.budget_key(workload="intents", width_seconds=86400, start=0), "respcache:b:{intents}:d:0"),
         (lambda: keys.entry_key(workload="intents", version=3, fingerprint=FP), ENTRY),
         (lambda: keys.entry_prefix("intents"), "respcache:e:intents:"),
         (lambda: keys.entry_pattern(workload="intents"), "respcache:e:intents:*:*"),
         (lambda: keys.entry_pattern(workload="intents", version=3), "respcache:e:intents:3:*"),
-        (lambda: keys.meta_key(ENTRY), f"respcache:m:intents:3:{FP}"),
+        (lambda: keys.meta_key(ENTRY), f"respcache:m:intents:3:{TAIL}"),
         (lambda: keys.meta_prefix("intents"), "respcache:m:intents:"),
         (lambda: keys.meta_pattern(workload="intents"), "respcache:m:intents:*:*"),
         (lambda: keys.meta_pattern(workload="intents", version=3), "respcache:m:intents:3:*"),
-        (lambda: keys.lock_key(ENTRY), f"respcache:l:intents:3:{FP}"),
-        (lambda: keys.channel_name(ENTRY), f"respcache:c:intents:3:{FP}"),
+        (lambda: keys.lock_key(ENTRY), f"respcache:l:intents:3:{TAIL}"),
+        (lambda: keys.channel_name(ENTRY), f"respcache:c:intents:3:{TAIL}"),
         (
             lambda: keys.bucket_key(workload="intents", width_seconds=60, start=1_800_000_000),
             "respcache:s:intents:m:1800000000",
@@ -455,12 +460,12 @@ SIM_ENTRY = f"respcache:e:intents:simulated:3:{FP}"
         (lambda: keys.entry_prefix("intents", SIM), "respcache:e:intents:simulated:"),
         (lambda: keys.entry_pattern(workload="intents", version=3, upstream=SIM), "respcache:e:intents:simulated:3:*"),
         (lambda: keys.entry_pattern(workload="intents", upstream=SIM), "respcache:e:intents:*:*"),
-        (lambda: keys.meta_key(SIM_ENTRY), f"respcache:m:intents:simulated:3:{FP}"),
+        (lambda: keys.meta_key(SIM_ENTRY), f"respcache:m:intents:simulated:3:{TAIL}"),
         (lambda: keys.meta_prefix("intents", SIM), "respcache:m:intents:simulated:"),
         (lambda: keys.meta_pattern(workload="intents", version=3, upstream=SIM), "respcache:m:intents:simulated:3:*"),
-        (lambda: keys.lock_key(SIM_ENTRY), f"respcache:l:intents:simulated:3:{FP}"),
-        (lambda: keys.channel_name(SIM_ENTRY), f"respcache:c:intents:simulated:3:{FP}"),
-        (lambda: keys.failure_key(SIM_ENTRY), f"respcache:f:intents:simulated:3:{FP}"),
+        (lambda: keys.lock_key(SIM_ENTRY), f"respcache:l:intents:simulated:3:{TAIL}"),
+        (lambda: keys.channel_name(SIM_ENTRY), f"respcache:c:intents:simulated:3:{TAIL}"),
+        (lambda: keys.failure_key(SIM_ENTRY), f"respcache:f:intents:simulated:3:{TAIL}"),
     ],
     ids=lambda value: value if isinstance(value, str) else "",
 )
@@ -476,10 +481,10 @@ def test_a_bucket_is_a_minute_or_an_hour_wide() -> None:
 
 def test_the_lookup_scripts_prefixes_complete_to_the_entry_and_meta_keys() -> None:
     """lookup.lua appends "<version>:<fingerprint>" to the prefixes: the same names as here."""
-    assert keys.entry_prefix("intents") + f"3:{FP}" == ENTRY
-    assert keys.meta_prefix("intents") + f"3:{FP}" == keys.meta_key(ENTRY)
-    assert keys.entry_prefix("intents", SIM) + f"3:{FP}" == SIM_ENTRY
-    assert keys.meta_prefix("intents", SIM) + f"3:{FP}" == keys.meta_key(SIM_ENTRY)
+    assert keys.entry_prefix("intents") + f"3:{TAIL}" == ENTRY
+    assert keys.meta_prefix("intents") + f"3:{TAIL}" == keys.meta_key(ENTRY)
+    assert keys.entry_prefix("intents", SIM) + f"3:{TAIL}" == SIM_ENTRY
+    assert keys.meta_prefix("intents", SIM) + f"3:{TAIL}" == keys.meta_key(SIM_ENTRY)
 
 
 def names_of(slug: str, version: int, upstream: str = keys.ANTHROPIC) -> dict[str, str]:

@@ -11,7 +11,7 @@ from django.conf import settings
 from django.test import Client, override_settings
 from prometheus_client.parser import text_string_to_metric_families
 
-from respcache import selectors, services, stats, store
+from respcache import selectors, services, stats, store, tally
 from respcache.models import Workload
 from tests.conftest import ask, redis_down
 
@@ -101,34 +101,42 @@ def test_numbers_come_from_redis_not_this_process(make_workload: Any, redis_db: 
     assert value(samples, "respcache_requests_total", workload="intents", outcome="miss") == 1
 
 
-def test_waits_and_first_reads_are_counted_in_the_lookup_script(make_workload: Any) -> None:
+def test_first_reads_are_marked_once_and_waits_counted(make_workload: Any) -> None:
     make_workload("intents")
     first = call("intents")
     policy = selectors.workload_policy("intents")
-    keys, ttls = stats.bucket_keys("intents", time.time())
-    for _ in range(2):
-        found = store.lookup(
+    found = [
+        store.lookup(
             workload="intents",
             db_version=policy.key_version,
             fingerprint=first.fingerprint,
             upstream=store.key_space(),  # the simulated upstream answered the call
-            outcome="wait",
-            bucket_keys=keys,
-            bucket_ttls=ttls,
+            mark_read=True,
         )
-        assert found.entry is not None
+        for _ in range(2)
+    ]
+    assert all(f.entry is not None for f in found)
+    # The first read returns the entry's expiry buckets (minute, hour) for exp_read; no other does.
+    assert [len(f.first_read_buckets) for f in found] == [2, 0]
+    assert all(":m:" in k or ":h:" in k for k in found[0].first_read_buckets)
+    stats.count_first_read("intents", found[0].first_read_buckets, time.time())
+    stats.count("intents", time.time(), wait=2)
     totals = stats.all_time(["intents"])["intents"]
     assert (totals["wait"], totals["miss"], totals["first_read"], totals["written"]) == (2, 1, 1, 1)
     assert scrape()[("respcache_stampede_rate", frozenset({("workload", "intents"), ("window", "1h")}))] == 2
 
 
-def test_cache_errors_kept_while_redis_was_down_reach_the_totals(make_workload: Any) -> None:
+def test_counts_redis_did_not_take_reach_the_totals_later(make_workload: Any) -> None:
     make_workload("intents")
-    stats.keep_pending("intents", cache_error=2)
+    with override_settings(CACHES=redis_down(settings.CACHES)):
+        stats.count("intents", time.time(), cache_error=2)
+        assert tally.flush() is False
+    assert any(counts.get("cache_error") == 2 for _, counts in tally.pending().values())
     stats.count("intents", time.time(), miss=1)
     samples = scrape()
     assert value(samples, "respcache_cache_errors_total", workload="intents") == 2
     assert value(samples, "respcache_requests_total", workload="intents", outcome="miss") == 1
+    assert tally.pending() == {}
 
 
 def test_redis_down_says_so_and_still_answers(make_workload: Any) -> None:

@@ -15,7 +15,7 @@ import pytest
 from django.core.management import call_command
 from django.test import Client
 
-from respcache import selectors, services, stats, store
+from respcache import selectors, services, stats, store, tally
 from respcache.models import AuditEntry, Workload
 from tests.api.test_views import create
 from tests.conftest import ask
@@ -195,6 +195,7 @@ def test_would_hit_counts_reach_the_buckets_and_totals(workload: Workload, sdk: 
     client = sdk()
     create(client, ask("reset"))
     create(client, ask("reset"))
+    tally.flush()
     totals = redis_db.hgetall(store.totals_key("intents"))
     assert int(totals[b"would_hit"]) == 1 and int(totals[b"shadow"]) == 2
     assert stats.totals("intents", "5m")["would_hit"] == 1

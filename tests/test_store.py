@@ -14,7 +14,7 @@ import lz4.block
 import orjson
 import pytest
 
-from respcache import keys, stats, store
+from respcache import keys, stats, store, tally
 from respcache.store import connection, fields, records
 
 
@@ -30,10 +30,7 @@ def names(slug: str = "w", version: int = 1, fp: str = "f" * 64) -> dict[str, st
 
 def write(message: bytes = b'{"type":"message"}', *, ttl: int = 60, now: float | None = None, **kw: Any) -> None:
     now = time.time() if now is None else now
-    bkeys, bttls = stats.bucket_keys("w", now)
-    ekeys, ettls = stats.expiry_bucket_keys("w", now, ttl)
     store.write(
-        workload=kw.get("slug", "w"),
         **names(**kw),
         token="",
         record=store.encode_record(message, stored_at=now, model="m"),
@@ -42,16 +39,12 @@ def write(message: bytes = b'{"type":"message"}', *, ttl: int = 60, now: float |
         output_tokens=7,
         stored_at=now,
         model="m",
-        bucket_keys=bkeys + ekeys,
-        bucket_ttls=bttls + ettls,
+        expiry_buckets=stats.expiry_bucket_keys(kw.get("slug", "w"), now, ttl)[0],
     )
 
 
-def lookup(outcome: str = "hit", version: int = 1, now: float | None = None) -> store.Lookup:
-    bkeys, bttls = stats.bucket_keys("w", time.time() if now is None else now)
-    return store.lookup(
-        workload="w", db_version=version, fingerprint="f" * 64, outcome=outcome, bucket_keys=bkeys, bucket_ttls=bttls
-    )
+def lookup(outcome: str = "hit", version: int = 1) -> store.Lookup:
+    return store.lookup(workload="w", db_version=version, fingerprint="f" * 64, mark_read=bool(outcome))
 
 
 def test_record_round_trip_small_is_not_compressed() -> None:
@@ -114,7 +107,7 @@ def test_unreadable_records_are_misses_not_crashes(raw: bytes | None) -> None:
     assert store.decode_record(raw) is None
 
 
-def test_write_sets_ttl_and_meta_and_lookup_counts(redis_db: Any) -> None:
+def test_write_sets_ttl_and_meta_and_lookup_marks_the_read(redis_db: Any) -> None:
     write(ttl=120)
     n = names()
     assert 119_000 < redis_db.pttl(n["key"]) <= 120_000
@@ -124,48 +117,35 @@ def test_write_sets_ttl_and_meta_and_lookup_counts(redis_db: Any) -> None:
     found = lookup()
     assert found.version == 1 and found.entry is not None
     assert redis_db.hget(n["meta"], "reads") == b"1"
-    totals = stats.totals("w", "5m")
-    assert (totals["hit"], totals["saved_in"], totals["saved_out"], totals["written"]) == (1, 11, 7, 1)
+    assert (found.input_tokens, found.output_tokens) == (11, 7)
+    assert stats.totals("w", "5m").requests == 0  # the store counts nothing: the call does (tally.py)
 
 
-def test_lookup_counts_keep_their_buckets_expiring_and_totals_forever(redis_db: Any) -> None:
-    """The lookup script sets a bucket's EXPIRE when a field is new in it (not on every hit):
-    a bucket it creates must still expire, and the all-time totals never."""
+def test_counted_buckets_expire_with_their_retention_and_totals_never(redis_db: Any) -> None:
+    """Counts reach Redis in the process's flush (tally.py): a bucket it creates expires when its
+    retention ends, and the all-time totals never."""
     now = time.time()
     bkeys, bttls = stats.bucket_keys("w", now)
-    redis_db.delete(*bkeys)
-    redis_db.set(names()["key"], store.encode_record(b"{}", stored_at=now, model="m"))  # no meta hash
     for _ in range(3):
-        assert (
-            store.lookup(
-                workload="w", db_version=1, fingerprint="f" * 64, outcome="hit", bucket_keys=bkeys, bucket_ttls=bttls
-            ).entry
-            is not None
-        )
+        stats.count("w", now, hit=1)
+    assert redis_db.hget(bkeys[0], "hit") is None  # not yet: in the process
+    assert tally.flush() is True
     for key, ttl in zip(bkeys, bttls, strict=True):
         assert redis_db.hget(key, "hit") == b"3"
         assert 0 < redis_db.ttl(key) <= ttl
     assert redis_db.ttl(store.totals_key("w")) == -1
+    assert tally.pending() == {}
 
 
-def test_count_only_lookup_adds_extra_fields_and_reads(redis_db: Any) -> None:
+def test_a_lookup_that_only_marks_a_read_returns_the_tokens_and_the_first_read(redis_db: Any) -> None:
     write()
-    counted = store.lookup(
-        workload="w",
-        db_version=1,
-        fingerprint="f" * 64,
-        outcome="wait",
-        bucket_keys=stats.bucket_keys("w", time.time())[0],
-        bucket_ttls=stats.bucket_keys("w", time.time())[1],
-        fetch=False,
-        extra={"wakes": 1, "wake_le_5": 1},
-    )
-    assert counted.entry is None and counted.raw_size == 0  # not read back
-    assert (counted.input_tokens, counted.output_tokens) == (11, 7)
+    marked = store.lookup(workload="w", db_version=1, fingerprint="f" * 64, mark_read=True, fetch=False)
+    assert marked.entry is None and marked.raw_size == 0  # not read back
+    assert (marked.input_tokens, marked.output_tokens) == (11, 7)
     assert redis_db.hget(names()["meta"], "reads") == b"1"
-    totals = stats.totals("w", "5m")
-    assert (totals["wait"], totals["wakes"], totals["wake_le_5"], totals["saved_in"]) == (1, 1, 1, 11)
-    assert store.client().hget(store.totals_key("w"), "first_read") == b"1"
+    assert list(marked.first_read_buckets) == [k.decode() for k in redis_db.hmget(names()["meta"], "xm", "xh")]
+    again = store.lookup(workload="w", db_version=1, fingerprint="f" * 64, mark_read=True, fetch=False)
+    assert again.first_read_buckets == () and redis_db.hget(names()["meta"], "reads") == b"2"
 
 
 def test_an_old_schema_entry_in_redis_is_a_miss(redis_db: Any) -> None:
@@ -273,24 +253,18 @@ def test_the_counters_the_scripts_write_are_ones_stats_reads() -> None:
     assert set(fields.META_FIELDS) <= set(fields.WRITE_FIELDS)
 
 
-def test_the_scripts_count_under_the_names_python_hands_them(redis_db: Any, monkeypatch: Any) -> None:
-    """Renamed in Python, a field is renamed in Redis: the scripts take every name from ARGV."""
-    renamed = {
-        name: f"x_{name}" for name in ("written", "exp_written", "saved_in", "saved_out", "first_read", "exp_read")
-    }
+def test_the_scripts_use_the_field_names_python_hands_them(redis_db: Any, monkeypatch: Any) -> None:
+    """Renamed in Python, a meta field is renamed in Redis: the scripts take every name from ARGV."""
+    renamed = {name: f"x_{name}" for name in ("reads", "in", "out", "xm", "xh")}
     monkeypatch.setattr(fields, "WRITE_FIELDS", tuple(renamed.get(n, n) for n in fields.WRITE_FIELDS))
     monkeypatch.setattr(fields, "LOOKUP_FIELDS", tuple(renamed.get(n, n) for n in fields.LOOKUP_FIELDS))
     write()
-    assert lookup().entry is not None
-    now_minute = stats.bucket_keys("w", time.time())[0][0]
-    counts = redis_db.hgetall(now_minute)
-    assert counts[b"x_written"] == b"1" and counts[b"x_saved_in"] == b"11" and counts[b"x_saved_out"] == b"7"
-    assert not {b"written", b"saved_in", b"saved_out"} & set(counts)
-    totals = redis_db.hgetall(store.totals_key("w"))
-    assert (totals[b"x_first_read"], totals[b"x_written"], totals[b"x_saved_in"]) == (b"1", b"1", b"11")
-    assert not {b"first_read", b"written", b"saved_in"} & set(totals)
-    expiry = redis_db.hgetall(redis_db.hget(names()["meta"], "xm"))
-    assert expiry == {b"x_exp_written": b"1", b"x_exp_read": b"1"}
+    found = lookup()
+    assert found.entry is not None and (found.input_tokens, found.output_tokens) == (11, 7)
+    assert len(found.first_read_buckets) == 2
+    meta = redis_db.hgetall(names()["meta"])
+    assert (meta[b"x_reads"], meta[b"x_in"], meta[b"x_out"]) == (b"1", b"11", b"7")
+    assert not {b"reads", b"in", b"out", b"xm", b"xh"} & set(meta)
 
 
 def test_the_scripts_ship_in_the_package() -> None:
@@ -306,25 +280,25 @@ def test_a_full_redis_still_serves_hits_and_the_caller_counts_them(redis_db: Any
     """maxmemory reached under noeviction: Redis refuses the lookup's counting, so the lookup
     reads without writing (lookup_ro.lua) and says the read was not counted."""
     record = store.encode_record(b'{"full":1}', stored_at=time.time(), model="m")
-    redis_db.set(store.full_key("respcache:e:intents:1:abc"), record)
+    redis_db.set(store.full_key(keys.entry_key(workload="intents", version=1, fingerprint="abc")), record)
     old = redis_db.config_get("maxmemory*")
     used = int(redis_db.info("memory")["used_memory"])
     redis_db.config_set("maxmemory-policy", "noeviction")
     redis_db.config_set("maxmemory", max(1, used - 1_000_000))
     try:
-        keys_, ttls = stats.bucket_keys("intents", time.time())
-        found = store.lookup(
-            workload="intents", db_version=1, fingerprint="abc", outcome="hit", bucket_keys=keys_, bucket_ttls=ttls
-        )
-        missing = store.lookup(
-            workload="intents", db_version=1, fingerprint="nope", outcome="hit", bucket_keys=keys_, bucket_ttls=ttls
-        )
+        found = store.lookup(workload="intents", db_version=1, fingerprint="abc", mark_read=True)
+        missing = store.lookup(workload="intents", db_version=1, fingerprint="nope", mark_read=True)
     finally:
         redis_db.config_set("maxmemory", old["maxmemory"])
         redis_db.config_set("maxmemory-policy", old["maxmemory-policy"])
     assert found.entry is not None and found.entry.message == b'{"full":1}'
     assert found.counted is False and missing.entry is None
-    assert stats.totals("intents", "5m")["hit"] == 0  # nothing could be counted meanwhile
+    assert (
+        redis_db.hget(
+            store.full_key(keys.meta_key(keys.entry_key(workload="intents", version=1, fingerprint="abc"))), "reads"
+        )
+        is None
+    )
 
 
 def test_once_redis_is_known_down_touches_fail_at_once_and_a_probe_finds_it_back(settings: Any) -> None:

@@ -159,7 +159,6 @@ class Call:
         self.clock = clock
         self.monotonic = monotonic
         self.now = clock()
-        self.bucket_keys, self.bucket_ttls = stats.bucket_keys(self.slug, self.now)
         self.upstream_ms: float | None = None
         #: Shadow mode: the entry stored for the key before this call asked the upstream.
         self.shadowed: store.Entry | None = None
@@ -360,22 +359,23 @@ class Call:
             db_version=self.policy.key_version,
             fingerprint=self.fingerprint,
             upstream=self.upstream_kind,
-            outcome=outcome,
-            bucket_keys=self.bucket_keys,
-            bucket_ttls=self.bucket_ttls,
+            mark_read=bool(outcome),
             fetch=read_entry,
-            extra=dict(counts) or None,
         )
         self.version = found.version
         if not outcome:
             return found
-        if not found.counted and (found.entry is not None or not read_entry):
-            # Redis is full and refused the counting: count it on its own (kept for later).
-            self.count(Counts.outcome(outcome) + counts + Counts.cache_error())
-        elif read_entry and found.entry is None and found.raw_size:
-            # The script counted a read of a record that turned out damaged: it was a miss.
-            self.count(Counts.uncount(outcome, found.input_tokens, found.output_tokens) + counts.negated())
-            found = store.Lookup(version=found.version, entry=None)
+        if read_entry and found.entry is None:
+            # Not there, or a damaged record (its read was marked, but it is a miss).
+            return store.Lookup(version=found.version, entry=None) if found.raw_size else found
+        read = Counts.outcome(outcome) + counts
+        if found.input_tokens or found.output_tokens:
+            read += Counts.saved(found.input_tokens or 0, found.output_tokens or 0)
+        if not found.counted:  # Redis is full and refused to mark the read
+            read += Counts.cache_error()
+        self.count(read)
+        if found.first_read_buckets:
+            stats.count_first_read(self.slug, found.first_read_buckets, self.now)
         return found
 
     def ask_upstream(self, outcome: str, *, counted_now: bool = True, counts: Counts = NO_COUNTS) -> UpstreamResponse:
@@ -398,22 +398,17 @@ class Call:
         return Counts.outcome(outcome) + Counts.upstream_call(response.latency_ms) + self.shadow_counts(response)
 
     def count(self, counts: Counts) -> None:
-        """Add ``counts`` to the workload's counters now (kept for later if Redis is down)."""
-        guard.fail_open(
-            guard.COUNT, lambda: stats.count(self.slug, self.now, **counts), guard.nothing, workload=self.slug
-        )
+        """Add ``counts`` to the workload's counters (in this process: tally.py flushes them)."""
+        stats.count(self.slug, self.now, **counts)
 
     def write(self, names: Names, response: UpstreamResponse, token: str = "", counts: Counts = NO_COUNTS) -> None:
-        """Store the answer (and release ``token``'s lock, wake waiters), adding ``counts`` to
-        the counters in the same round trip; if Redis fails, ``counts`` are counted on their own,
-        with a cache error."""
+        """Store the answer (and release ``token``'s lock, wake waiters) and count ``counts``
+        with it; if Redis fails, with a cache error instead of the write's own counts."""
         stored_at = self.clock()
-        exp_keys, exp_ttls = stats.expiry_bucket_keys(self.slug, stored_at, self.policy.ttl_seconds)
-        sent = stats.with_pending(self.slug, dict(counts))  # with those kept while Redis was down
+        expiry_buckets = stats.expiry_bucket_keys(self.slug, stored_at, self.policy.ttl_seconds)[0]
 
         def store_it() -> None:
             store.write(
-                workload=self.slug,
                 key=names.entry,
                 meta=names.meta,
                 notes=names.notes,
@@ -426,16 +421,16 @@ class Call:
                 output_tokens=response.output_tokens,
                 stored_at=stored_at,
                 model=response.model,
-                bucket_keys=[*self.bucket_keys, *exp_keys],
-                bucket_ttls=[*self.bucket_ttls, *exp_ttls],
-                counts=sent,
+                expiry_buckets=expiry_buckets,
                 request_fields=store.encode_fields(self.request_fields),
                 summary=store.encode_summary(explain_.summarise(self.body, response.body)),
                 index=self.indexing(stored_at, names),
             )
+            self.count(counts + Counts.written())
+            stats.count_written(self.slug, expiry_buckets, stored_at)
 
         def not_stored(errors: Counts) -> None:
-            self.count(Counts(sent) + errors)
+            self.count(counts + errors)
             if token:  # the waiters still get the answer, from the message, or are released
                 record = store.encode_record(response.body, stored_at=stored_at, model=response.model)
                 stampede.release(names, token, store.ok_message(record), workload=self.slug)

@@ -56,6 +56,16 @@ class Counts(Mapping[str, int]):
         return cls({"upstream_ms": int(round(latency_ms))})
 
     @classmethod
+    def saved(cls, input_tokens: int, output_tokens: int) -> Counts:
+        """Tokens a read (hit or wait) did not spend: the stored answer's usage."""
+        return cls({"saved_in": input_tokens, "saved_out": output_tokens})
+
+    @classmethod
+    def written(cls) -> Counts:
+        """An entry stored."""
+        return cls({"written": 1})
+
+    @classmethod
     def upstream_error(cls) -> Counts:
         """The upstream answered with an error (or the holder's error was handed to a waiter)."""
         return cls({"upstream_error": 1})
@@ -85,20 +95,6 @@ class Counts(Mapping[str, int]):
         """A shadow call that would have hit: the tokens that hit would have saved, and whether
         the fresh answer equalled the stored one."""
         return cls({"would_hit": 1, "would_save_in": saved_in, "would_save_out": saved_out, "agree": int(agree)})
-
-    @classmethod
-    def uncount(cls, word: str, input_tokens: int | None, output_tokens: int | None) -> Counts:
-        """Take back a read the lookup counted as ``word`` that turned out unreadable (a
-        damaged record): it was a miss, and saved nothing."""
-        fields = {word: -1}
-        if input_tokens:
-            fields["saved_in"] = -input_tokens
-        if output_tokens:
-            fields["saved_out"] = -output_tokens
-        return cls(fields)
-
-    def negated(self) -> Counts:
-        return Counts({name: -value for name, value in self._fields.items()})
 
     # Mapping, so that ``**counts`` and ``dict(counts)`` just work.
 

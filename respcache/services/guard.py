@@ -17,8 +17,9 @@ WRITE          the answer is not stored; the counts that rode in the    yes, wit
                write are counted on their own                           counts
 BUDGET         the workload's budget is not enforced for this call (it  no
                goes upstream); its tokens are not added to the day's
-COUNT          the counters are kept in the process and sent with the   no
-               next batch that reaches Redis (stats.keep_pending)
+COUNT          a waiter's read of the answer it was handed is not       no (its caller
+               marked in the entry's meta hash; the call is counted     counts one)
+               in the process (tally.py) as ever
 RELEASE        the lock expires by itself after ``lock_ttl``            no
 PUBLISH        a new key version is not published: the next call        no
                raises Redis's from the database's value
@@ -63,7 +64,7 @@ class Touch:
 CALL = Touch("Redis unavailable", "serving from the upstream", cache_error=True)
 WRITE = Touch("answer not stored", "its counts are counted on their own", cache_error=True)
 BUDGET = Touch("budget not checked", "the call is not held to it (fail-open)", cache_error=False)
-COUNT = Touch("counters not written", "kept for the next batch", cache_error=False)
+COUNT = Touch("read not marked", "counted in the process", cache_error=False)
 EXPLAIN = Touch("miss not explained", "no reason counted", cache_error=False)
 RELEASE = Touch("lock not released", "it expires by itself after lock_ttl", cache_error=False)
 ANNOUNCE = Touch("change not announced", "other workers see it within LOCAL_CACHE_SECONDS", cache_error=False)

@@ -71,7 +71,9 @@ def location() -> str:
 # What the hit path would otherwise recompute on every call (the bench counted 70 calls a hit
 # in make_key and get_redis_connection): dropped when CACHES or RESPCACHE change.
 _prefix: list[str] = []  # the alias's "prefix:version:", once known
-_workload_keys: dict[tuple[str, str], tuple[str, str, str, str]] = {}
+_workload_keys: dict[tuple[str, str], tuple[str, str, str]] = {}
+#: Whether the alias is a Redis Cluster, and the command that wakes waiters there (memoised).
+_topology: dict[str, Any] = {}
 #: Script name -> registered Script (a Script keeps its client, hence dropped with the rest).
 _scripts: dict[str, Any] = {}
 
@@ -82,6 +84,7 @@ def _reset_memo(*, setting: str, **kwargs: Any) -> None:
         _prefix.clear()
         _workload_keys.clear()
         _scripts.clear()
+        _topology.clear()
 
 
 setting_changed.connect(_reset_memo)
@@ -116,6 +119,53 @@ def version_key(workload: str) -> str:
     return full_key(keys.version_key(workload))
 
 
+def clustered() -> bool:
+    """Whether the cache alias's Redis is a Redis Cluster (its client a redis-py RedisCluster)."""
+    found = _topology.get("clustered")
+    if found is None:
+        from redis.cluster import RedisCluster  # noqa: PLC0415 - only its type is needed
+
+        found = _topology["clustered"] = isinstance(client(), RedisCluster)
+    return bool(found)
+
+
+def publish_command() -> str:
+    """How the scripts wake an entry's waiters: ``SPUBLISH`` (sharded Pub/Sub: the message stays
+    on the shard of the entry's slot) on a cluster whose servers have it (Redis 7), else
+    ``PUBLISH`` (on a cluster, broadcast to every node)."""
+    found = _topology.get("publish")
+    if found is None:
+        found = "PUBLISH"
+        if clustered():
+            try:
+                with guarded():
+                    info = client().info("server")
+            except CacheUnavailable:
+                return found  # not memoised: asked again once Redis answers
+            if "redis_version" not in info:  # a cluster may answer per node: {node: info}
+                info = next(iter(info.values()), {})
+            if int(str(info.get("redis_version", "0")).split(".")[0] or 0) >= 7:
+                found = "SPUBLISH"
+        _topology["publish"] = found
+    return str(found)
+
+
+def lookup_version_key(workload: str, fingerprint: str) -> str:
+    """The key version the lookup reads for an entry: the workload's one key on one Redis, its
+    group's copy (in the entry's slot) on a cluster."""
+    if clustered():
+        return full_key(keys.version_key(workload, keys.group(fingerprint)))
+    return workload_keys(workload)[0]
+
+
+def version_copies(workload: str) -> list[str]:
+    """Every key that holds the workload's key version: one on one Redis, one per group on a
+    cluster (a bump raises them all)."""
+    if clustered():
+        return [full_key(keys.version_key(workload, g)) for g in keys.groups()]
+    return [version_key(workload)]
+
+
 def totals_key(workload: str) -> str:
     """The workload's all-time counters (the bucket fields, plus ``first_read``); never expire."""
     return full_key(keys.totals_key(workload))
@@ -129,15 +179,14 @@ def key_space() -> str:
     return app_settings.upstream_kind
 
 
-def workload_keys(workload: str, upstream: str = keys.ANTHROPIC) -> tuple[str, str, str, str]:
-    """A workload's version key, totals key, and entry and meta key prefixes in ``upstream``'s
-    key space (all full), built once: the lookup script appends "<version>:<fingerprint>" to
-    the prefixes."""
+def workload_keys(workload: str, upstream: str = keys.ANTHROPIC) -> tuple[str, str, str]:
+    """A workload's version key (on one Redis), and entry and meta key prefixes in
+    ``upstream``'s key space (all full), built once: the lookup script appends
+    "<version>:" and the entry's tail (keys.entry_tail) to the prefixes."""
     found = _workload_keys.get((workload, upstream))
     if found is None:
         found = _workload_keys[workload, upstream] = (
             version_key(workload),
-            totals_key(workload),
             full_key(keys.entry_prefix(workload, upstream)),
             full_key(keys.meta_prefix(workload, upstream)),
         )

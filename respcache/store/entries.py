@@ -5,11 +5,11 @@ accounting (tokens, size, model, stored at) so the hit path counts tokens saved 
 without decoding the entry, and the admin lists entries without fetching them.
 
 The hit path is one round trip: scripts/lookup.lua resolves the workload's current key version
-(kept in Redis so a bump reaches every worker at once), GETs the entry and bumps its counters:
-the minute and hour buckets, and the workload's all-time totals (``totals_key``: never expire,
-so /metrics can export them as monotonic Prometheus counters). A write is one round trip too
-(scripts/write.lua). Scripts touch keys they derive from their arguments, so this needs a
-single Redis (or a Sentinel group), not Redis Cluster.
+(kept in Redis so a bump reaches every worker at once), GETs the entry and marks its read in
+the meta hash; the call's counters are added up in the process (tally.py), not here. A write is
+one round trip too (scripts/write.lua), plus one for the shape index. Every key a script
+touches carries the entry's hash tag (keys.entry_tail), the key version included (on a cluster,
+the group's copy: ``lookup_version_key``), so each script runs in one slot of a Redis Cluster.
 """
 
 from __future__ import annotations
@@ -28,9 +28,10 @@ from respcache.store.connection import (
     client,
     full_key,
     guarded,
+    lookup_version_key,
+    publish_command,
     script,
-    totals_key,
-    version_key,
+    version_copies,
     workload_keys,
 )
 from respcache.store.records import (
@@ -49,12 +50,14 @@ class Lookup:
     version: int
     entry: Entry | None
     raw_size: int = 0
-    #: The entry's tokens from its accounting hash (what this read saved), when it was counted:
-    #: the call's log line takes them from here instead of parsing the Message.
+    #: The entry's tokens from its accounting hash (what this read saved), when the read was
+    #: marked: the call counts them as saved, and its log line takes them from here.
     input_tokens: int | None = None
     output_tokens: int | None = None
-    #: False when Redis refused the counting (it is full): the caller counts the read itself.
+    #: False when Redis refused to mark the read (it is full): the caller counts a cache error.
     counted: bool = True
+    #: The entry's first read: its expiry buckets (full keys) count exp_read, the totals first_read.
+    first_read_buckets: tuple[str, ...] = ()
 
 
 def refused_for_memory(exc: CacheUnavailable) -> bool:
@@ -70,59 +73,58 @@ def lookup(
     workload: str,
     db_version: int,
     fingerprint: str,
-    outcome: str,
-    bucket_keys: Sequence[str],
-    bucket_ttls: Sequence[int],
+    mark_read: bool,
     upstream: str = keys.ANTHROPIC,
     fetch: bool = True,
-    extra: dict[str, int] | None = None,
 ) -> Lookup:
-    """Resolve the current key version and read the entry of ``upstream``'s key space; count
-    ``outcome`` if found.
+    """Resolve the current key version and read the entry of ``upstream``'s key space; with
+    ``mark_read``, mark a read in its meta hash if found (the caller counts it).
 
-    An empty ``outcome`` only resolves the version: nothing is counted, no read is marked.
-    ``fetch=False`` counts a read of an entry the caller already holds (a waiter handed it by
-    the writer's message) without reading it again; ``extra`` counter fields are added with
-    the outcome, in the same round trip.
+    ``fetch=False`` marks a read of an entry the caller already holds (a waiter handed it by the
+    writer's message) without reading it again. One round trip, in one slot on a cluster.
     """
-    version_, totals, entries, metas = workload_keys(workload, upstream)
+    _version, entries, metas = workload_keys(workload, upstream)
+    version_ = lookup_version_key(workload, fingerprint)
+    tail = keys.entry_tail(fingerprint)
     args: list[Any] = [
         db_version,
         entries,
         metas,
-        fingerprint,
-        outcome,
-        *bucket_ttls,
+        tail,
+        "1" if mark_read else "",
         "0" if fetch else "1",
         *fields.LOOKUP_FIELDS,
         HEADER,
     ]
-    for name, value in (extra or {}).items():
-        args += (name, value)
     try:
         with guarded():
-            version, raw, *accounting = script("lookup")(keys=[version_, *bucket_keys, totals], args=args)
+            reply = script("lookup")(keys=[version_], args=args)
     except CacheUnavailable as exc:
         if not refused_for_memory(exc):
             raise
-        return _read_only_lookup(version_, entries, db_version, fingerprint, read_entry=fetch)
+        return _read_only_lookup(version_, entries, db_version, tail, read_entry=fetch)
+    version, raw = reply[0], reply[1]
     input_tokens = output_tokens = None
-    if accounting and accounting[0]:
-        input_tokens, output_tokens = int(accounting[1]), int(accounting[2])
+    first: tuple[str, ...] = ()
+    if len(reply) > 2 and reply[2]:
+        input_tokens, output_tokens = int(reply[3]), int(reply[4])
+        if reply[5]:
+            first = tuple(k.decode() if isinstance(k, bytes) else str(k) for k in reply[6:8] if k)
     return Lookup(
         version=int(version),
         entry=decode_record(raw),
         raw_size=len(raw or b""),
         input_tokens=input_tokens,
         output_tokens=output_tokens,
+        first_read_buckets=first,
     )
 
 
-def _read_only_lookup(version_key: str, entries: str, db_version: int, fingerprint: str, *, read_entry: bool) -> Lookup:
-    """Redis is full and refused the lookup's counting: read without writing (one more round
-    trip, only while it is full). Nothing was counted; the caller counts it."""
+def _read_only_lookup(version_key: str, entries: str, db_version: int, tail: str, *, read_entry: bool) -> Lookup:
+    """Redis is full and refused to mark the read: read without writing (one more round trip,
+    only while it is full). Nothing was marked; the caller counts a cache error."""
     with guarded():
-        version, raw = script("lookup_ro")(keys=[version_key], args=[db_version, entries, fingerprint, HEADER])
+        version, raw = script("lookup_ro")(keys=[version_key], args=[db_version, entries, tail, HEADER])
     if not read_entry:
         raw = None
     return Lookup(version=int(version), entry=decode_record(raw), raw_size=len(raw or b""), counted=False)
@@ -130,7 +132,6 @@ def _read_only_lookup(version_key: str, entries: str, db_version: int, fingerpri
 
 def write(
     *,
-    workload: str,
     key: str,
     meta: str,
     lock: str,
@@ -142,29 +143,24 @@ def write(
     output_tokens: int,
     stored_at: float,
     model: str,
-    bucket_keys: Sequence[str],
-    bucket_ttls: Sequence[int],
-    counts: dict[str, int] | None = None,
+    expiry_buckets: Sequence[str],
     notes: str = "",
     request_fields: bytes = b"",
     summary: bytes = b"",
     index: Indexing | None = None,
 ) -> bool:
-    """Store a record with its accounting, release ``token``'s lock, wake the waiters, and add
-    ``counts`` (non-zero values) to the current buckets and the totals.
+    """Store a record with its accounting, release ``token``'s lock and wake the waiters (one
+    round trip, in the entry's slot), then push the request onto its shape index (``index``,
+    one more round trip, in the index's own slot). The caller counts the write.
 
     ``request_fields`` and ``summary`` (records.encode_fields / encode_summary) are kept under
     ``notes`` (the entry's keys.notes_key; '' = none), read by the admin and the explainer
-    only; ``index`` pushes the request onto its shape index. Returns whether the lock was still
-    ours. All keys are full (prefixed) keys.
+    only; ``expiry_buckets`` (minute, hour) are kept in the meta hash for the first read to
+    count exp_read in. Returns whether the lock was still ours. All keys are full keys.
     """
-    extra: list[Any] = []
-    for name, value in (counts or {}).items():
-        if value:
-            extra += (name, value)
     with guarded():
         released = script("write")(
-            keys=[key, meta, lock, *bucket_keys, totals_key(workload), index.key if index else "", notes],
+            keys=[key, meta, lock, notes],
             args=[
                 record,
                 int(ttl_seconds * 1000),
@@ -175,15 +171,20 @@ def write(
                 len(record),
                 model,
                 channel,
-                *bucket_ttls,
                 ok_message(record),
+                publish_command(),
                 *fields.WRITE_FIELDS,
                 encode_notes(request_fields, summary) if request_fields or summary else b"",
-                index.item if index else b"",
-                index.keep if index else 0,
-                *extra,
+                *expiry_buckets,
             ],
         )
+    if index is not None:
+        with guarded():
+            pipe = client().pipeline(transaction=False)
+            pipe.lpush(index.key, index.item)
+            pipe.ltrim(index.key, 0, index.keep - 1)
+            pipe.pexpire(index.key, int(ttl_seconds * 1000))
+            pipe.execute()
     return bool(released)
 
 
@@ -214,16 +215,22 @@ def shape_index(workload: str, version: int, shape: str, upstream: str = keys.AN
 
 
 def set_version(workload: str, version: int) -> None:
-    """Raise the workload's key version in Redis to ``version`` (never lower it)."""
+    """Raise the workload's key version in Redis to ``version`` (never lower it): its one key,
+    or on a cluster every group's copy (one pipeline, which redis-py sends to each primary)."""
+    source = script("set_version").script  # EVAL: a pipeline cannot recover from NOSCRIPT
     with guarded():
-        script("set_version")(keys=[version_key(workload)], args=[version])
+        pipe = client().pipeline(transaction=False)
+        for key in version_copies(workload):
+            pipe.eval(source, 1, key, version)
+        pipe.execute()
 
 
 def current_version(workload: str, db_version: int) -> int:
     """The key version calls use now: the larger of Redis's and the database's, as the lookup
-    script decides (a bump writes the database first, then raises Redis's)."""
+    script decides (a bump writes the database first, then raises Redis's; on a cluster it
+    raises every group's copy, so the first one says it)."""
     with guarded():
-        found = client().get(version_key(workload))
+        found = client().get(version_copies(workload)[0])
     try:
         return max(db_version, int(found)) if found is not None else db_version
     except ValueError:
@@ -247,7 +254,7 @@ def entry_delete(workload: str, version: int, fingerprint: str, upstream: str = 
     existed, else 0."""
     raw = keys.entry_key(workload=workload, version=version, fingerprint=fingerprint, upstream=upstream)
     with guarded():
-        pipe = client().pipeline(transaction=True)
+        pipe = client().pipeline(transaction=False)  # one slot, but a cluster pipeline has no MULTI
         pipe.delete(full_key(raw))
         pipe.delete(full_key(keys.meta_key(raw)), full_key(keys.notes_key(raw)))
         deleted, _ = pipe.execute()

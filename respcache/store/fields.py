@@ -2,8 +2,7 @@
 
 The Lua scripts know no field name: each script receives the names it touches as ARGV, from
 the tuples below, so a name is spelt once, here. The counters are the ones ``stats`` reads
-(its ``FIELDS`` and ``TOTAL_FIELDS``); the call adds its own (outcomes, upstream time…) as
-field/value pairs it passes with the lookup or the write.
+(its ``FIELDS`` and ``TOTAL_FIELDS``), added up in each process (tally.py), never by a script.
 """
 
 from __future__ import annotations
@@ -31,17 +30,7 @@ EXPIRY_HOUR_BUCKET = "xh"
 META_FIELDS = (READS, INPUT_TOKENS, OUTPUT_TOKENS, STORED_AT, SIZE, MODEL)
 
 #: ARGV names of scripts/lookup.lua, in the order it reads them (see the script's header).
-LOOKUP_FIELDS = (
-    INPUT_TOKENS,
-    OUTPUT_TOKENS,
-    EXPIRY_MINUTE_BUCKET,
-    EXPIRY_HOUR_BUCKET,
-    READS,
-    EXP_READ,
-    FIRST_READ,
-    SAVED_IN,
-    SAVED_OUT,
-)
+LOOKUP_FIELDS = (INPUT_TOKENS, OUTPUT_TOKENS, EXPIRY_MINUTE_BUCKET, EXPIRY_HOUR_BUCKET, READS)
 #: ARGV names of scripts/write.lua, in the order it reads them (see the script's header).
 WRITE_FIELDS = (
     READS,
@@ -52,6 +41,4 @@ WRITE_FIELDS = (
     MODEL,
     EXPIRY_MINUTE_BUCKET,
     EXPIRY_HOUR_BUCKET,
-    WRITTEN,
-    EXP_WRITTEN,
 )

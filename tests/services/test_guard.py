@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from respcache import locks, stats
+from respcache import locks, tally
 from respcache.exceptions import CacheUnavailable, UpstreamError
 from respcache.services import guard
 from respcache.services.counting import NO_COUNTS, Counts
@@ -62,4 +62,4 @@ def test_with_redis_down_a_release_neither_raises_nor_counts(settings: Any, redi
     release(names, "t", b"abandoned", workload="intents")
     settings.CACHES = live
     assert redis_db.get(names.lock) == b"t"  # still held: it expires by itself after lock_ttl
-    assert stats._pending == {}  # not a cache error
+    assert tally.pending() == {}  # not a cache error
