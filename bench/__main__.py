@@ -513,6 +513,7 @@ class Bench:
 
     def stampede_rows(self) -> None:
         from respcache import keys, stats, store
+        from respcache.conf import app_settings
 
         plan = self.plan
         calls_per_run: list[int] = []
@@ -535,6 +536,8 @@ class Bench:
             )
             stored_at = float(self.redis.hget(meta, "stored_at") or "nan")
             wakeups += [r.arrived_epoch - stored_at for r in responses if r.header("x-respcache") == "wait"]
+            # The workers add their counts up and flush them every COUNTER_FLUSH_SECONDS.
+            time.sleep(float(app_settings.COUNTER_FLUSH_SECONDS) + 0.5)
             woken.update(self._wake_counts() - totals_before)
         worst = max(calls_per_run)
         label = f"stampede of {plan.stampede_callers}"
