@@ -13,11 +13,11 @@ from django.test import Client
 from django.urls import reverse
 from rest_framework.test import APIClient
 
-from respcache import keys, services, store
+from respcache import keys, services, stats, store
 from respcache.models import Workload
 from respcache.services import explain
 from respcache.store import IndexItem
-from tests.conftest import ask
+from tests.conftest import ask, redis_down
 
 pytestmark = pytest.mark.django_db
 
@@ -164,6 +164,45 @@ def test_a_streamed_miss_is_explained_too(sdk: Any, workload: Workload, fake: An
     ) as response:
         assert response.headers["X-Respcache-Miss"] == "differs=system"
         response.read()
+
+
+def test_with_redis_gone_at_the_explainer_the_miss_is_answered_unexplained(
+    sdk: Any, workload: Workload, fake: Any, settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The explainer's read fails open (guard.EXPLAIN): Redis stops answering after the lookup
+    and the lock, just as the explainer reads the shape index (its connection goes to a port
+    where nothing listens). The caller still gets its answer, once from the upstream, with no
+    X-Respcache-Miss header, and nothing counted as why it missed, nor as a cache error: the
+    answer itself was still stored."""
+    client = sdk()
+    explain_header = {"Respcache-Explain": "1"}
+    client.messages.create(**ask("hello"))
+    live = settings.CACHES
+    read = store.recent_requests
+    reads: list[str] = []
+
+    def gone(*args: Any, **kwargs: Any) -> list[IndexItem]:
+        settings.CACHES = redis_down(live)  # a real connection, refused
+        try:
+            reads.append("tried")
+            return read(*args, **kwargs)
+        finally:
+            settings.CACHES = live
+
+    monkeypatch.setattr(store, "recent_requests", gone)
+    calls_before = len(fake.message_calls())
+    missed = client.messages.with_raw_response.create(**ask("hello", max_tokens=10), extra_headers=explain_header)
+    assert reads == ["tried"]
+    assert missed.headers["X-Respcache"] == "miss" and "X-Respcache-Miss" not in missed.headers
+    assert missed.parse().content, "the caller got its answer"
+    assert len(fake.message_calls()) == calls_before + 1
+    totals = stats.totals("intents", "5m")
+    assert totals["miss"] == 2 and totals["cache_error"] == 0
+    assert sum(totals.miss_reasons().values()) == 1  # the first miss only ("new")
+    monkeypatch.undo()
+    again = client.messages.with_raw_response.create(**ask("hello", max_tokens=10), extra_headers=explain_header)
+    assert again.headers["X-Respcache"] == "hit"  # the unexplained miss was stored
+    assert len(fake.message_calls()) == calls_before + 1
 
 
 # --- counts and the endpoint -------------------------------------------------------------------

@@ -31,6 +31,7 @@ LAYERS: dict[str, int] = {
     "locks": 1,
     "upstream": 1,
     "stats": 1,
+    "tally": 1,
     "drift": 1,
     "models": 1,
     "selectors": 2,

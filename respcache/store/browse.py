@@ -10,7 +10,7 @@ from typing import Any
 from redis.exceptions import ResponseError
 
 from respcache import keys
-from respcache.store.connection import cache, client, full_key, guarded
+from respcache.store.connection import cache, client, full_key, guarded, scan_page
 from respcache.store.fields import META_FIELDS
 from respcache.store.records import Entry, decode_notes, decode_record, decode_summary
 
@@ -125,7 +125,7 @@ def scan_entries(
     count, calls = page_size, 0
     with guarded():
         while calls < max_calls:
-            cursor, batch = redis_client.scan(cursor=cursor, match=pattern, count=count)
+            cursor, batch = scan_page(cursor, match=pattern, count=count)
             calls += 1
             found.extend(batch)
             if cursor == 0 or len(found) >= page_size:
@@ -164,7 +164,7 @@ def hot_entries(
     cursor, complete = 0, True
     with guarded():
         while True:
-            cursor, batch = redis_client.scan(cursor=cursor, match=pattern, count=1000)
+            cursor, batch = scan_page(cursor, match=pattern, count=1000)
             found.update(k.decode().rsplit(":", 1)[1] for k in batch)
             if cursor == 0:
                 break

@@ -150,6 +150,30 @@ def publish_command() -> str:
     return str(found)
 
 
+#: On a cluster, a scan cursor holds the primary's index in its low part: node cursor * this + index.
+_CURSOR_NODES = 1024
+
+
+def scan_page(cursor: int, *, match: str, count: int) -> tuple[int, list[bytes]]:
+    """One SCAN call from ``cursor`` (0 to start): the next cursor (0 when the scan is complete)
+    and the keys matching ``match`` it returned. On a cluster the primaries are scanned one after
+    the other, in name order; the cursor says which one and where in it."""
+    redis_client = client()
+    if not clustered():
+        found, batch = redis_client.scan(cursor=cursor, match=match, count=count)
+        return int(found), list(batch)
+    primaries = sorted(redis_client.get_primaries(), key=lambda node: node.name)
+    index, node_cursor = cursor % _CURSOR_NODES, cursor // _CURSOR_NODES
+    if index >= len(primaries):
+        return 0, []
+    cursors, batch = redis_client.scan(cursor=node_cursor, match=match, count=count, target_nodes=primaries[index])
+    node_next = int(next(iter(cursors.values()), 0))
+    if node_next:
+        return node_next * _CURSOR_NODES + index, list(batch)
+    index += 1
+    return (index if index < len(primaries) else 0), list(batch)
+
+
 def lookup_version_key(workload: str, fingerprint: str) -> str:
     """The key version the lookup reads for an entry: the workload's one key on one Redis, its
     group's copy (in the entry's slot) on a cluster."""
