@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import time
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 from bench import loadgen
+from bench.harness import ROOT
 from bench.report import Row, percentile
 
 if TYPE_CHECKING:
@@ -407,19 +407,17 @@ def shard_rows(bench: Bench) -> None:
     """The same hit load (16 in flight over many entries, so they spread over the slots) on a
     service with one Redis and on one with a 3-primary cluster, both on loopback TCP with the
     same redis-server binary, alternating runs."""
-    from bench.__main__ import TICKET, say
-
-    try:
-        from project import cluster_redis  # type: ignore[attr-defined,unused-ignore]
-    except ImportError:
-        say("capacity: no project/cluster_redis.py in this tree; the 1 vs 3 shard rows are skipped")
-        return
     import redis
 
+    from bench.__main__ import TICKET, say
+    from project import cluster_redis
+
+    if "REDIS_CLUSTER_NODES" not in (ROOT / "project" / "settings.py").read_text(encoding="utf-8"):
+        say("capacity: this tree's settings have no REDIS_CLUSTER_NODES; the 1 vs 3 shard rows are skipped")
+        return
     plan = bench.plan
     h = bench.h
-    binary = getattr(cluster_redis, "binary", None)
-    server_binary = binary() if callable(binary) else (shutil.which("redis-server") or "redis-server")
+    server_binary = cluster_redis.binary()
     say(f"capacity: one Redis and a 3-primary cluster ({server_binary}), a service on each")
     port = _free_port()
     single = h.spawn(
@@ -438,11 +436,11 @@ def shard_rows(bench: Bench) -> None:
             str(h.dir),
         ],
     )
-    cluster = cluster_redis.start(primaries=3, replicas_per_primary=0)
+    cluster = cluster_redis.start(primaries=3, replicas_per_primary=0, run_dir=h.dir)
     started: list[Process] = [single]
     try:
         _wait_redis("127.0.0.1", port, single)
-        nodes = ",".join(cluster.nodes) if not isinstance(cluster.nodes, str) else cluster.nodes
+        nodes = cluster.startup_nodes
         one, one_process = h.start_gunicorn(
             "service-1-shard", "project.settings", env={"REDIS_URL": f"redis://127.0.0.1:{port}/0"}
         )
@@ -458,7 +456,7 @@ def shard_rows(bench: Bench) -> None:
         targets = []
         for name, server, process, clients in (
             ("1 shard", one, one_process, [redis.Redis(host="127.0.0.1", port=port)]),
-            ("3 shards", three, three_process, [redis.Redis(host=h_, port=int(p_)) for h_, p_ in _primaries(cluster)]),
+            ("3 shards", three, three_process, [redis.Redis(host=host, port=p) for host, p in cluster.primaries()]),
         ):
             requests = [w.raw for w in prompts]
             first = loadgen.sequential(server.host, server.port, requests)
@@ -546,16 +544,6 @@ def shard_rows(bench: Bench) -> None:
             if process in h.processes:
                 h.processes.remove(process)
         cluster.stop()
-
-
-def _primaries(cluster: Any) -> list[tuple[str, str]]:
-    found = cluster.primaries() if hasattr(cluster, "primaries") else cluster.nodes
-    out = []
-    for node in found:
-        text = node if isinstance(node, str) else f"{node[0]}:{node[1]}"
-        host, _, port = text.rpartition(":")
-        out.append((host, port))
-    return out
 
 
 def _free_port() -> int:
