@@ -344,6 +344,7 @@ class Bench:
                         "requests": r.requests,
                         "elapsed": r.elapsed,
                         "p50": percentile(r.latencies, 50),
+                        "per_connection": r.per_connection,
                     }
                     for r in runs["hit"]
                 ],
@@ -352,6 +353,7 @@ class Bench:
                         "requests": r.requests,
                         "elapsed": r.elapsed,
                         "p50": percentile(r.latencies, 50),
+                        "per_connection": r.per_connection,
                     }
                     for r in runs["floor"]
                 ],

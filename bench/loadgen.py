@@ -109,6 +109,8 @@ class Run:
     elapsed: float = 0.0
     errors: int = 0
     unexpected: str = ""
+    #: Answers per connection: a server's workers may not share the connections evenly.
+    per_connection: list[int] = field(default_factory=list)
 
     @property
     def requests(self) -> int:
@@ -130,7 +132,7 @@ async def _closed_loop(
 ) -> Run:
     requests = [request] if isinstance(request, bytes) else list(request)
     connections = [await _connect(host, port) for _ in range(concurrency)]
-    run = Run()
+    run = Run(per_connection=[0] * concurrency)
     started = time.perf_counter()
     deadline = started + duration
 
@@ -154,6 +156,7 @@ async def _closed_loop(
                 )
                 continue
             run.latencies.append(response.done_at - response.sent_at)
+            run.per_connection[index] += 1
 
     try:
         await asyncio.gather(*(worker(i) for i in range(concurrency)))
