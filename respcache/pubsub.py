@@ -95,6 +95,7 @@ class Hub:
         self.down = False
         self.connected = threading.Event()
         self.reconnections = 0  # for tests and the log
+        self.sleeps = 0  # times the owner went to sleep with nothing to do (for tests)
 
     # --- what callers use (any thread) ---
 
@@ -239,6 +240,7 @@ class Hub:
             if connection.can_read(timeout=0):  # a reply already buffered (after a health check)
                 return
             watched.append(sock)
+        self.sleeps += 1
         readable, _, _ = select.select(watched, [], [], self.idle_seconds)
         if wake in readable:
             try:
