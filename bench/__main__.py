@@ -65,7 +65,7 @@ class Plan:
     key_sizes: tuple[int, ...] = (1_000, 100_000, 1_000_000)
     crypto_decodes: int = 20_000
     capacity_seconds: float = 2.0  # per closed-loop run of the capacity rows
-    capacity_rounds: int = 4
+    capacity_rounds: int = 6
     capacity_idle: float = 1.0  # Redis's own idle cost, taken off the runs'
     shard_entries: int = 64  # distinct hits in the 1 vs 3 shard load (spread over the slots)
 
