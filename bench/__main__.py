@@ -335,6 +335,22 @@ class Bench:
                 ok=rate_ratio is not None and rate_ratio >= 1.0,
             ),
         ]
+        if concurrency > 1:
+
+            def evenness(name: str) -> float:
+                """Fewest over most answers on one connection, per run, averaged (1 = even)."""
+                shares = [min(r.per_connection) / max(r.per_connection) for r in runs[name] if max(r.per_connection)]
+                return sum(shares) / len(shares) if shares else math.nan
+
+            self.rows.append(
+                Row.compare(
+                    f"{prefix}: evenness (fewest / most answers per connection)",
+                    evenness("hit"),
+                    "share",
+                    evenness("floor"),
+                    "floor",
+                )
+            )
         self.raw.setdefault("hit_runs", []).append(
             {
                 "size": label,
