@@ -25,7 +25,6 @@ import logging
 import os
 import queue
 import select
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -57,15 +56,24 @@ class Waiter:
         self.messages.put((data, time.time()))
 
 
+def _wake_pipe() -> tuple[int, int]:
+    """A non-blocking pipe: (read end, write end)."""
+    reader, writer = os.pipe()
+    os.set_blocking(reader, False)
+    os.set_blocking(writer, False)
+    return reader, writer
+
+
 class Hub:
     """The process's Pub/Sub owner. ``connect`` returns a new redis-py ``PubSub``; ``owner_id``
     names the connection's identity (a fork or a settings change means a new hub).
 
-    The owner sleeps in ``select`` on the connection's socket and on a wake-up socket that
+    The owner sleeps in ``select`` on the connection's socket and on a wake-up pipe that
     callers poke when they queue a command (or stop the hub): a message or a command is handled
     at once, and an idle process does not spin (polling every 10 ms cost a worker ~3% of a core
     doing nothing). It wakes at least every ``idle_seconds`` (redis-py's health check runs
-    then). A PubSub whose socket it cannot see is polled every ``poll_seconds`` instead."""
+    then). A connection whose socket it cannot see (not one redis-py ``PubSub``) is polled every
+    ``poll_seconds`` instead."""
 
     def __init__(
         self,
@@ -79,8 +87,9 @@ class Hub:
         self._connect = connect
         self.poll_seconds = poll_seconds
         self.idle_seconds = idle_seconds
-        #: (reader, writer) of the owner's wake-up socket pair, made when the owner starts.
-        self._wake: tuple[socket.socket, socket.socket] | None = None
+        #: The owner's wake-up pipe (read end, write end), made when the owner starts and closed
+        #: when it stops, both under ``_lock`` (so a poke never writes to a closed descriptor).
+        self._wake: tuple[int, int] | None = None
         self.retry_seconds = retry_seconds
         self.max_retry_seconds = max_retry_seconds
         self._lock = threading.Lock()
@@ -169,7 +178,7 @@ class Hub:
         """Start the owner if it is not running (under the lock)."""
         if self._thread is None or not self._thread.is_alive():
             self._stop.clear()
-            self._wake = _wake_pair()
+            self._wake = _wake_pipe()
             self._thread = threading.Thread(target=self._run, args=(self._wake,), daemon=True, name="respcache-pubsub")
             self._thread.start()
 
@@ -178,25 +187,25 @@ class Hub:
         if self._wake is None:
             return
         try:
-            self._wake[1].send(b"!")
-        except OSError:  # full (the owner has a wake-up pending already) or closed (it stopped)
+            os.write(self._wake[1], b"!")
+        except OSError:  # full: the owner has a wake-up pending already
             pass
 
     def _wanted(self) -> set[str]:
         with self._lock:
             return set(self._waiters) | set(self._handlers)
 
-    def _run(self, wake: tuple[socket.socket, socket.socket]) -> None:
+    def _run(self, wake: tuple[int, int]) -> None:
         try:
             self._serve(wake[0])
         finally:
             with self._lock:
-                for end in wake:
-                    end.close()
                 if self._wake is wake:
                     self._wake = None
+                for end in wake:
+                    os.close(end)
 
-    def _serve(self, wake: socket.socket) -> None:
+    def _serve(self, wake: int) -> None:
         pubsub: Any = None
         retry = self.retry_seconds
         ever_connected = False
@@ -226,17 +235,19 @@ class Hub:
                     self._confirmed.clear()
         self._close(pubsub)
 
-    def _sleep(self, pubsub: Any, wake: socket.socket) -> None:
+    def _sleep(self, pubsub: Any, wake: int) -> None:
         """Nothing to read: wait for the connection's socket, a poke, or ``idle_seconds``."""
         watched: list[Any] = [wake]
-        if pubsub.subscribed:  # unsubscribed, redis-py reads nothing: the socket is not ours to watch
-            connection: Any = getattr(pubsub, "connection", None)
-            sock = getattr(connection, "_sock", None)
-            if sock is None:  # a PubSub of another shape: poll it
-                message = pubsub.get_message(timeout=self.poll_seconds)
-                if message:
-                    self._dispatch(message)
-                return
+        subscribed = getattr(pubsub, "subscribed", None)
+        connection: Any = getattr(pubsub, "connection", None)
+        sock = getattr(connection, "_sock", None)
+        if subscribed is None or (subscribed and sock is None):
+            # Not one redis-py PubSub (e.g. several connections to a cluster's nodes): poll it.
+            message = pubsub.get_message(timeout=self.poll_seconds)
+            if message:
+                self._dispatch(message)
+            return
+        if subscribed:  # unsubscribed, redis-py reads nothing: the socket is not ours to watch
             if connection.can_read(timeout=0):  # a reply already buffered (after a health check)
                 return
             watched.append(sock)
@@ -244,8 +255,8 @@ class Hub:
         readable, _, _ = select.select(watched, [], [], self.idle_seconds)
         if wake in readable:
             try:
-                wake.recv(4096)
-            except OSError:
+                os.read(wake, 4096)
+            except OSError:  # drained meanwhile
                 pass
 
     def _break_waiters(self) -> None:
@@ -332,13 +343,6 @@ class Hub:
             pubsub.close()
         except _ERRORS:
             pass
-
-
-def _wake_pair() -> tuple[socket.socket, socket.socket]:
-    reader, writer = socket.socketpair()
-    reader.setblocking(False)
-    writer.setblocking(False)
-    return reader, writer
 
 
 class Hubs:
