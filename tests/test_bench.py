@@ -131,6 +131,9 @@ def test_quick_bench_end_to_end(tmp_path: Path) -> None:
     assert rows["capacity: Redis round trips per hit, 1 KB (16 in flight)"]["value"] <= 2
     assert rows["capacity: Redis round trips per miss, 1 KB"]["value"] > 1  # a miss is several commands
     assert rows["capacity: Redis CPU per hit, 1 KB (server main thread)"]["value"] > 0
+    if "REDIS_CLUSTER_NODES" in (ROOT / "project" / "settings.py").read_text():  # the cluster client is here
+        assert rows["3 shards: Redis round trips per hit, all shards"]["value"] <= 2
+        assert rows["3 shards: hit req/s, 1 KB, 16 in flight"]["baseline"] > 0  # the 1-shard run
     assert rows["Redis round trips per hit, 1 KB"]["value"] <= 2
     assert rows["DB queries per hit (steady state)"]["value"] == 0
     assert rows["stampede of 20: upstream calls (worst of 1)"]["value"] == 1
