@@ -196,8 +196,11 @@ class Harness:
         host, _, port = line.removeprefix("http://").partition(":")
         return Server("upstream", host, int(port))
 
-    def start_gunicorn(self, name: str, settings_module: str) -> tuple[Server, Process]:
-        """``gunicorn -c gunicorn.conf.py project.wsgi`` as deployed, on a free port."""
+    def start_gunicorn(
+        self, name: str, settings_module: str, env: dict[str, str] | None = None
+    ) -> tuple[Server, Process]:
+        """``gunicorn -c gunicorn.conf.py project.wsgi`` as deployed, on a free port (``env``:
+        more environment, e.g. another Redis)."""
         port = free_port()
         process = self.spawn(
             name,
@@ -207,7 +210,7 @@ class Harness:
                 "gunicorn.conf.py",
                 "project.wsgi",
             ],
-            env={"DJANGO_SETTINGS_MODULE": settings_module, "GUNICORN_BIND": f"127.0.0.1:{port}"},
+            env={"DJANGO_SETTINGS_MODULE": settings_module, "GUNICORN_BIND": f"127.0.0.1:{port}", **(env or {})},
         )
         return Server(name, "127.0.0.1", port), process
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 
@@ -108,6 +109,8 @@ class Run:
     elapsed: float = 0.0
     errors: int = 0
     unexpected: str = ""
+    #: Answers per connection: a server's workers may not share the connections evenly.
+    per_connection: list[int] = field(default_factory=list)
 
     @property
     def requests(self) -> int:
@@ -119,16 +122,26 @@ class Run:
 
 
 async def _closed_loop(
-    host: str, port: int, request: bytes, *, concurrency: int, duration: float, expect: bytes | None
+    host: str,
+    port: int,
+    request: bytes | Sequence[bytes],
+    *,
+    concurrency: int,
+    duration: float,
+    expect: bytes | None,
 ) -> Run:
+    requests = [request] if isinstance(request, bytes) else list(request)
     connections = [await _connect(host, port) for _ in range(concurrency)]
-    run = Run()
+    run = Run(per_connection=[0] * concurrency)
     started = time.perf_counter()
     deadline = started + duration
 
     async def worker(index: int) -> None:
         connection = connections[index]
+        turn = index  # each connection walks the requests from its own place
         while time.perf_counter() < deadline:
+            request = requests[turn % len(requests)]
+            turn += 1
             try:
                 response = await connection.exchange(request)
             except OSError:
@@ -143,6 +156,7 @@ async def _closed_loop(
                 )
                 continue
             run.latencies.append(response.done_at - response.sent_at)
+            run.per_connection[index] += 1
 
     try:
         await asyncio.gather(*(worker(i) for i in range(concurrency)))
@@ -156,13 +170,14 @@ async def _closed_loop(
 def closed_loop(
     host: str,
     port: int,
-    request: bytes,
+    request: bytes | Sequence[bytes],
     *,
     concurrency: int,
     duration: float,
     expect: bytes | None = None,
 ) -> Run:
-    """Replay ``request`` on ``concurrency`` keep-alive connections for ``duration`` seconds.
+    """Replay ``request`` on ``concurrency`` keep-alive connections for ``duration`` seconds
+    (several requests: each connection sends them in turn, starting at its own index).
 
     ``expect``: bytes every answer's (lower-cased) head must contain, e.g. ``b"x-respcache: hit"``.
     """

@@ -66,6 +66,10 @@ def fmt_value(value: float | None, unit: str) -> str:
         return f"{value:,.1f} MB/s"
     if unit == "bytes":
         return f"{value:,.0f} B"
+    if unit == "us":
+        return f"{value:.1f} µs" if value < 100 else f"{value:,.0f} µs"
+    if unit == "share":
+        return f"{value:.0%}"
     if unit == "count":
         return f"{value:g}" if float(value).is_integer() else f"{value:.2f}"
     return f"{value:g} {unit}".strip()

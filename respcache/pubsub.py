@@ -56,20 +56,40 @@ class Waiter:
         self.messages.put((data, time.time()))
 
 
+def _wake_pipe() -> tuple[int, int]:
+    """A non-blocking pipe: (read end, write end)."""
+    reader, writer = os.pipe()
+    os.set_blocking(reader, False)
+    os.set_blocking(writer, False)
+    return reader, writer
+
+
 class Hub:
     """The process's Pub/Sub owner. ``connect`` returns a new redis-py ``PubSub``; ``owner_id``
-    names the connection's identity (a fork or a settings change means a new hub)."""
+    names the connection's identity (a fork or a settings change means a new hub).
+
+    The owner sleeps in ``select`` on the connection's socket and on a wake-up pipe that
+    callers poke when they queue a command (or stop the hub): a message or a command is handled
+    at once, and an idle process does not spin (polling every 10 ms cost a worker ~3% of a core
+    doing nothing). It wakes at least every ``idle_seconds`` (redis-py's health check runs
+    then). A connection whose socket it cannot see (not one redis-py ``PubSub``) is polled every
+    ``poll_seconds`` instead."""
 
     def __init__(
         self,
         connect: Callable[[], Any],
         *,
         poll_seconds: float = 0.01,
+        idle_seconds: float = 1.0,
         retry_seconds: float = 0.5,
         max_retry_seconds: float = 5.0,
     ) -> None:
         self._connect = connect
         self.poll_seconds = poll_seconds
+        self.idle_seconds = idle_seconds
+        #: The owner's wake-up pipe (read end, write end), made when the owner starts and closed
+        #: when it stops, both under ``_lock`` (so a poke never writes to a closed descriptor).
+        self._wake: tuple[int, int] | None = None
         self.retry_seconds = retry_seconds
         self.max_retry_seconds = max_retry_seconds
         self._lock = threading.Lock()
@@ -84,6 +104,7 @@ class Hub:
         self.down = False
         self.connected = threading.Event()
         self.reconnections = 0  # for tests and the log
+        self.sleeps = 0  # times the owner went to sleep with nothing to do (for tests)
 
     # --- what callers use (any thread) ---
 
@@ -97,6 +118,7 @@ class Hub:
                 waiter.ready.set()
             elif len(waiting) == 1 and channel not in self._handlers:
                 self._commands.put(("subscribe", channel))
+                self._poke()
         return waiter
 
     def unregister(self, waiter: Waiter) -> None:
@@ -111,6 +133,7 @@ class Hub:
             if waiter.channel not in self._handlers:
                 self._confirmed.discard(waiter.channel)
                 self._commands.put(("unsubscribe", waiter.channel))
+                self._poke()
 
     def listen(self, channel: str, handler: Callable[[bytes], None]) -> None:
         """Keep ``channel`` subscribed for the life of the process; ``handler(data)`` runs in the
@@ -125,6 +148,7 @@ class Hub:
             self._resubscribing.add(channel)
             if channel not in self._waiters:
                 self._commands.put(("subscribe", channel))
+                self._poke()
 
     def confirmed(self, channel: str) -> bool:
         """Whether Redis has confirmed this connection's subscription to ``channel``."""
@@ -142,6 +166,8 @@ class Hub:
     def stop(self, timeout: float = 2.0) -> None:
         """Stop the owner and close its connection (waiting up to ``timeout`` for it)."""
         self._stop.set()
+        with self._lock:
+            self._poke()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
@@ -152,14 +178,34 @@ class Hub:
         """Start the owner if it is not running (under the lock)."""
         if self._thread is None or not self._thread.is_alive():
             self._stop.clear()
-            self._thread = threading.Thread(target=self._run, daemon=True, name="respcache-pubsub")
+            self._wake = _wake_pipe()
+            self._thread = threading.Thread(target=self._run, args=(self._wake,), daemon=True, name="respcache-pubsub")
             self._thread.start()
+
+    def _poke(self) -> None:
+        """Wake the owner (under the lock): a command is queued, or it should stop."""
+        if self._wake is None:
+            return
+        try:
+            os.write(self._wake[1], b"!")
+        except OSError:  # full: the owner has a wake-up pending already
+            pass
 
     def _wanted(self) -> set[str]:
         with self._lock:
             return set(self._waiters) | set(self._handlers)
 
-    def _run(self) -> None:
+    def _run(self, wake: tuple[int, int]) -> None:
+        try:
+            self._serve(wake[0])
+        finally:
+            with self._lock:
+                if self._wake is wake:
+                    self._wake = None
+                for end in wake:
+                    os.close(end)
+
+    def _serve(self, wake: int) -> None:
         pubsub: Any = None
         retry = self.retry_seconds
         ever_connected = False
@@ -174,9 +220,11 @@ class Hub:
                 ever_connected, retry = True, self.retry_seconds
             try:
                 self._apply_commands(pubsub)
-                message = pubsub.get_message(timeout=self.poll_seconds)
+                message = pubsub.get_message(timeout=0)
                 if message:
                     self._dispatch(message)
+                else:
+                    self._sleep(pubsub, wake)
             except _ERRORS as exc:
                 logger.warning("respcache: Pub/Sub connection lost (%s); reconnecting", exc)
                 self._close(pubsub)
@@ -186,6 +234,30 @@ class Hub:
                     self._resubscribing |= self._confirmed
                     self._confirmed.clear()
         self._close(pubsub)
+
+    def _sleep(self, pubsub: Any, wake: int) -> None:
+        """Nothing to read: wait for the connection's socket, a poke, or ``idle_seconds``."""
+        watched: list[Any] = [wake]
+        subscribed = getattr(pubsub, "subscribed", None)
+        connection: Any = getattr(pubsub, "connection", None)
+        sock = getattr(connection, "_sock", None)
+        if subscribed is None or (subscribed and sock is None):
+            # Not one redis-py PubSub (e.g. several connections to a cluster's nodes): poll it.
+            message = pubsub.get_message(timeout=self.poll_seconds)
+            if message:
+                self._dispatch(message)
+            return
+        if subscribed:  # unsubscribed, redis-py reads nothing: the socket is not ours to watch
+            if connection.can_read(timeout=0):  # a reply already buffered (after a health check)
+                return
+            watched.append(sock)
+        self.sleeps += 1
+        readable, _, _ = select.select(watched, [], [], self.idle_seconds)
+        if wake in readable:
+            try:
+                os.read(wake, 4096)
+            except OSError:  # drained meanwhile
+                pass
 
     def _break_waiters(self) -> None:
         """Redis cannot be reached: every waiter stops waiting (they fail open)."""

@@ -119,8 +119,21 @@ def test_quick_bench_end_to_end(tmp_path: Path) -> None:
         "peak memory: largest body of most values (refused, 400)",
         "peak memory: deepest tool_result content (refused, 400)",
         "peak memory: largest body, one text string (accepted)",
+        "capacity: Redis CPU per hit, 1 KB (server main thread)",
+        "capacity: Redis command time per miss, 1 KB (commandstats)",
+        "capacity: Redis bytes per miss (in + out), 1 KB",
+        "capacity: worker CPU per hit, 1 KB (gunicorn workers, 16 in flight)",
+        "capacity: hits/s per Redis shard at 100% CPU (1e6 / CPU µs per hit)",
     ):
         assert measure in rows, measure
+    assert rows["hit 1 KB, 1 in flight: req/s"]["target"] == "≥ 1.00× floor"
+    assert rows["hit 1 KB, 16 in flight: p99"]["target"] == "≤ 1.50× floor"
+    assert rows["capacity: Redis round trips per hit, 1 KB (16 in flight)"]["value"] <= 2
+    assert rows["capacity: Redis round trips per miss, 1 KB"]["value"] > 1  # a miss is several commands
+    assert rows["capacity: Redis CPU per hit, 1 KB (server main thread)"]["value"] > 0
+    if "REDIS_CLUSTER_NODES" in (ROOT / "project" / "settings.py").read_text():  # the cluster client is here
+        assert rows["3 shards: Redis round trips per hit, all shards"]["value"] <= 2
+        assert rows["3 shards: hit req/s, 1 KB, 16 in flight"]["baseline"] > 0  # the 1-shard run
     assert rows["Redis round trips per hit, 1 KB"]["value"] <= 2
     assert rows["DB queries per hit (steady state)"]["value"] == 0
     assert rows["stampede of 20: upstream calls (worst of 1)"]["value"] == 1
@@ -148,3 +161,23 @@ def alive(pid: int) -> bool:
 )
 def test_content_length_parsing(head: bytes) -> None:
     assert loadgen._content_length(head) == 12
+
+
+def test_redis_cost_counts_a_scripts_commands_once() -> None:
+    """commandstats count the commands a script calls under their own names too: with scripts
+    in the run, those names are inside EVALSHA's time; without, every command counts."""
+    from bench.capacity import INNER, Cost, RedisSample
+
+    assert {"get", "hincrby", "hmget"} <= INNER
+    before = RedisSample(0.0, 1.0, 10, 1000, {"get": (5, 10.0), "info": (1, 50.0)})
+    scripted = RedisSample(
+        2.0, 1.5, 110, 21000, {"get": (205, 110.0), "evalsha": (100, 900.0), "info": (2, 100.0), "set": (10, 20.0)}
+    )
+    cost = Cost.between(before, scripted)
+    assert cost.command_us == 900.0  # EVALSHA's; GET and SET are names the scripts call
+    assert cost.cpu_us == 500_000.0 and cost.reads == 100 and cost.bytes == 20_000
+    assert cost.per(100)["round_trips"] == 1.0 and cost.commands["evalsha"] == 100
+    plain = Cost.between(before, RedisSample(1.0, 1.1, 60, 6000, {"get": (55, 35.0), "info": (2, 100.0)}))
+    assert plain.command_us == 25.0  # the floor's GETs, INFO left out
+    idle = Cost(seconds=1.0, cpu_us=1000.0, command_us=0.0, reads=1, bytes=100)
+    assert cost.less_idle(idle).cpu_us == 500_000.0 - 2000.0

@@ -117,3 +117,27 @@ def test_many_waiters_share_one_connection(redis_db: Any, waiters: int) -> None:
         assert all(_next(w) == b"ok" for w in registered)
     finally:
         hub.stop()
+
+
+def test_an_idle_owner_sleeps_and_a_new_channel_or_stop_wakes_it(redis_db: Any) -> None:
+    """The owner blocks on its socket (no 10 ms polling): idle, it wakes about once per
+    ``idle_seconds``; a new waiter's subscription and ``stop`` reach it at once."""
+    hub = pubsub.Hub(lambda: get_redis_connection("respcache").pubsub(), idle_seconds=30.0)
+    try:
+        first = hub.register("ch:idle")
+        assert first.ready.wait(5)
+        time.sleep(0.1)  # let it settle into its sleep
+        asleep = hub.sleeps
+        time.sleep(0.5)
+        assert hub.sleeps - asleep <= 1  # polling every 10 ms would be ~50
+        started = time.monotonic()
+        second = hub.register("ch:idle-2")
+        assert second.ready.wait(5)
+        assert time.monotonic() - started < 1.0  # not after idle_seconds
+        redis_db.publish("ch:idle", b"ok")
+        assert _next(first) == b"ok"
+    finally:
+        started = time.monotonic()
+        hub.stop(timeout=5)
+        assert time.monotonic() - started < 2.0
+    assert hub._thread is not None and not hub._thread.is_alive()
