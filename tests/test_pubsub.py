@@ -122,7 +122,7 @@ def test_many_waiters_share_one_connection(redis_db: Any, waiters: int) -> None:
 def test_an_idle_owner_sleeps_and_a_new_channel_or_stop_wakes_it(redis_db: Any) -> None:
     """The owner blocks on its socket (no 10 ms polling): idle, it wakes about once per
     ``idle_seconds``; a new waiter's subscription and ``stop`` reach it at once."""
-    hub = pubsub.Hub(lambda: get_redis_connection("respcache").pubsub(), idle_seconds=30.0)
+    hub = pubsub.Hub(connection.open_pubsub, idle_seconds=30.0)
     try:
         first = hub.register("ch:idle")
         assert first.ready.wait(5)
