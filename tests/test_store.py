@@ -45,6 +45,26 @@ def write(message: bytes = b'{"type":"message"}', *, ttl: int = 60, now: float |
     )
 
 
+def test_a_write_without_notes_touches_only_the_entry_meta_and_lock(redis_db: Any) -> None:
+    """No notes key: the script gets three keys, all in the entry's slot (an empty key name
+    would be a slot of its own on a cluster)."""
+    n = names()
+    n.pop("notes", None)
+    now = time.time()
+    store.write(
+        **n,
+        token="",
+        record=store.encode_record(b"{}", stored_at=now, model="m"),
+        ttl_seconds=60,
+        input_tokens=1,
+        output_tokens=1,
+        stored_at=now,
+        model="m",
+        expiry_buckets=stats.expiry_bucket_keys("w", now, 60)[0],
+    )
+    assert lookup().entry is not None
+
+
 def lookup(outcome: str = "hit", version: int = 1) -> store.Lookup:
     return store.lookup(workload="w", db_version=version, fingerprint="f" * 64, mark_read=bool(outcome))
 

@@ -160,7 +160,7 @@ def write(
     """
     with guarded():
         released = script("write")(
-            keys=[key, meta, lock, notes],
+            keys=[key, meta, lock, notes] if notes else [key, meta, lock],
             args=[
                 record,
                 int(ttl_seconds * 1000),

@@ -1,7 +1,7 @@
 -- A write's one round trip: store the record, its meta hash and its notes, release the
 -- writer's lock if it still holds it, and wake the waiters.
 --
--- KEYS: entry, meta, lock, notes ('' = none); all one entry's names, so one slot on a cluster
+-- KEYS: entry, meta, lock, notes (left out: none); all one entry's names, so one slot on a cluster
 -- ARGV: 1 record, 2 ttl ms, 3 lock token ('' = none), 4 input tokens, 5 output tokens,
 --       6 stored at, 7 size, 8 model, 9 channel, 10 the message that wakes the waiters
 --       (records.ok_message), 11 the command that publishes it (PUBLISH, or SPUBLISH on a
@@ -19,7 +19,7 @@ redis.call('DEL', KEYS[2])
 redis.call('HSET', KEYS[2], f_reads, 0, f_in, ARGV[4], f_out, ARGV[5], f_stored_at, ARGV[6],
            f_size, ARGV[7], f_model, ARGV[8], f_xm, ARGV[21], f_xh, ARGV[22])
 redis.call('PEXPIRE', KEYS[2], ARGV[2])
-if KEYS[4] ~= '' then
+if KEYS[4] then
   if ARGV[20] ~= '' then
     redis.call('SET', KEYS[4], ARGV[20], 'PX', ARGV[2])
   else
