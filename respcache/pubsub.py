@@ -56,6 +56,19 @@ class Waiter:
         self.messages.put((data, time.time()))
 
 
+def pubsub_sockets(pubsub: Any) -> list[Any] | None:
+    """What to wait on for a redis-py ``PubSub``'s next message: its socket; nothing while it is
+    not subscribed (redis-py reads nothing then); None when a reply may be buffered already (a
+    health check's) or its socket is not known, i.e. read it now."""
+    if not getattr(pubsub, "subscribed", False):
+        return [] if hasattr(pubsub, "subscribed") else None
+    connection: Any = getattr(pubsub, "connection", None)
+    sock = getattr(connection, "_sock", None)
+    if sock is None or connection.can_read(timeout=0):
+        return None
+    return [sock]
+
+
 def _wake_pipe() -> tuple[int, int]:
     """A non-blocking pipe: (read end, write end)."""
     reader, writer = os.pipe()
@@ -68,12 +81,12 @@ class Hub:
     """The process's Pub/Sub owner. ``connect`` returns a new redis-py ``PubSub``; ``owner_id``
     names the connection's identity (a fork or a settings change means a new hub).
 
-    The owner sleeps in ``select`` on the connection's socket and on a wake-up pipe that
-    callers poke when they queue a command (or stop the hub): a message or a command is handled
-    at once, and an idle process does not spin (polling every 10 ms cost a worker ~3% of a core
-    doing nothing). It wakes at least every ``idle_seconds`` (redis-py's health check runs
-    then). A connection whose socket it cannot see (not one redis-py ``PubSub``) is polled every
-    ``poll_seconds`` instead."""
+    The owner sleeps in ``select`` on the connection's sockets (one, or every node's that a
+    ``ClusterChannels`` holds: its ``wait_sockets``) and on a wake-up pipe that callers poke when
+    they queue a command (or stop the hub): a message or a command is handled at once, and an
+    idle process does not spin (polling every 10 ms cost a worker ~3% of a core doing nothing).
+    It wakes at least every ``idle_seconds`` (redis-py's health check runs then). A connection
+    whose sockets it cannot see is polled every ``poll_seconds`` instead."""
 
     def __init__(
         self,
@@ -236,23 +249,16 @@ class Hub:
         self._close(pubsub)
 
     def _sleep(self, pubsub: Any, wake: int) -> None:
-        """Nothing to read: wait for the connection's socket, a poke, or ``idle_seconds``."""
-        watched: list[Any] = [wake]
-        subscribed = getattr(pubsub, "subscribed", None)
-        connection: Any = getattr(pubsub, "connection", None)
-        sock = getattr(connection, "_sock", None)
-        if subscribed is None or (subscribed and sock is None):
-            # Not one redis-py PubSub (e.g. several connections to a cluster's nodes): poll it.
+        """Nothing to read: wait for the connection's sockets, a poke, or ``idle_seconds``."""
+        own = getattr(pubsub, "wait_sockets", None)  # a connection of several (ClusterChannels)
+        sockets = own() if callable(own) else pubsub_sockets(pubsub)
+        if sockets is None:  # a reply may be buffered, or the sockets are not known: poll
             message = pubsub.get_message(timeout=self.poll_seconds)
             if message:
                 self._dispatch(message)
             return
-        if subscribed:  # unsubscribed, redis-py reads nothing: the socket is not ours to watch
-            if connection.can_read(timeout=0):  # a reply already buffered (after a health check)
-                return
-            watched.append(sock)
         self.sleeps += 1
-        readable, _, _ = select.select(watched, [], [], self.idle_seconds)
+        readable, _, _ = select.select([wake, *sockets], [], [], self.idle_seconds)
         if wake in readable:
             try:
                 os.read(wake, 4096)
@@ -467,6 +473,21 @@ class ClusterChannels:
             else:
                 time.sleep(timeout)
         return None
+
+    def wait_sockets(self) -> list[Any] | None:
+        """The sockets the Hub waits on for the next message (every node's connection), or None
+        when one may have a reply buffered already (see ``pubsub_sockets``)."""
+        try:
+            found: list[Any] = []
+            for pubsub in ([self._plain] if self._plain is not None else []) + list(self._shards.values()):
+                sockets = pubsub_sockets(pubsub)
+                if sockets is None:
+                    return None
+                found += sockets
+            return found
+        except _ERRORS:
+            self._refresh()
+            raise
 
     def close(self) -> None:
         for pubsub in [self._plain, *self._shards.values()]:

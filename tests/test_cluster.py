@@ -432,3 +432,28 @@ def test_without_sharded_pubsub_waiters_subscribe_and_are_woken_by_publish(
             locks.hub().stop()
     finally:
         local.stop()
+
+
+def test_the_hub_sleeps_on_every_nodes_socket_and_wakes_at_once(local_cluster: Any) -> None:
+    """On a cluster too the hub's owner sleeps on its connections' sockets (one per primary it
+    subscribes on) instead of polling every 10 ms, and a message on any of them wakes it."""
+    channels: dict[tuple[str, int], str] = {}
+    for digit in "0123456789abcdef":
+        name = keys.channel_name(keys.entry_key(workload="w", version=1, fingerprint=digit * 64))
+        channel = connection.full_key(name)
+        channels.setdefault(local_cluster.owner(channel), channel)
+    assert len(channels) >= 2  # channels on two primaries at least
+    (first_owner, first), (second_owner, second) = list(channels.items())[:2]
+    with locks.Subscription(first) as one, locks.Subscription(second) as two:
+        hub = locks.hub()
+        time.sleep(0.2)
+        asleep = hub.sleeps
+        assert asleep >= 1  # it sleeps in select, not in a poll of each connection
+        time.sleep(0.5)
+        assert hub.sleeps - asleep <= 2  # polling every 10 ms would be ~50
+        started = time.monotonic()
+        local_cluster.client(second_owner[1]).execute_command("SPUBLISH", second, b"two")
+        assert two.wait(time.monotonic() + 5) == b"two"
+        local_cluster.client(first_owner[1]).execute_command("SPUBLISH", first, b"one")
+        assert one.wait(time.monotonic() + 5) == b"one"
+        assert time.monotonic() - started < 1.0  # not after the hub's idle_seconds
