@@ -29,13 +29,3 @@ accesslog = os.environ.get("GUNICORN_ACCESSLOG", "-")
 errorlog = "-"
 loglevel = os.environ.get("GUNICORN_LOGLEVEL", "info")
 pidfile = os.environ.get("GUNICORN_PIDFILE") or None
-
-
-def worker_exit(server: object, worker: object) -> None:
-    """A worker that stops (reload, TTOU, TERM) first sends the counters it added up (tally.py)."""
-    try:
-        from respcache import tally  # noqa: PLC0415 - only in a worker that loaded the app
-
-        tally.flush_quietly()
-    except Exception:  # noqa: BLE001 - never block a worker's exit
-        pass

@@ -11,8 +11,9 @@ however many calls it served, spread over the shards by redis-py's cluster pipel
 
 Readers in the process (stats, /metrics, the admin) flush first, so a process always reads its
 own counts; other processes' counts reach Redis within the interval, which is how far /metrics
-and the admin on two workers can disagree. A process that exits normally flushes (atexit and
-gunicorn's worker_exit hook); one that is killed loses at most its last interval's counts.
+and the admin on two workers can disagree. A process that exits normally flushes (atexit: a
+gunicorn worker stopped by TERM, HUP or TTOU too); one that is killed loses at most its last
+interval's counts.
 
 When Redis does not take a flush (unreachable, frozen, full) the counts stay here and go with
 the next flush; buckets whose retention has passed meanwhile are dropped, so a long outage

@@ -137,6 +137,28 @@ def test_one_workloads_entries_land_on_every_primary(local_cluster: Any, make_wo
     assert all(count > 0 for count in per_primary.values()), per_primary
 
 
+def test_the_entry_browser_pages_through_every_primary(local_cluster: Any, make_workload: Any) -> None:
+    """One SCAN cursor walks the primaries one after the other (store.connection.scan_page):
+    pages of a few entries list every entry once, from every shard, and the hot list has them all."""
+    make_workload("paged")
+    for i in range(30):
+        assert call("paged", ask(f"paged {i}")) == "miss"
+    assert len(entries_per_primary(local_cluster, "paged")) == 3
+    seen: list[str] = []
+    cursor, pages = 0, 0
+    while True:
+        page = store.scan_entries("paged", 1, cursor=cursor, page_size=4, upstream=store.key_space())
+        seen += [e.fingerprint for e in page.entries]
+        pages += 1
+        cursor = page.next_cursor
+        if cursor == 0:
+            break
+    fingerprints = set(seen)
+    assert len(seen) == len(fingerprints) == 30 and pages > 3
+    hot = store.hot_entries("paged", 1, upstream=store.key_space())
+    assert hot.complete and {e.fingerprint for e in hot.entries} == fingerprints
+
+
 def test_bump_and_purge_reach_every_primary(local_cluster: Any, make_workload: Any) -> None:
     workload: Workload = make_workload("wide")
     bodies = [ask(f"wide {i}") for i in range(30)]

@@ -127,6 +127,31 @@ def scrape_every_worker(server: Server, pids: set[str]) -> set[str]:
     pytest.fail(f"workers {pids - answered} never answered a scrape")
 
 
+@pytest.fixture
+def no_timed_flush(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Servers started after this flush their counters only when they read or exit."""
+    monkeypatch.setenv("RESPCACHE_COUNTER_FLUSH_SECONDS", "3600")
+
+
+def test_a_stopping_worker_sends_the_counts_it_added_up(
+    no_timed_flush: None, gunicorn: Server, make_workload: Any, make_key: Any
+) -> None:
+    """A worker's exit flushes the tally (atexit): counts not yet sent when the workers stop
+    (TERM: a deploy, a scale-down) still reach Redis."""
+    key = make_key(make_workload("intents"))
+    for prompt in ("a", "a", "b", "b"):
+        response = gunicorn.post(
+            "/w/intents/v1/messages", content=orjson.dumps(ask(prompt)), headers={"x-api-key": key}
+        )
+        assert response.status_code == 200, response.text
+    time.sleep(0.5)
+    assert stats.all_time(["intents"])["intents"]["miss"] == 0  # still in the workers
+    gunicorn.process.send_signal(signal.SIGTERM)
+    gunicorn.process.wait(timeout=30)
+    counts = stats.all_time(["intents"])["intents"]
+    assert (counts["miss"], counts["hit"], counts["written"]) == (2, 2, 2)
+
+
 def test_every_worker_reports_the_same_metrics_even_after_a_reload(
     gunicorn: Server, make_workload: Any, make_key: Any
 ) -> None:
